@@ -1,0 +1,1 @@
+"""Model-agnostic KV memory: active window, long-term store, FAISS indexes."""

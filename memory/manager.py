@@ -1,0 +1,259 @@
+"""MemoryManager: the active KV context and its bookkeeping (model-agnostic: tensors + a sequence dim).
+
+Layout of the active context, re-indexed contiguously from position 0 after every change::
+
+    | sinks | previous text (first N + last N tokens) | live: vision chunks and text, in stream order |
+
+and, for a question, ``| sinks | previous text | retrieved long-term (chronological) | live | question |``.
+
+The manager is driven by one writer (the perception thread). Readers take a ``Snapshot``: references
+to immutable tensors, never copies. ``DynamicCache.update`` concatenates into new tensors, so the
+tensors a snapshot holds are never written again.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from memory.segment import PREV_TEXT, SINK, TEXT, VISION, Segment
+from memory.window import WindowPolicy
+
+logger = logging.getLogger(__name__)
+
+RotateFn = Callable[[torch.Tensor, int], torch.Tensor]  # (keys [B, H, S, D], delta) -> keys
+
+
+def fill_cache(cache: DynamicCache, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> DynamicCache:
+    """Put per-layer tensors [1, H, S, D] into an empty DynamicCache (by reference, no copy)."""
+    if len(cache.layers) != len(keys):
+        raise RuntimeError(f"cache has {len(cache.layers)} layers but {len(keys)} key tensors were given")
+    for layer, k, v in zip(cache.layers, keys, values):
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+    return cache
+
+
+def cache_tensors(cache: DynamicCache) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """References to the per-layer key and value tensors of a cache."""
+    return tuple(l.keys for l in cache.layers), tuple(l.values for l in cache.layers)
+
+
+def place(segments: Sequence[Segment], rotate: RotateFn, start: int = 0
+          ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], int]:
+    """Concatenate segments at contiguous positions from ``start``.
+
+    Returns per-layer keys and values [1, H, sum S, D] and the next free position. Each segment's
+    canonical keys are rotated once, by the position where it now starts.
+    """
+    if not segments:
+        raise ValueError("place() needs at least one segment")
+    n_layers = segments[0].num_layers
+    ks: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    vs: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    pos = start
+    for seg in segments:
+        for l in range(n_layers):
+            ks[l].append(rotate(seg.keys[l], pos))
+            vs[l].append(seg.values[l])
+        pos += seg.span
+    keys = tuple(torch.cat(k, dim=-2) if len(k) > 1 else k[0] for k in ks)
+    values = tuple(torch.cat(v, dim=-2) if len(v) > 1 else v[0] for v in vs)
+    return keys, values, pos
+
+
+def slice_text(seg: Segment, a: int, b: int, rotate: RotateFn, kind: str = PREV_TEXT) -> Segment:
+    """Tokens [a, b) of a text segment as a new canonical segment (positions restart at 0)."""
+    if seg.kind not in (TEXT, PREV_TEXT):
+        raise ValueError("only text segments can be sliced by tokens")
+    if not 0 <= a < b <= seg.n_tokens:
+        raise ValueError(f"bad slice [{a}, {b}) of a segment of {seg.n_tokens} tokens")
+    shift = int(seg.rel_pos[0, a].item())
+    keys = tuple(rotate(k[:, :, a:b], -shift) for k in seg.keys)
+    values = tuple(v[:, :, a:b].clone() for v in seg.values)
+    return Segment(kind=kind, keys=keys, values=values, rel_pos=seg.rel_pos[:, a:b] - shift,
+                   start_s=seg.start_s, end_s=seg.end_s, text=seg.text if (a, b) == (0, seg.n_tokens) else "",
+                   token_ids=seg.token_ids[a:b])
+
+
+def concat_text(parts: Sequence[Segment], rotate: RotateFn, kind: str = PREV_TEXT) -> Segment:
+    """Join text segments into one canonical segment."""
+    keys, values, _ = place(parts, rotate)
+    rel, off = [], 0
+    for p in parts:
+        rel.append(p.rel_pos + off)
+        off += p.span
+    return Segment(kind=kind, keys=keys, values=values, rel_pos=torch.cat(rel, dim=1),
+                   start_s=parts[0].start_s, end_s=parts[-1].end_s, text=" ".join(p.text for p in parts if p.text),
+                   token_ids=tuple(t for p in parts for t in p.token_ids))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Memory as of one moment: references only."""
+
+    sinks: tuple[Segment, ...]
+    prev_text: tuple[Segment, ...]
+    live: tuple[Segment, ...]
+    keys: tuple[torch.Tensor, ...]  # per layer [1, H, N, D]: the materialised active context
+    values: tuple[torch.Tensor, ...]
+    next_pos: int
+    stream_time_s: float
+    chunks_ingested: int
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return self.sinks + self.prev_text + self.live
+
+    @property
+    def context_tokens(self) -> int:
+        return int(self.keys[0].shape[-2]) if self.keys else 0
+
+
+class MemoryManager:
+    """Owns the active context: sinks, previous-text block, live window; evicts through one hook."""
+
+    def __init__(self, *, rotate: RotateFn, new_cache: Callable[[], DynamicCache], window_chunks: int,
+                 text_window_tokens: int, prev_text_head: int, prev_text_tail: int,
+                 on_evict: Callable[[Segment], None] | None = None) -> None:
+        self.rotate = rotate
+        self.new_cache = new_cache
+        self.policy = WindowPolicy(window_chunks, text_window_tokens)
+        self.prev_head_max, self.prev_tail_max = prev_text_head, prev_text_tail
+        self.on_evict = on_evict
+        self.sinks: list[Segment] = []
+        self.prev_head: Segment | None = None  # first <= N tokens of all text that left the text window
+        self.prev_tail: Segment | None = None  # last <= N tokens of it
+        self.live: list[Segment] = []
+        self.cache: DynamicCache = new_cache()
+        self.next_pos = 0
+        self.stream_time_s = 0.0
+        self.chunks_ingested = 0
+        self.evicted_total = 0
+        self.rebuilds = 0
+        self._published: Snapshot | None = None
+
+    # ---- reading --------------------------------------------------------------------------------
+    @property
+    def prev_text(self) -> list[Segment]:
+        return [s for s in (self.prev_head, self.prev_tail) if s is not None]
+
+    def segments(self) -> list[Segment]:
+        return self.sinks + self.prev_text + self.live
+
+    @property
+    def context_tokens(self) -> int:
+        return self.cache.get_seq_length()
+
+    def device_bytes(self) -> int:
+        """Bytes held by the materialised active context."""
+        return sum(l.keys.numel() * l.keys.element_size() * 2 for l in self.cache.layers if l.is_initialized)
+
+    def snapshot(self) -> Snapshot:
+        """The memory as of the last completed change (safe to call from any thread)."""
+        snap = self._published
+        return snap if snap is not None else self._make_snapshot()
+
+    def _publish(self) -> None:
+        self._published = self._make_snapshot()  # one reference assignment: readers see old or new, never half
+
+    def _make_snapshot(self) -> Snapshot:
+        keys, values = cache_tensors(self.cache) if self.context_tokens else ((), ())
+        return Snapshot(sinks=tuple(self.sinks), prev_text=tuple(self.prev_text), live=tuple(self.live),
+                        keys=keys, values=values, next_pos=self.next_pos, stream_time_s=self.stream_time_s,
+                        chunks_ingested=self.chunks_ingested)
+
+    # ---- writing --------------------------------------------------------------------------------
+    def extract(self, n_tokens: int, start: int, rel_pos: torch.Tensor, kind: str, **meta) -> Segment:
+        """Build a canonical Segment from the last ``n_tokens`` of the active cache (placed at ``start``)."""
+        keys = tuple(self.rotate(l.keys[:, :, -n_tokens:], -start) for l in self.cache.layers)
+        values = tuple(l.values[:, :, -n_tokens:].clone() for l in self.cache.layers)
+        return Segment(kind=kind, keys=keys, values=values, rel_pos=rel_pos, **meta)
+
+    def commit_sink(self, seg: Segment) -> None:
+        """Record a segment that was just prefilled at the end of the context as a sink (never evicted)."""
+        if self.live or self.prev_text:
+            raise RuntimeError("sinks must be added before any stream content")
+        self.sinks.append(seg)
+        self.next_pos += seg.span
+        self._publish()
+
+    def commit(self, seg: Segment) -> list[Segment]:
+        """Record a live segment that was just prefilled at the end of the context; evict as needed.
+
+        Returns the evicted segments (vision chunks went to ``on_evict``; text went to previous text).
+        """
+        if seg.kind not in (VISION, TEXT):
+            raise ValueError(f"live segments are vision or text, got {seg.kind!r}")
+        self.live.append(seg)
+        self.next_pos += seg.span
+        if seg.kind == VISION:
+            self.chunks_ingested += 1
+            if seg.end_s is not None:
+                self.stream_time_s = max(self.stream_time_s, seg.end_s)
+        evicted = self.policy.evictions(self.live)
+        if evicted:
+            gone = {id(s) for s in evicted}
+            self.live = [s for s in self.live if id(s) not in gone]
+            texts = [s for s in evicted if s.kind == TEXT]
+            if texts:
+                self._absorb_prev_text(texts)
+            self._rebuild()
+            self.evicted_total += len(evicted)
+            if self.on_evict is not None:
+                for s in evicted:
+                    if s.kind == VISION:
+                        self.on_evict(s)
+        self._publish()
+        return evicted
+
+    def add_previous_text(self, seg: Segment) -> None:
+        """Put a text segment straight into the previous-text block (e.g. the caller's initial text)."""
+        self._absorb_prev_text([seg])
+        self._rebuild()
+        self._publish()
+
+    def _absorb_prev_text(self, texts: Sequence[Segment]) -> None:
+        """Move text into the previous-text block: keep the first N and the last N tokens (KV kept)."""
+        for t in texts:
+            rest = t
+            head_len = self.prev_head.n_tokens if self.prev_head else 0
+            room = self.prev_head_max - head_len
+            if room > 0:
+                take = min(room, rest.n_tokens)
+                part = slice_text(rest, 0, take, self.rotate)
+                self.prev_head = part if self.prev_head is None else concat_text([self.prev_head, part], self.rotate)
+                rest = slice_text(rest, take, rest.n_tokens, self.rotate) if take < rest.n_tokens else None
+            if rest is None or self.prev_tail_max == 0:
+                continue
+            tail = rest if self.prev_tail is None else concat_text([self.prev_tail, rest], self.rotate)
+            if tail.n_tokens > self.prev_tail_max:
+                tail = slice_text(tail, tail.n_tokens - self.prev_tail_max, tail.n_tokens, self.rotate)
+            elif tail.kind != PREV_TEXT:
+                tail = slice_text(tail, 0, tail.n_tokens, self.rotate)
+            self.prev_tail = tail
+
+    def _rebuild(self) -> None:
+        """Re-materialise the active context at contiguous positions 0..N-1."""
+        segs = self.segments()
+        keys, values, self.next_pos = place(segs, self.rotate)
+        self.cache = fill_cache(self.new_cache(), keys, values)
+        self.rebuilds += 1
+
+    def assemble(self, snap: Snapshot, retrieved: Sequence[Segment]) -> tuple[DynamicCache, int]:
+        """A fresh cache for answering: sinks | previous text | retrieved (chronological) | live.
+
+        Without retrieved segments the snapshot's tensors are reused by reference.
+        """
+        if not retrieved:
+            cache = self.new_cache()
+            if snap.keys:
+                fill_cache(cache, snap.keys, snap.values)
+            return cache, snap.next_pos
+        ordered = sorted(retrieved, key=lambda s: (s.start_s if s.start_s is not None else -1.0))
+        segs = list(snap.sinks) + list(snap.prev_text) + ordered + list(snap.live)
+        keys, values, next_pos = place(segs, self.rotate)
+        return fill_cache(self.new_cache(), keys, values), next_pos

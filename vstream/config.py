@@ -1,0 +1,147 @@
+"""Configuration dataclasses and named presets: the one place for defaults."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SamplerConfig:
+    """How frames are picked from a source and grouped into chunks."""
+
+    fps: float = 2.0  # frames kept per second of stream time
+    chunk_seconds: float = 1.0  # one chunk = this much stream time
+    realtime: bool = False  # pace to the wall clock and drop frames when behind
+    max_backlog_chunks: int = 4  # realtime: chunks waiting for perception before frames are dropped
+
+    def validate(self) -> None:
+        if not self.fps > 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}; pass e.g. --fps 2")
+        if not self.chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be > 0, got {self.chunk_seconds}")
+        if self.max_backlog_chunks < 1:
+            raise ValueError("max_backlog_chunks must be >= 1")
+
+
+@dataclass
+class MemoryConfig:
+    """Bounded KV memory: sinks + recent window + text window, and the long-term store."""
+
+    window_chunks: int = 16  # W: recent vision chunks kept in the active context
+    text_window_tokens: int = 512  # generated text kept in the active context (newest first)
+    prev_text_head: int = 512  # previous-text block: first N tokens kept ...
+    prev_text_tail: int = 512  # ... and last N tokens kept
+    long_term: bool = True  # keep evicted chunks in the long-term store (False: drop them)
+    ram_bytes: int = 2 << 30  # RAM tier budget for long-term K/V (LRU, bytes)
+    quantize: str = "none"  # cold-tier K/V: "none" | "int8" | "int4"
+    retrieve_k: int = 4  # long-term entries brought back for a question
+    retriever: str = "internal"  # "internal" | "text" | "both"
+    per_layer: bool = False  # internal retriever: select per layer (True) or one shared set (False)
+    exact_index_max: int = 50_000  # exact FAISS index up to this many entries, HNSW above
+    ocr: bool = False  # OCR a keyframe per chunk into the entry's text
+    thumbnail_px: int = 96  # long side of the JPEG thumbnail kept per entry
+
+    def validate(self) -> None:
+        if self.window_chunks < 1:
+            raise ValueError(f"window_chunks must be >= 1, got {self.window_chunks}")
+        if self.text_window_tokens < 0 or self.prev_text_head < 0 or self.prev_text_tail < 0:
+            raise ValueError("text window sizes must be >= 0")
+        if self.quantize not in ("none", "int8", "int4"):
+            raise ValueError(f"quantize must be none, int8 or int4, got {self.quantize!r}")
+        if self.retriever not in ("internal", "text", "both"):
+            raise ValueError(f"retriever must be internal, text or both, got {self.retriever!r}")
+        if self.retrieve_k < 0:
+            raise ValueError("retrieve_k must be >= 0")
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings for answers, commentary and alerts."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+@dataclass
+class ResponderConfig:
+    """Asynchronous answering, commentary and standing alerts."""
+
+    queue_size: int = 32  # questions waiting at most; more are rejected
+    commentary_tokens: int = 20  # M: commentary tokens per chunk
+    notify_threshold: float = 0.5  # P("Yes") above which an alert answers in full
+    notify_cooldown_s: float = 10.0  # no repeat of an alert within this much stream time
+    close_timeout_s: float = 10.0  # session.close() waits at most this long for work in flight
+
+
+@dataclass
+class AgentConfig:
+    """Everything an Agent needs; presets below fill it in."""
+
+    model: str = "tiny-smolvlm"
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1"
+    dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "float32" | "bfloat16" | "float16"
+    system_prompt: str = "You are watching a live video stream. Answer questions about what you have seen."
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    responder: ResponderConfig = field(default_factory=ResponderConfig)
+
+    def validate(self) -> "AgentConfig":
+        self.sampler.validate()
+        self.memory.validate()
+        self.generation.validate()
+        return self
+
+    def replace(self, **changes: Any) -> "AgentConfig":
+        """Return a copy with top-level or dotted ("memory.window_chunks") fields changed."""
+        out = copy.deepcopy(self)
+        for key, value in changes.items():
+            target = out
+            parts = key.split(".")
+            for p in parts[:-1]:
+                target = getattr(target, p)
+            if not hasattr(target, parts[-1]):
+                raise ValueError(f"unknown config field {key!r}")
+            setattr(target, parts[-1], value)
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _preset(**changes: Any) -> AgentConfig:
+    return AgentConfig().replace(**changes)
+
+
+#: Named presets. Memory presets follow the published systems' settings (REFERENCE.md).
+PRESETS: dict[str, AgentConfig] = {
+    "default": _preset(),
+    # StreamingVLM: 1 s chunks, 16-chunk vision window, 2 fps, 20 commentary tokens per chunk.
+    "streamingvlm": _preset(**{"memory.window_chunks": 16, "sampler.fps": 2.0, "responder.commentary_tokens": 20}),
+    # ReKV-like: long window, retrieval of many blocks at question time.
+    "rekv": _preset(**{"memory.window_chunks": 32, "memory.retrieve_k": 16, "sampler.fps": 0.5,
+                       "sampler.chunk_seconds": 2.0}),
+    # Small and fast, for tests and CPU smoke runs.
+    "tiny": _preset(**{"memory.window_chunks": 4, "memory.text_window_tokens": 64, "memory.prev_text_head": 32,
+                       "memory.prev_text_tail": 32, "generation.max_new_tokens": 8, "sampler.fps": 2.0}),
+}
+
+
+def from_name(name: str) -> AgentConfig:
+    """Return a fresh copy of the named preset."""
+    try:
+        return copy.deepcopy(PRESETS[name])
+    except KeyError:
+        raise ValueError(f"unknown config preset {name!r}; choose one of {', '.join(sorted(PRESETS))}") from None

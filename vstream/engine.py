@@ -1,0 +1,283 @@
+"""Perception and answering on one model: chunk -> tokens -> prefill -> memory.commit; question -> answer.
+
+The engine is the single writer of the memory manager: ``start``, ``ingest`` and ``add_text`` must be
+called from one thread (the perception thread). ``answer`` and ``probe`` only read a ``Snapshot`` and
+may run on another thread at the same time.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from memory.manager import MemoryManager, Snapshot
+from memory.segment import SINK, TEXT, VISION, Segment
+from vstream.config import AgentConfig
+from vstream.generate import TextStreamer, decode_n_tokens, prefill
+from vstream.models.base import ModelAdapter
+from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Retrieved:
+    """A long-term entry brought back for a question."""
+
+    segment: Segment
+    score: float
+    entry_id: int
+
+
+class LongTermMemory(Protocol):
+    """What the engine needs from the long-term store (memory.longterm.LongTerm implements it)."""
+
+    def on_evict(self, seg: Segment) -> None: ...
+    def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
+                 device: torch.device) -> list[Retrieved]: ...
+    def __len__(self) -> int: ...
+
+
+def make_thumbnail(rgb: np.ndarray, long_side: int) -> bytes:
+    """Small JPEG of a frame [H, W, 3] uint8 RGB."""
+    h, w = rgb.shape[:2]
+    scale = long_side / max(h, w)
+    if scale < 1:
+        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75])
+    if not ok:
+        raise RuntimeError("JPEG encoding of a thumbnail failed")
+    return buf.tobytes()
+
+
+def pooled(means: torch.Tensor) -> torch.Tensor:
+    """[L, H*D] per-layer means -> one L2-normalised vector [L*H*D] (each layer normalised first)."""
+    m = torch.nn.functional.normalize(means.float(), dim=-1)
+    return torch.nn.functional.normalize(m.reshape(-1), dim=0)
+
+
+class Engine:
+    """Owns the model adapter and the memory manager for one stream."""
+
+    def __init__(self, adapter: ModelAdapter, config: AgentConfig, long_term: LongTermMemory | None = None,
+                 ocr: Callable[[np.ndarray], str] | None = None) -> None:
+        self.adapter = adapter
+        self.config = config
+        self.long_term = long_term
+        self.ocr = ocr
+        mc = config.memory
+        self.memory = MemoryManager(rotate=adapter.rotate_keys, new_cache=adapter.new_cache,
+                                    window_chunks=mc.window_chunks, text_window_tokens=mc.text_window_tokens,
+                                    prev_text_head=mc.prev_text_head, prev_text_tail=mc.prev_text_tail,
+                                    on_evict=long_term.on_evict if long_term is not None else None)
+        adapter._install_projection_hooks()  # before any second thread touches the model
+        self.started = False
+        self._gen_lock = threading.Lock()  # one decode at a time per generator
+        self._generator = torch.Generator()
+        if config.generation.seed is not None:
+            self._generator.manual_seed(config.generation.seed)
+
+    # ---- writer side (perception thread) ---------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, previous_text: str = "") -> None:
+        """Prefill the sinks (system prompt) and the caller's previous text."""
+        if self.started:
+            raise RuntimeError("engine already started")
+        a, mm = self.adapter, self.memory
+        tokens = a.embed_text(a.system_text(self.config.system_prompt))
+        prefill(a, mm.cache, tokens, mm.next_pos, logits="none")
+        mm.commit_sink(mm.extract(tokens.n_tokens, 0, tokens.rel_pos, SINK, text=self.config.system_prompt,
+                                  token_ids=tuple(tokens.input_ids[0].tolist())))
+        if previous_text:
+            seg = self._prefill_text(previous_text, None)
+            mm.add_previous_text(seg)
+        self.started = True
+
+    def _prefill_text(self, text: str, at_s: float | None, logits: str = "none") -> Segment:
+        a, mm = self.adapter, self.memory
+        tokens = a.embed_text(text)
+        if tokens.n_tokens == 0:
+            raise ValueError("empty text cannot be added to memory")
+        start = mm.next_pos
+        prefill(a, mm.cache, tokens, start, logits=logits)
+        return mm.extract(tokens.n_tokens, start, tokens.rel_pos, TEXT, start_s=at_s, end_s=at_s, text=text,
+                          token_ids=tuple(tokens.input_ids[0].tolist()))
+
+    @torch.inference_mode()
+    def add_text(self, text: str, at_s: float | None = None) -> Segment:
+        """Put text (an earlier question and answer, a caption) into the live text window."""
+        self._require_started()
+        seg = self._prefill_text(text, at_s if at_s is not None else self.memory.stream_time_s)
+        self.memory.commit(seg)
+        return seg
+
+    @torch.inference_mode()
+    def ingest(self, chunk) -> ChunkReport:
+        """Embed one chunk (``vstream.sources.Chunk``), prefill it against memory and commit it."""
+        self._require_started()
+        t0 = time.perf_counter()
+        a, mm, mc = self.adapter, self.memory, self.config.memory
+        tokens = a.embed_chunk(chunk.marker, chunk.frames)
+        start = mm.next_pos
+        with a.capture_projection_means("k") as kmeans:
+            prefill(a, mm.cache, tokens, start, logits="none")
+        key_summary = torch.stack([m.cpu() for m in kmeans]) if kmeans and kmeans[0] is not None else None  # [L, HD]
+        mid = chunk.frames[len(chunk.frames) // 2]
+        text = chunk.marker
+        if self.ocr is not None:
+            try:
+                found = self.ocr(mid)
+            except Exception as e:  # OCR is best effort: the chunk is stored without it
+                logger.warning("OCR failed on chunk %d: %s", chunk.index, e)
+                found = ""
+            if found:
+                text = f"{text} {found}"
+        seg = mm.extract(tokens.n_tokens, start, tokens.rel_pos, VISION, start_s=chunk.start_s, end_s=chunk.end_s,
+                         text=text, key_summary=key_summary,
+                         thumbnail=make_thumbnail(mid, mc.thumbnail_px), chunk_index=chunk.index)
+        evicted = mm.commit(seg)
+        return ChunkReport(index=chunk.index, start_s=chunk.start_s, end_s=chunk.end_s, n_tokens=tokens.n_tokens,
+                           latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens)
+
+    @torch.inference_mode()
+    def commentary(self, chunk, max_tokens: int, replay: str | None = None) -> CommentaryItem:
+        """Up to ``max_tokens`` tokens of live commentary after the chunk just ingested.
+
+        The turn (assistant header, the words, the turn close) joins the text window with the K/V
+        computed while decoding (kept, not recomputed). ``replay`` feeds given text instead of decoding.
+        """
+        self._require_started()
+        t0 = time.perf_counter()
+        a, mm = self.adapter, self.memory
+        head = a.embed_text(a.commentary_open_text())
+        start = mm.next_pos
+        n0 = mm.context_tokens
+        if replay is not None:
+            words_ids = a.tokenize(replay)
+            prefill(a, mm.cache, head, start, logits="none")
+            pos = start + head.span
+            if words_ids:
+                prefill(a, mm.cache, a.embed_ids(words_ids), pos, logits="none")
+                pos += len(words_ids)
+            text = replay
+        else:
+            logits = prefill(a, mm.cache, head, start)
+            pos = start + head.span
+            with self._gen_lock:
+                res = decode_n_tokens(a, mm.cache, logits, pos, self.config.generation, max_new_tokens=max_tokens,
+                                      generator=self._generator, feed_last=True)
+            pos = res.next_pos
+            text = a.decode(res.token_ids).strip()
+        close = a.embed_text(a.answer_close_text())
+        prefill(a, mm.cache, close, pos, logits="none")
+        n_new = mm.context_tokens - n0
+        rel = torch.arange(n_new, device=a.device).unsqueeze(0).expand(a.pos_dims, -1).contiguous()
+        seg = mm.extract(n_new, start, rel, TEXT, start_s=chunk.start_s, end_s=chunk.end_s, text=text)
+        for vis in reversed(mm.live):  # the chunk's entry text carries its commentary into long-term memory
+            if vis.kind == VISION and vis.chunk_index == chunk.index:
+                vis.text = f"{vis.text} {text}" if text else vis.text
+                break
+        mm.commit(seg)
+        return CommentaryItem(start_s=chunk.start_s, end_s=chunk.end_s, text=text, chunk_index=chunk.index,
+                              latency_s=time.perf_counter() - t0)
+
+    def snapshot(self) -> Snapshot:
+        return self.memory.snapshot()
+
+    def _require_started(self) -> None:
+        if not self.started:
+            raise RuntimeError("engine not started: call start() first")
+
+    # ---- reader side (any thread, on a snapshot) -------------------------------------------------
+    @torch.inference_mode()
+    def _query_means(self, q_tokens, snap: Snapshot) -> torch.Tensor:
+        """Mean pre-RoPE query vectors [L, H_kv*D] of the question, from a pass over the sinks only."""
+        a = self.adapter
+        n_sink = sum(s.n_tokens for s in snap.sinks)
+        sink_pos = sum(s.span for s in snap.sinks)
+        from memory.manager import fill_cache  # local: keep the import list short
+
+        cache = fill_cache(a.new_cache(), [k[:, :, :n_sink] for k in snap.keys], [v[:, :, :n_sink] for v in snap.values])
+        with a.capture_projection_means("q") as qmeans:
+            prefill(a, cache, q_tokens, sink_pos, logits="none")
+        return torch.stack([m.cpu() for m in qmeans])  # [L, HD]
+
+    @torch.inference_mode()
+    def answer(self, question: str, snap: Snapshot, *, max_new_tokens: int | None = None,
+               on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+               retrieve_k: int | None = None) -> Answer:
+        """Answer ``question`` on the memory as of ``snap``: retrieve, assemble, prefill, decode."""
+        if not question or not question.strip():
+            raise ValueError("the question is empty; ask something about the stream")
+        a, mc = self.adapter, self.config.memory
+        t0 = time.perf_counter()
+        q_tokens = a.embed_text(a.question_text(question.strip()))
+        k = mc.retrieve_k if retrieve_k is None else retrieve_k
+        retrieved: list[Retrieved] = []
+        qmeans = None
+        live_vision = [s for s in snap.live if s.kind == VISION]
+        if self.long_term is not None and k > 0 and len(self.long_term) > 0:
+            qmeans = self._query_means(q_tokens, snap)
+            first_live = live_vision[0].start_s if live_vision else snap.stream_time_s
+            retrieved = self.long_term.retrieve(question=question, query_means=qmeans, k=k, before_s=first_live,
+                                                device=a.device)
+        cache, pos = self.memory.assemble(snap, [r.segment for r in retrieved])
+        if qmeans is None:
+            with a.capture_projection_means("q") as qm:
+                logits = prefill(a, cache, q_tokens, pos)
+            qmeans = torch.stack([m.cpu() for m in qm]) if qm and qm[0] is not None else None
+        else:
+            logits = prefill(a, cache, q_tokens, pos)
+        pos += q_tokens.span
+        streamer = TextStreamer(a)
+        ttft: list[float] = []
+
+        def on_token(tok: int) -> None:
+            if not ttft:
+                ttft.append(time.perf_counter() - t0)
+            piece = streamer.push(tok)
+            if piece and on_piece is not None:
+                on_piece(piece)
+
+        with self._gen_lock:
+            res = decode_n_tokens(a, cache, logits, pos, self.config.generation, max_new_tokens=max_new_tokens,
+                                  on_token=on_token, cancel=cancel, generator=self._generator)
+        latency = time.perf_counter() - t0
+        text = a.decode(res.token_ids).strip()
+        evidence = [Evidence(start_s=r.segment.start_s, end_s=r.segment.end_s, score=float(r.score),
+                             source="long_term", entry_id=r.entry_id, thumbnail=r.segment.thumbnail)
+                    for r in retrieved]
+        evidence += self._window_evidence(live_vision, qmeans)
+        return Answer(question=question, text=text, asked_at_s=snap.stream_time_s, evidence=evidence,
+                      ttft_s=ttft[0] if ttft else latency, latency_s=latency, tokens=len(res.token_ids),
+                      cancelled=res.stopped == "cancelled")
+
+    def _window_evidence(self, live_vision: Sequence[Segment], qmeans: torch.Tensor | None, top: int = 3
+                         ) -> list[Evidence]:
+        """The window chunks most similar to the question (same key-space score as the internal retriever)."""
+        scored = []
+        q = pooled(qmeans) if qmeans is not None else None
+        for s in live_vision:
+            score = float(pooled(s.key_summary) @ q) if (q is not None and s.key_summary is not None) else 0.0
+            scored.append((score, s))
+        scored.sort(key=lambda x: -x[0])
+        return [Evidence(start_s=s.start_s, end_s=s.end_s, score=sc, source="window", thumbnail=s.thumbnail)
+                for sc, s in scored[:top]]
+
+    @torch.inference_mode()
+    def probe(self, text: str, snap: Snapshot) -> float:
+        """P("Yes") after "Has <text> happened in the latest chunk?": one forward step on the snapshot."""
+        a = self.adapter
+        q = a.embed_text(a.question_text(f"Has this happened in the latest part of the video: {text}? "
+                                         f"Answer Yes or No."))
+        cache, pos = self.memory.assemble(snap, [])
+        logits = prefill(a, cache, q, pos)  # [1, V]
+        probs = torch.softmax(logits[0].float(), dim=-1)
+        yes_ids = {a.tokenize(w)[0] for w in ("Yes", " Yes", "yes") if a.tokenize(w)}
+        return float(sum(probs[i] for i in yes_ids))

@@ -1,0 +1,278 @@
+"""The model-adapter protocol: what the engine needs from a vision-language model family.
+
+An adapter turns text and video chunks into LLM inputs (embeddings + position ids relative to the
+segment start), runs the language model against a KV cache at explicit positions, and knows how to
+re-rotate cached keys when the context is re-indexed (contiguous RoPE, DESIGN §1.5).
+
+Conventions
+- Positions are explicit everywhere. A segment's ``rel_pos`` is ``[P, S]`` (P = 3 for M-RoPE, 1 for
+  1-D RoPE) counted from the segment's first position; the engine adds the segment's start.
+- Keys in a ``DynamicCache`` are post-RoPE. Shifting a segment by ``delta`` positions is one rotation
+  by ``delta`` on every frequency (RoPE is a rotation, R(p+d) = R(d)R(p); for M-RoPE the t, h and w ids
+  all move by the same delta, so one 1-D rotation works on every section).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Tokens:
+    """LLM inputs for one segment (a text span or a video chunk)."""
+
+    input_ids: torch.Tensor  # [1, S] int64; vision placeholders included
+    inputs_embeds: torch.Tensor  # [1, S, D] model dtype, on the model's device
+    rel_pos: torch.Tensor  # [P, S] int64, relative to the segment's first position
+    n_vision: int = 0  # vision tokens among the S
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def span(self) -> int:
+        """Positions the segment occupies (for M-RoPE this can differ from the token count)."""
+        if self.rel_pos.numel() == 0:
+            return 0
+        return int(self.rel_pos.max().item()) + 1
+
+
+#: A piece of a reference sequence: plain text, or (time marker, frames [N, H, W, 3] uint8).
+RefPiece = "str | tuple[str, np.ndarray]"
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_delta_rotate(keys: torch.Tensor, delta: int | torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate post-RoPE keys by ``delta`` positions (rotate_half convention).
+
+    keys: [B, H, S, D]; delta: int or [S] int tensor (per-token delta); inv_freq: [D/2].
+    Computed in fp32, returned in the keys' dtype.
+    """
+    if isinstance(delta, int) and delta == 0:
+        return keys
+    d = torch.as_tensor(delta, device=keys.device, dtype=torch.float32)
+    freqs = d.reshape(-1, 1) * inv_freq.to(device=keys.device, dtype=torch.float32).reshape(1, -1)  # [S|1, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [S|1, D]
+    cos, sin = emb.cos(), emb.sin()
+    k = keys.float()
+    return (k * cos + rotate_half(k) * sin).to(keys.dtype)
+
+
+class ModelAdapter(ABC):
+    """One VLM family behind one protocol. Subclasses fill in the abstract methods."""
+
+    family: ClassVar[str] = ""
+    #: P in ``rel_pos`` [P, S]: 3 for M-RoPE (Qwen2.5-VL), 1 for 1-D RoPE.
+    pos_dims: ClassVar[int] = 1
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, frame_size: int | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.frame_size = frame_size  # target side for frames (family-specific meaning), None = family default
+        text_cfg = model.config.get_text_config(decoder=True)
+        self.text_config = text_cfg
+        self.num_layers: int = text_cfg.num_hidden_layers
+        self.num_heads: int = text_cfg.num_attention_heads
+        self.num_kv_heads: int = getattr(text_cfg, "num_key_value_heads", None) or self.num_heads
+        self.head_dim: int = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // self.num_heads
+        self.hidden_size: int = text_cfg.hidden_size
+        self._check_rope()
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end an answer."""
+        ids = {self.tokenizer.eos_token_id}
+        for t in self.stop_tokens():
+            tid = self.tokenizer.convert_tokens_to_ids(t)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                ids.add(tid)
+        return sorted(i for i in ids if i is not None)
+
+    def kv_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes of K+V for one token over all layers."""
+        elt = torch.finfo(dtype or self.dtype).bits // 8
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elt
+
+    # ---- family hooks -------------------------------------------------------------------------
+    @abstractmethod
+    def language_model(self) -> nn.Module:
+        """The decoder stack (takes inputs_embeds, position_ids, past_key_values)."""
+
+    @abstractmethod
+    def lm_head(self) -> nn.Module:
+        """Hidden states -> vocabulary logits."""
+
+    @abstractmethod
+    def embed_chunk(self, marker: str, frames: np.ndarray) -> Tokens:
+        """Turn a chunk (time marker text + frames [N, H, W, 3] uint8 RGB) into LLM inputs.
+
+        Preprocessing (resize, normalise, patchify) runs on the model's device with torch; no PIL.
+        """
+
+    @abstractmethod
+    def reference_logits(self, pieces: Sequence[Any]) -> torch.Tensor:
+        """Slow reference for tests: the HF model's own forward over the whole sequence, no cache.
+
+        pieces: text strings and (marker, frames) chunks, in order, exactly as the engine would feed
+        them. Returns the last position's logits [V] (fp32).
+        """
+
+    def stop_tokens(self) -> list[str]:
+        """Special tokens that end an answer besides eos."""
+        return []
+
+    def system_text(self, system_prompt: str) -> str:
+        """The sink text: chat header with the system prompt and the start of the stream turn."""
+        return f"<|im_start|>system\n{system_prompt}<|im_end|>\n<|im_start|>user\n"
+
+    def question_text(self, question: str) -> str:
+        """Text that closes the stream, asks the question and opens the assistant's turn."""
+        return f"<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+    def commentary_open_text(self) -> str:
+        """Text that ends the stream part of the turn and opens live commentary after a chunk."""
+        return "<|im_end|>\n<|im_start|>assistant\n"
+
+    def answer_close_text(self) -> str:
+        """Text appended after an answer when it is kept in the text window."""
+        return "<|im_end|>\n<|im_start|>user\n"
+
+    # ---- shared machinery ---------------------------------------------------------------------
+    def _check_rope(self) -> None:
+        rot = self.rotary()
+        scaling = float(getattr(rot, "attention_scaling", 1.0))
+        if abs(scaling - 1.0) > 1e-6:
+            raise ValueError(f"{self.family}: RoPE attention_scaling={scaling} is not supported by delta rotation")
+
+    def rotary(self) -> nn.Module:
+        return self.language_model().rotary_emb
+
+    def inv_freq(self) -> torch.Tensor:
+        """[head_dim / 2] RoPE inverse frequencies of the language model."""
+        return self.rotary().inv_freq
+
+    def decoder_layers(self) -> Sequence[nn.Module]:
+        return self.language_model().layers
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def embed_ids(self, ids: Sequence[int] | torch.Tensor) -> Tokens:
+        """Text token ids -> Tokens with positions 0..S-1 on every rope dim."""
+        t = torch.as_tensor(ids, dtype=torch.long, device=self.device).reshape(1, -1)  # [1, S]
+        emb = self.language_model().embed_tokens(t)  # [1, S, D]
+        rel = torch.arange(t.shape[1], device=self.device).unsqueeze(0).expand(self.pos_dims, -1)  # [P, S]
+        return Tokens(input_ids=t, inputs_embeds=emb, rel_pos=rel.contiguous())
+
+    def embed_text(self, text: str) -> Tokens:
+        return self.embed_ids(self.tokenize(text))
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    def position_ids(self, rel_pos: torch.Tensor, start: int) -> torch.Tensor:
+        """Absolute position ids in the layout the language model takes: [P, 1, S] or [1, S]."""
+        pos = rel_pos + start  # [P, S]
+        return pos.unsqueeze(1) if self.pos_dims > 1 else pos  # [3, 1, S] or [1, S]
+
+    @torch.inference_mode()
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
+                logits: str = "last") -> torch.Tensor | None:
+        """Run the LM over inputs_embeds [1, S, D] at position_ids, appending to cache.
+
+        logits: "last" -> [1, V] fp32, "all" -> [1, S, V] fp32, "none" -> None.
+        """
+        out = self.language_model()(inputs_embeds=inputs_embeds, position_ids=position_ids,
+                                    past_key_values=cache, use_cache=True)
+        h = out.last_hidden_state  # [1, S, D]
+        if logits == "none":
+            return None
+        if logits == "last":
+            h = h[:, -1]
+        return self.lm_head()(h).float()
+
+    def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
+        """Move keys [B, H, S, D] computed at positions p to positions p + delta."""
+        return rope_delta_rotate(keys, delta, self.inv_freq())
+
+    @contextlib.contextmanager
+    def capture_projection_means(self, which: str = "k") -> Iterator[list]:
+        """Record, per layer, the mean over tokens of the pre-RoPE q or k projection.
+
+        Yields a list filled on exit with one tensor per layer: [H_kv * head_dim] fp32 (query heads are
+        averaged within their key-value group so queries and keys live in the same space). Only forward
+        passes of the calling thread are recorded: the model is shared between perception and answering.
+        """
+        if which not in ("q", "k"):
+            raise ValueError("which must be 'q' or 'k'")
+        self._install_projection_hooks()
+        acc: list[torch.Tensor | None] = [None] * self.num_layers
+        captures = self._captures.__dict__.setdefault("active", {})
+        captures[which] = acc
+        result: list = []
+        try:
+            yield result
+        finally:
+            captures.pop(which, None)
+            result.extend(acc)
+
+    def _install_projection_hooks(self) -> None:
+        """Permanent forward hooks on every layer's q_proj / k_proj (installed once, before any thread
+        starts using the model, so hook dictionaries are never changed while another thread runs)."""
+        if getattr(self, "_hooks_installed", False):
+            return
+        self._captures = threading.local()
+        group = self.num_heads // self.num_kv_heads
+
+        def make_hook(i: int, which: str):
+            def hook(_mod, _inp, out):  # out: [1, S, H * D]
+                acc = getattr(self._captures, "active", {}).get(which)
+                if acc is None:
+                    return
+                m = out[0].float().mean(dim=0)  # [H * D]
+                if which == "q" and group > 1:
+                    m = m.view(self.num_kv_heads, group, self.head_dim).mean(dim=1).reshape(-1)
+                acc[i] = m.detach()
+            return hook
+
+        for i, layer in enumerate(self.decoder_layers()):
+            layer.self_attn.q_proj.register_forward_hook(make_hook(i, "q"))
+            layer.self_attn.k_proj.register_forward_hook(make_hook(i, "k"))
+        self._hooks_installed = True
+
+
+def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """[N, H, W, 3] uint8 numpy -> [N, 3, H, W] float32 in 0..1 on device."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
+    t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return t.permute(0, 3, 1, 2).float().div_(255.0)

@@ -1,0 +1,83 @@
+"""Result dataclasses returned by the public API (vstream.api)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Evidence:
+    """A piece of memory an answer used."""
+
+    start_s: float
+    end_s: float
+    score: float  # retrieval score (long-term) or 1.0 (in the recent window)
+    source: str = "window"  # "window" | "long_term"
+    entry_id: int | None = None  # long-term entry id when source == "long_term"
+    thumbnail: bytes | None = field(default=None, repr=False)  # small JPEG
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("thumbnail")
+        return d
+
+
+@dataclass
+class Answer:
+    """An answer to a question asked at stream time ``asked_at_s``."""
+
+    question: str
+    text: str
+    asked_at_s: float
+    evidence: list[Evidence] = field(default_factory=list)
+    ttft_s: float = 0.0  # wall time from the question's turn to the first token
+    latency_s: float = 0.0  # wall time from the question's turn to the last token
+    tokens: int = 0
+    cancelled: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evidence"] = [e.to_dict() for e in self.evidence]
+        return d
+
+
+@dataclass
+class CommentaryItem:
+    """Live commentary produced after one chunk."""
+
+    start_s: float
+    end_s: float
+    text: str
+    chunk_index: int
+    latency_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Alert:
+    """A standing instruction that fired."""
+
+    condition: str
+    at_s: float
+    probability: float
+    answer: Answer | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["answer"] = self.answer.to_dict() if self.answer else None
+        return d
+
+
+@dataclass
+class ChunkReport:
+    """What perception did with one chunk."""
+
+    index: int
+    start_s: float
+    end_s: float
+    n_tokens: int
+    latency_s: float  # embed + prefill + bookkeeping, wall time
+    evicted: int  # segments evicted from the active context by this chunk
+    context_tokens: int  # tokens in the active context after the chunk

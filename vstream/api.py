@@ -100,14 +100,14 @@ class Session:
                  memory_dir: str | Path | None = None, commentary: bool = False, previous_text: str = "",
                  commentary_replay: dict[int, str] | None = None, progress: bool = False,
                  load_existing: bool = False) -> None:
-        from memory.longterm import LongTerm
-
         self.agent = agent
         self.config = config
         self.source = source
         self.adapter = agent.adapter
         self.long_term = None
         if config.memory.long_term or memory_dir is not None:
+            from memory.longterm import LongTerm
+
             self.long_term = LongTerm.create(self.adapter, config.memory, memory_dir, load_existing=load_existing)
         ocr = self.long_term.ocr if (self.long_term is not None and config.memory.ocr) else None
         self.engine = Engine(self.adapter, config, self.long_term, ocr=ocr)
@@ -150,8 +150,8 @@ class Session:
 
         sc = self.config.sampler
         self._sampler = Sampler(sc.fps, realtime=sc.realtime)
-        fpc = self.adapter.frames_per_chunk(sc.fps, sc.chunk_seconds) if hasattr(self.adapter, "frames_per_chunk") \
-            else None
+        self.adapter.configure_sampling(sc.fps)
+        fpc = self.adapter.frames_per_chunk(sc.fps, sc.chunk_seconds)
         chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc)(self._sampler(iter(self.source)))
         if self._progress and getattr(self.source, "duration", None):
             from tqdm import tqdm

@@ -209,24 +209,27 @@ class Engine:
         return torch.stack([m.cpu() for m in qmeans])  # [L, HD]
 
     @torch.inference_mode()
-    def answer(self, question: str, snap: Snapshot, *, max_new_tokens: int | None = None,
-               on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
-               retrieve_k: int | None = None) -> Answer:
-        """Answer ``question`` on the memory as of ``snap``: retrieve, assemble, prefill, decode."""
-        if not question or not question.strip():
+    def prepare(self, question: str, snap: Snapshot, retrieve_k: int | None = None,
+                retrieved: Sequence[Retrieved] | None = None):
+        """Retrieve, assemble the context and prefill the question turn.
+
+        Returns (cache, next_pos, logits [1, V], retrieved, query_means [L, H_kv*D]). ``retrieved`` forces
+        the given entries (tests) instead of searching.
+        """
+        if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the stream")
         a, mc = self.adapter, self.config.memory
-        t0 = time.perf_counter()
         q_tokens = a.embed_text(a.question_text(question.strip()))
         k = mc.retrieve_k if retrieve_k is None else retrieve_k
-        retrieved: list[Retrieved] = []
         qmeans = None
-        live_vision = [s for s in snap.live if s.kind == VISION]
-        if self.long_term is not None and k > 0 and len(self.long_term) > 0:
-            qmeans = self._query_means(q_tokens, snap)
-            first_live = live_vision[0].start_s if live_vision else snap.stream_time_s
-            retrieved = self.long_term.retrieve(question=question, query_means=qmeans, k=k, before_s=first_live,
-                                                device=a.device)
+        if retrieved is None:
+            retrieved = []
+            if self.long_term is not None and k > 0 and len(self.long_term) > 0:
+                qmeans = self._query_means(q_tokens, snap)
+                live_vision = [s for s in snap.live if s.kind == VISION]
+                first_live = live_vision[0].start_s if live_vision else snap.stream_time_s
+                retrieved = self.long_term.retrieve(question=question, query_means=qmeans, k=k,
+                                                    before_s=first_live, device=a.device)
         cache, pos = self.memory.assemble(snap, [r.segment for r in retrieved])
         if qmeans is None:
             with a.capture_projection_means("q") as qm:
@@ -234,7 +237,16 @@ class Engine:
             qmeans = torch.stack([m.cpu() for m in qm]) if qm and qm[0] is not None else None
         else:
             logits = prefill(a, cache, q_tokens, pos)
-        pos += q_tokens.span
+        return cache, pos + q_tokens.span, logits, list(retrieved), qmeans
+
+    @torch.inference_mode()
+    def answer(self, question: str, snap: Snapshot, *, max_new_tokens: int | None = None,
+               on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+               retrieve_k: int | None = None) -> Answer:
+        """Answer ``question`` on the memory as of ``snap``: retrieve, assemble, prefill, decode."""
+        a = self.adapter
+        t0 = time.perf_counter()
+        cache, pos, logits, retrieved, qmeans = self.prepare(question, snap, retrieve_k)
         streamer = TextStreamer(a)
         ttft: list[float] = []
 
@@ -253,7 +265,7 @@ class Engine:
         evidence = [Evidence(start_s=r.segment.start_s, end_s=r.segment.end_s, score=float(r.score),
                              source="long_term", entry_id=r.entry_id, thumbnail=r.segment.thumbnail)
                     for r in retrieved]
-        evidence += self._window_evidence(live_vision, qmeans)
+        evidence += self._window_evidence([s for s in snap.live if s.kind == VISION], qmeans)
         return Answer(question=question, text=text, asked_at_s=snap.stream_time_s, evidence=evidence,
                       ttft_s=ttft[0] if ttft else latency, latency_s=latency, tokens=len(res.token_ids),
                       cancelled=res.stopped == "cancelled")

@@ -143,6 +143,13 @@ class ModelAdapter(ABC):
         them. Returns the last position's logits [V] (fp32).
         """
 
+    def configure_sampling(self, fps: float) -> None:
+        """Tell the adapter the stream's sampling rate (families with temporal positions use it)."""
+
+    def frames_per_chunk(self, fps: float, chunk_seconds: float) -> int | None:
+        """Frames every chunk should have (the chunker pads or subsamples), or None to keep what comes."""
+        return None
+
     def stop_tokens(self) -> list[str]:
         """Special tokens that end an answer besides eos."""
         return []

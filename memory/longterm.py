@@ -1,0 +1,173 @@
+"""LongTerm: the engine's view of long-term memory (store + FAISS index + optional OCR / text embedder).
+
+Evicted vision chunks go in through ``on_evict``; questions get entries back through ``retrieve``.
+The store and index live in ``memory.store`` / ``memory.index``; this module only wires them to the
+engine and to a session's memory directory.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from memory.segment import Segment
+from vstream.config import MemoryConfig
+
+logger = logging.getLogger(__name__)
+
+
+def store_meta(adapter) -> "StoreMeta":
+    from memory.store import StoreMeta
+
+    dtype = str(adapter.dtype).replace("torch.", "")
+    return StoreMeta(model=adapter.name, family=adapter.family, num_layers=adapter.num_layers,
+                     num_kv_heads=adapter.num_kv_heads, head_dim=adapter.head_dim, pos_dims=adapter.pos_dims,
+                     dtype=dtype)
+
+
+class LongTerm:
+    """Long-term memory for one session."""
+
+    def __init__(self, store, index, cfg: MemoryConfig, directory: Path | None, ocr=None) -> None:
+        self.store = store
+        self.index = index
+        self.cfg = cfg
+        self.directory = directory
+        self._ocr = ocr
+        self._stored_chunks: set[float] = {info.start_s for info in store.infos()}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, adapter, cfg: MemoryConfig, directory: str | Path | None = None, *,
+               load_existing: bool = False) -> "LongTerm":
+        """Open (load_existing) or start a long-term memory, in ``directory`` or a private temp dir."""
+        from memory.index import MemoryIndex
+        from memory.store import LongTermStore
+
+        meta = store_meta(adapter)
+        d = Path(directory) if directory is not None else None
+        embedder = None
+        if cfg.retriever in ("text", "both"):
+            from memory.textvec import TextEmbedder
+
+            embedder = TextEmbedder()
+        if load_existing:
+            if d is None or not (d / "config.json").exists():
+                raise ValueError(f"{directory!s} is not a vstream memory directory (no config.json); give the "
+                                 f"directory written by `vstream watch --memory-dir` or session.save()")
+            store = LongTermStore.open(d, expected=meta, ram_bytes=cfg.ram_bytes, device="cpu")
+            index = MemoryIndex.load_or_rebuild(store, d, retriever=cfg.retriever, per_layer=cfg.per_layer,
+                                                exact_max=cfg.exact_index_max, embedder=embedder)
+        else:
+            if d is not None and (d / "config.json").exists():
+                store = LongTermStore.open(d, expected=meta, ram_bytes=cfg.ram_bytes, device="cpu")
+                logger.info("appending to existing memory in %s (%d entries)", d, len(store))
+                index = MemoryIndex.load_or_rebuild(store, d, retriever=cfg.retriever, per_layer=cfg.per_layer,
+                                                    exact_max=cfg.exact_index_max, embedder=embedder)
+            else:
+                store = LongTermStore(meta, d, ram_bytes=cfg.ram_bytes, quantize=cfg.quantize, device="cpu")
+                index = MemoryIndex(store, retriever=cfg.retriever, per_layer=cfg.per_layer,
+                                    exact_max=cfg.exact_index_max, embedder=embedder)
+        ocr = None
+        if cfg.ocr:
+            from memory.textvec import OCR
+
+            ocr = OCR()
+        return cls(store, index, cfg, d, ocr=ocr)
+
+    # ---- engine hooks --------------------------------------------------------------------------
+    @property
+    def ocr(self):
+        return self._ocr.read if self._ocr is not None else None
+
+    @property
+    def persistent(self) -> bool:
+        return self.directory is not None
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def on_evict(self, seg: Segment) -> None:
+        """Store an evicted chunk (K/V to RAM/disk) and index it."""
+        with self._lock:
+            if seg.start_s in self._stored_chunks:
+                return
+            cpu = seg.to("cpu")
+            entry_id = self.store.add(cpu)
+            self.index.add(entry_id, cpu)
+            self._stored_chunks.add(seg.start_s)
+
+    def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
+                 device: torch.device) -> list:
+        """Top-k entries that started before ``before_s`` (causality), best first, K/V on ``device``."""
+        from vstream.engine import Retrieved
+
+        if k <= 0 or len(self.store) == 0:
+            return []
+        want = k + 32
+        while True:
+            hits = self.index.search(query_means=query_means, query_text=question, k=want)
+            ok = [(i, s) for i, s in hits if self.store.info(i).start_s < before_s]
+            if len(ok) >= k or len(hits) < want or want >= len(self.store):
+                break
+            want *= 4
+        out = []
+        for entry_id, score in ok[:k]:
+            seg = self.store.get(entry_id, device=device)
+            out.append(Retrieved(segment=seg, score=float(score), entry_id=int(entry_id)))
+        return out
+
+    # ---- persistence --------------------------------------------------------------------------
+    def flush(self, live: Sequence[Segment]) -> None:
+        """Write chunks still in the window too (at close or save), then the index."""
+        for seg in live:
+            self.on_evict(seg)
+        if self.directory is not None:
+            self.index.save(self.directory)
+
+    def save(self, directory: str | Path, extra: Sequence[Segment] = ()) -> None:
+        """Write everything (stored entries + ``extra`` live chunks) to ``directory``."""
+        d = Path(directory)
+        if self.directory is not None and d.resolve() == self.directory.resolve():
+            self.flush(extra)
+            return
+        from memory.index import MemoryIndex
+        from memory.store import LongTermStore
+
+        if d.exists() and any(d.iterdir()):
+            raise ValueError(f"{d} exists and is not empty; choose a new directory to save memory into")
+        tmp = d.with_name(d.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        out = LongTermStore(self.store.meta, tmp, quantize=self.cfg.quantize, device="cpu")
+        idx = MemoryIndex(out, retriever=self.cfg.retriever, per_layer=self.cfg.per_layer,
+                          exact_max=self.cfg.exact_index_max, embedder=self.index.embedder)
+        seen = set()
+        for info in self.store.infos():
+            seg = self.store.get(info.entry_id)
+            seen.add(seg.start_s)
+            idx.add(out.add(seg), seg)
+        for seg in extra:
+            if seg.start_s not in seen:
+                cpu = seg.to("cpu")
+                idx.add(out.add(cpu), cpu)
+        idx.save(tmp)
+        out.close()
+        if d.exists():
+            d.rmdir()
+        tmp.rename(d)
+
+    def ram_bytes(self) -> int:
+        return self.store.ram_bytes_used()
+
+    def disk_bytes(self) -> int:
+        return self.store.disk_bytes_used()
+
+    def close(self) -> None:
+        if self.directory is not None:
+            self.index.save(self.directory)
+        self.store.close()

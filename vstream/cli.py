@@ -1,0 +1,210 @@
+"""`vstream ...`: watch, ask, models, bench, eval. Errors are one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _parse_ask(spec: str) -> tuple[float, str]:
+    t, sep, q = spec.partition(":")
+    try:
+        tt = float(t)
+    except ValueError:
+        tt = -1.0
+    if not sep or tt < 0 or not q.strip():
+        raise CLIError(f"--ask {spec!r} is not TIME:QUESTION; write e.g. --ask \"12.5:What is on the board?\"")
+    return tt, q.strip()
+
+
+class Emitter:
+    """Prints results as JSON lines (--json) or readable text."""
+
+    def __init__(self, as_json: bool, out=None) -> None:
+        self.as_json = as_json
+        self.out = out or sys.stdout
+
+    def emit(self, kind: str, text: str, **fields: Any) -> None:
+        if self.as_json:
+            self.out.write(json.dumps({"type": kind, **fields}, ensure_ascii=False) + "\n")
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+
+def _agent_from_args(args):
+    from vstream.api import Agent
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "window", None):
+        overrides["memory.window_chunks"] = args.window
+    if getattr(args, "max_new_tokens", None):
+        overrides["generation.max_new_tokens"] = args.max_new_tokens
+    if getattr(args, "ocr", False):
+        overrides["memory.ocr"] = True
+    if getattr(args, "retriever", None):
+        overrides["memory.retriever"] = args.retriever
+    if getattr(args, "top_k", None) is not None:
+        overrides["memory.retrieve_k"] = args.top_k
+    return Agent.from_pretrained(args.model, config=args.config, device=args.device, dtype=args.dtype, **overrides)
+
+
+def _answer_fields(ans) -> dict:
+    return {"t": round(ans.asked_at_s, 3), "question": ans.question, "text": ans.text,
+            "evidence": [e.to_dict() for e in ans.evidence], "ttft_s": round(ans.ttft_s, 4),
+            "latency_s": round(ans.latency_s, 4), "tokens": ans.tokens}
+
+
+def cmd_watch(args) -> int:
+    asks = sorted((_parse_ask(a) for a in args.ask), key=lambda x: x[0])
+    em = Emitter(args.json)
+    agent = _agent_from_args(args)
+    session = agent.watch(args.source, background=args.realtime, realtime=args.realtime, fps=args.fps,
+                          memory_dir=args.memory_dir, commentary=args.commentary,
+                          progress=not args.json and not args.realtime and sys.stderr.isatty())
+    with session:
+        if args.commentary:
+            session.on_commentary(lambda c: em.emit("commentary", f"[{c.start_s:.1f}-{c.end_s:.1f}s] {c.text}",
+                                                    start_s=c.start_s, end_s=c.end_s, text=c.text))
+        for cond in args.notify:
+            session.notify_when(cond, lambda al: em.emit(
+                "notify", f"[{al.at_s:.1f}s] ALERT {al.condition!r} (p={al.probability:.2f})"
+                + (f": {al.answer.text}" if al.answer else ""),
+                at_s=al.at_s, condition=al.condition, probability=al.probability,
+                text=al.answer.text if al.answer else None))
+        for t, q in asks:
+            reached = session.advance_to(t)
+            if session.error:
+                break
+            if reached < t:
+                logger.info("stream ended at %.1fs, before %.1fs; asking now", reached, t)
+            ans = session.ask(q)
+            em.emit("answer", f"[{ans.asked_at_s:.1f}s] Q: {q}\n        A: {ans.text}", **_answer_fields(ans))
+        if not asks or args.commentary or args.notify or args.memory_dir:
+            session.run_to_end()
+        if session.error:
+            raise CLIError(session.error)
+        st = session.stats()
+        em.emit("stats", f"watched {st['stream_time_s']:.1f}s: {st['chunks']} chunks, {st['frames_kept']} frames kept, "
+                         f"{st['frames_dropped']} dropped, chunk latency p50 {st['chunk_latency_p50'] or 0:.3f}s",
+                **{k: v for k, v in st.items() if k != "error"})
+    return 0
+
+
+def cmd_ask(args) -> int:
+    em = Emitter(args.json)
+    agent = _agent_from_args(args)
+    with agent.load(args.memory_dir) as session:
+        for q in args.question:
+            ans = session.ask(q)
+            fields = _answer_fields(ans)
+            ev = ", ".join(f"{e.start_s:.1f}-{e.end_s:.1f}s ({e.score:.2f})" for e in ans.evidence)
+            em.emit("answer", f"Q: {q}\nA: {ans.text}\n   evidence: {ev or 'none'}", **fields)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from vstream.models.registry import DEFAULT_CPU_MODEL, DEFAULT_GPU_MODEL, describe_models
+
+    rows = describe_models()
+    if args.json:
+        print(json.dumps({"models": rows, "default_cpu": DEFAULT_CPU_MODEL, "default_gpu": DEFAULT_GPU_MODEL}))
+        return 0
+    w = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{w}}  {r['family']:<16} {r['description']}")
+    print(f"\nwithout --model: {DEFAULT_CPU_MODEL} on CPU, {DEFAULT_GPU_MODEL} on GPU (downloaded from the hub)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from vstream import bench
+
+    return bench.run_cli(args)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="preset (see `vstream models`), hub id or local directory; "
+                                                 "default: a real checkpoint suited to the device")
+    p.add_argument("--config", default=None, help="config preset: default, streamingvlm, rekv, tiny")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--dtype", default=None, help="auto, float32, bfloat16, float16")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--window", type=int, default=None, help="recent window in chunks (W)")
+    p.add_argument("--retriever", choices=["internal", "text", "both"], default=None)
+    p.add_argument("--top-k", type=int, default=None, help="long-term entries retrieved per question")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vstream", description="Streaming video-LLM agent: watch a stream, answer "
+                                                             "questions while watching.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    w = sub.add_parser("watch", help="watch a video/stream and answer questions at given stream times")
+    w.add_argument("source", help="video file, rtsp/http URL, /dev/videoN, or synthetic:seed=0,duration=30")
+    _add_model_args(w)
+    w.add_argument("--fps", type=float, default=None, help="frames kept per second of stream (default 2)")
+    w.add_argument("--ask", action="append", default=[], metavar="T:QUESTION",
+                   help="ask QUESTION when the stream reaches T seconds (repeatable)")
+    w.add_argument("--commentary", action="store_true", help="live commentary after every chunk")
+    w.add_argument("--notify", action="append", default=[], metavar="TEXT", help="alert when TEXT happens")
+    w.add_argument("--realtime", action="store_true", help="pace to the wall clock, drop frames when behind")
+    w.add_argument("--memory-dir", default=None, help="persist long-term memory here (crash-safe, as it goes)")
+    w.add_argument("--ocr", action="store_true", help="OCR a keyframe per chunk into memory (slides, signs)")
+    w.set_defaults(func=cmd_watch)
+
+    a = sub.add_parser("ask", help="answer questions from a saved memory directory, without the video")
+    a.add_argument("memory_dir")
+    a.add_argument("question", nargs="+")
+    _add_model_args(a)
+    a.set_defaults(func=cmd_ask)
+
+    m = sub.add_parser("models", help="list presets and supported model families")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    from vstream import bench
+
+    bench.add_parser(sub)
+    try:
+        from eval.cli import add_eval_parser
+    except ImportError as e:  # the harness is optional at import time; say why when asked for
+        e_msg = str(e)
+        ev = sub.add_parser("eval", help="benchmark runs (unavailable: " + e_msg + ")")
+        ev.set_defaults(func=lambda _a: (_ for _ in ()).throw(CLIError(f"eval harness unavailable: {e_msg}")))
+    else:
+        add_eval_parser(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    as_json = getattr(args, "json", False)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, RuntimeError, FileNotFoundError, PermissionError, OSError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if as_json:
+            print(json.dumps({"type": "error", "message": msg}), flush=True)
+        print(f"vstream: error: {msg}", file=sys.stderr)
+        if args.verbose:
+            logger.exception("details")
+        return EXIT_USAGE

@@ -29,6 +29,10 @@ RotateFn = Callable[[torch.Tensor, int], torch.Tensor]  # (keys [B, H, S, D], de
 
 def fill_cache(cache: DynamicCache, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> DynamicCache:
     """Put per-layer tensors [1, H, S, D] into an empty DynamicCache (by reference, no copy)."""
+    if not cache.layers:  # a cache built without a config creates its layers on first update
+        for l, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k, v, l)
+        return cache
     if len(cache.layers) != len(keys):
         raise RuntimeError(f"cache has {len(cache.layers)} layers but {len(keys)} key tensors were given")
     for layer, k, v in zip(cache.layers, keys, values):

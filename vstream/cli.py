@@ -34,11 +34,11 @@ class Emitter:
         self.as_json = as_json
         self.out = out or sys.stdout
 
-    def emit(self, kind: str, text: str, **fields: Any) -> None:
+    def emit(self, kind: str, human: str, **fields: Any) -> None:
         if self.as_json:
             self.out.write(json.dumps({"type": kind, **fields}, ensure_ascii=False) + "\n")
         else:
-            self.out.write(text + "\n")
+            self.out.write(human + "\n")
         self.out.flush()
 
 

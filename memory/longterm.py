@@ -161,6 +161,10 @@ class LongTerm:
             d.rmdir()
         tmp.rename(d)
 
+    def latest_end_s(self) -> float:
+        """End of the newest stored entry (0 when empty)."""
+        return max((i.end_s for i in self.store.infos()), default=0.0)
+
     def ram_bytes(self) -> int:
         return self.store.ram_bytes_used()
 

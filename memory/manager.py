@@ -214,6 +214,11 @@ class MemoryManager:
         self._publish()
         return evicted
 
+    def set_stream_time(self, t_s: float) -> None:
+        """Start the stream clock at ``t_s`` (a session resumed over stored memory)."""
+        self.stream_time_s = float(t_s)
+        self._publish()
+
     def add_previous_text(self, seg: Segment) -> None:
         """Put a text segment straight into the previous-text block (e.g. the caller's initial text)."""
         self._absorb_prev_text([seg])

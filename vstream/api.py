@@ -112,6 +112,8 @@ class Session:
         ocr = self.long_term.ocr if (self.long_term is not None and config.memory.ocr) else None
         self.engine = Engine(self.adapter, config, self.long_term, ocr=ocr)
         self.engine.start(previous_text)
+        if load_existing and self.long_term is not None:
+            self.engine.memory.set_stream_time(self.long_term.latest_end_s())
         self.commentary_on = commentary
         self.commentary_replay = dict(commentary_replay or {})
         self.commentary_items: list[CommentaryItem] = []

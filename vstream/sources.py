@@ -553,6 +553,8 @@ class LiveSource:
 
     def _connect_with_retries(self, *, first: bool):
         attempts = self.max_retries if (self.reconnect and not self._is_file) else 0
+        if first:  # a stream that never opened is usually a wrong URL: say so within ~1.5 s
+            attempts = min(attempts, 2)
         for attempt in range(attempts + 1):
             if self._closed:
                 return None

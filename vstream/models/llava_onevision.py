@@ -45,6 +45,8 @@ _SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layer
 _VISION: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=4,
                  image_size=28, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False),
+    "small": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, patch_size=8,
+                  image_size=56, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, vision_use_head=False),
     "0.5b": _SIGLIP_SO400M,
     "7b": _SIGLIP_SO400M,
 }
@@ -56,6 +58,10 @@ _TEXT: dict[str, dict[str, Any]] = {
                  num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
                  initializer_range=0.1),  # larger than 0.02 so that position errors show in the logits
+    # "small": a CPU benchmark size (8 layers, hidden 512): big enough that compute, not Python, dominates.
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=2, max_position_embeddings=131072, rms_norm_eps=1e-6,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=False),
     "0.5b": dict(vocab_size=152000, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=True),

@@ -42,6 +42,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny-qwen2.5-vl", "qwen2.5-vl", "tiny", "tiny random Qwen2.5-VL (M-RoPE), for tests"),
     Preset("tiny-llava-onevision", "llava-onevision", "tiny", "tiny random LLaVA-OneVision (Qwen2 LM), for tests"),
     Preset("tiny-smolvlm", "smolvlm", "tiny", "tiny random SmolVLM (Llama LM), for tests"),
+    Preset("small-llava-onevision", "llava-onevision", "small",
+           "small random LLaVA-OneVision (8 layers, hidden 512), for CPU benchmarks"),
     Preset("qwen2.5-vl-3b-random", "qwen2.5-vl", "3b", "Qwen2.5-VL-3B published config, random weights (timing)"),
     Preset("qwen2.5-vl-7b-random", "qwen2.5-vl", "7b", "Qwen2.5-VL-7B published config, random weights (timing)"),
     Preset("llava-onevision-0.5b-random", "llava-onevision", "0.5b",

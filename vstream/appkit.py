@@ -1,0 +1,528 @@
+"""The Gradio app's controller and view helpers (plain Python: no Gradio import, unit-testable).
+
+``AppController`` holds the Agent and the one current Session and has a method per UI action
+(start_webcam, push_frame, start_url, start_upload, ask, toggle_commentary, add_alert, status, save,
+load). Bad user input raises ``ValueError`` with a one-line message; the app shows it and the
+running session is left as it was. The chat, the evidence of the latest answer and the commentary
+are kept here (with version counters) so that callbacks from the session's threads (alerts,
+commentary) and the UI's periodic refresh all see one consistent picture.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import queue
+import re
+import threading
+from collections import deque
+from concurrent.futures import CancelledError
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from vstream.sources import VIDEO_EXTENSIONS, PushSource, SourceError, is_url, open_source, probe
+from vstream.types import Alert, Answer, CommentaryItem
+
+logger = logging.getLogger(__name__)
+
+#: Saved-memory names: a plain folder name inside the app's memory root (no paths, no "..").
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Control characters (random tiny models emit them) removed before text reaches the browser.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+NO_SOURCE = "No source is running: start the webcam, a URL, an upload, or load a saved memory first."
+
+
+def clean_text(text: str) -> str:
+    """Text safe to show: control characters removed."""
+    return _CONTROL_RE.sub("", text or "")
+
+
+def human_bytes(n: float | None) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def evidence_caption(start_s: float, end_s: float, score: float) -> str:
+    """``"12.0-13.0s (0.83)"``."""
+    return f"{start_s:.1f}-{end_s:.1f}s ({score:.2f})"
+
+
+def evidence_items(answer: Answer | None) -> list[tuple[Any, str]]:
+    """Gallery items ``(PIL image, caption)`` for the evidence of ``answer`` that has a thumbnail."""
+    from PIL import Image
+
+    out = []
+    for ev in (answer.evidence if answer is not None else []):
+        if not ev.thumbnail:
+            continue
+        try:
+            img = Image.open(io.BytesIO(ev.thumbnail)).convert("RGB")
+        except Exception as e:  # a damaged thumbnail should not break the answer
+            logger.warning("evidence thumbnail %.1f-%.1fs unreadable: %s", ev.start_s, ev.end_s, e)
+            continue
+        out.append((img, evidence_caption(ev.start_s, ev.end_s, ev.score)))
+    return out
+
+
+def check_memory_name(name: str) -> str:
+    """Return ``name`` stripped if it is a valid saved-memory name, else raise ValueError."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("give the memory a name, e.g. lecture-1")
+    if ".." in name or not _NAME_RE.match(name) or name.endswith(".partial"):
+        raise ValueError(f"bad memory name {name!r}: use 1-64 letters, digits, '-', '_' or '.', "
+                         "with no '/' and no '..'")
+    return name
+
+
+def _fmt_s(x: float | None, unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if x is None else f"{x * scale:.{digits}f} {unit}"
+
+
+def format_status(st: dict) -> str:
+    """The status panel as Markdown (a two-column table)."""
+    s = st.get("stats")
+    rows = [("model", f"{st['model']} on {st['device']}"), ("source", st["source"] or "none"),
+            ("commentary", st["commentary"])]
+    if s is not None:
+        mem = s.get("memory_bytes") or {}
+        rows += [
+            ("stream time", f"{s['stream_time_s']:.1f} s" + (" (ended)" if s.get("ended") else "")),
+            ("frames kept / dropped", f"{s['frames_kept']} / {s['frames_dropped']} (in {s['frames_in']})"),
+            ("chunks (dropped)", f"{s['chunks']} ({s.get('chunks_dropped', 0)})"),
+            ("chunk latency last / p50 / p95",
+             f"{_fmt_s(st.get('last_latency_s'), 'ms', 1e3, 0)} / {_fmt_s(s['chunk_latency_p50'], 'ms', 1e3, 0)}"
+             f" / {_fmt_s(s['chunk_latency_p95'], 'ms', 1e3, 0)}"),
+            ("time to first token p50 / p95",
+             f"{_fmt_s(s['ttft_p50'], 'ms', 1e3, 0)} / {_fmt_s(s['ttft_p95'], 'ms', 1e3, 0)}"),
+            ("decode speed", "-" if s.get("tokens_per_s") is None else f"{s['tokens_per_s']:.1f} tok/s"),
+            ("context tokens", str(s.get("context_tokens", "-"))),
+            ("memory device / RAM / disk",
+             f"{human_bytes(mem.get('device'))} / {human_bytes(mem.get('ram'))} / {human_bytes(mem.get('disk'))}"),
+            ("long-term entries", str(s.get("long_term_entries", 0))),
+            ("questions pending / answered", f"{s.get('queries_pending', 0)} / {s.get('queries_answered', 0)}"),
+        ]
+        if s.get("error"):
+            rows.append(("error", clean_text(str(s["error"]))))
+    wc = st.get("webcam")
+    if wc:
+        rows.append(("webcam frames pushed / dropped / ignored",
+                     f"{wc['pushed']} / {wc['dropped']} / {wc['ignored']}"))
+    if st.get("alerts"):
+        rows.append(("standing alerts", "; ".join(st["alerts"])))
+    body = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
+    return "| status | |\n|---|---|\n" + body
+
+
+def latency_frame(points: list[tuple[float, float]]):
+    """A DataFrame for the latency plot: stream time (s) vs chunk latency (ms)."""
+    import pandas as pd
+
+    return pd.DataFrame({"stream time (s)": [p[0] for p in points],
+                         "chunk latency (ms)": [p[1] for p in points]})
+
+
+class AppController:
+    """The app's state: an Agent, the current Session, the chat, commentary and standing alerts.
+
+    One controller serves the whole app process (a single-person tool on 127.0.0.1): every browser
+    tab sees the same session. Methods are thread-safe; Gradio calls them from its worker threads.
+    """
+
+    def __init__(self, agent, *, memory_root: str | Path = "vstream_memory", max_upload_mb: float = 500.0,
+                 commentary: bool = False, realtime: bool = True, alert_threshold: float | None = None,
+                 alert_cooldown_s: float | None = None, webcam_max_side: int = 640, url_retries: int = 5,
+                 chat_limit: int = 200, commentary_limit: int = 50) -> None:
+        if max_upload_mb <= 0:
+            raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
+        self.agent = agent
+        self.memory_root = Path(memory_root)
+        self.memory_root.mkdir(parents=True, exist_ok=True)
+        self.max_upload_mb = float(max_upload_mb)
+        self.realtime = realtime
+        self.commentary_next = bool(commentary)  # applied when the next source starts
+        self.alert_threshold = alert_threshold
+        self.alert_cooldown_s = alert_cooldown_s
+        self.webcam_max_side = webcam_max_side
+        self.url_retries = url_retries  # reconnect attempts for URLs (also when first opening them)
+        self.session = None
+        self.kind: str | None = None  # "webcam" | "url" | "upload" | "memory"
+        self.source_label: str | None = None
+        self.push: PushSource | None = None
+        self.webcam_ignored = 0
+        self._commentary_active = False
+        self._generation = 0  # bumped at each session change; stale callbacks are ignored
+        self._lock = threading.RLock()  # guards the session swap
+        self._view = threading.Lock()  # guards chat / evidence / commentary
+        self._chat: list[dict] = []
+        self._chat_limit = chat_limit
+        self.chat_version = 0
+        self._evidence: list[tuple[Any, str]] = []
+        self.evidence_version = 0
+        self._commentary: deque[str] = deque(maxlen=commentary_limit)
+        self.commentary_version = 0
+        self._alerts: dict[int, tuple[str, float | None]] = {}
+        self._alert_ids = itertools.count(1)
+
+    # ---- info -----------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.agent.model_name
+
+    @property
+    def device(self) -> str:
+        """``"cpu (float32)"`` or ``"cuda:0 (bfloat16)"``."""
+        a = self.agent.adapter
+        return f"{a.device} ({str(a.dtype).replace('torch.', '')})"
+
+    # ---- chat, evidence, commentary --------------------------------------------------------------
+    def _post(self, role: str, content: str) -> dict:
+        msg = {"role": role, "content": content}
+        with self._view:
+            self._chat.append(msg)
+            del self._chat[:-self._chat_limit]
+            self.chat_version += 1
+        return msg
+
+    def _edit(self, msg: dict, content: str) -> None:
+        with self._view:
+            msg["content"] = content
+            self.chat_version += 1
+
+    def messages(self) -> list[dict]:
+        """The chat as Gradio messages (copies)."""
+        with self._view:
+            return [dict(m) for m in self._chat]
+
+    def evidence(self) -> list[tuple[Any, str]]:
+        """Gallery items of the latest answer: ``(PIL image, "12.0-13.0s (0.83)")``."""
+        with self._view:
+            return list(self._evidence)
+
+    def commentary_text(self) -> str:
+        """The latest commentary lines, newest last: ``"[12.0-13.0s] text"``."""
+        with self._view:
+            return "\n".join(self._commentary)
+
+    def _on_commentary(self, gen: int, item: CommentaryItem) -> None:
+        if gen != self._generation:
+            return
+        line = f"[{item.start_s:.1f}-{item.end_s:.1f}s] {clean_text(item.text).strip() or '(nothing)'}"
+        with self._view:
+            self._commentary.append(line)
+            self.commentary_version += 1
+
+    def _on_alert(self, gen: int, alert_id: int, alert: Alert) -> None:
+        if gen != self._generation or alert_id not in self._alerts:
+            return
+        text = f"🔔 **Alert at {alert.at_s:.1f}s**: {clean_text(alert.condition)} (p={alert.probability:.2f})"
+        if alert.answer is not None and alert.answer.text.strip():
+            text += "\n\n" + clean_text(alert.answer.text).strip()
+        self._post("assistant", text)
+
+    # ---- sessions -----------------------------------------------------------------------------
+    def _swap(self, make_session, kind: str, label: str, push: PushSource | None = None):
+        """Open a session with ``make_session(commentary)``, then close the current one and install it."""
+        with self._lock:
+            commentary = self.commentary_next and kind != "memory"
+            session = make_session(commentary)  # may raise: then the current session keeps running
+            self._close_current()
+            self._generation += 1
+            gen = self._generation
+            self.session, self.kind, self.source_label, self.push = session, kind, label, push
+            self._commentary_active = commentary
+            if commentary:
+                session.on_commentary(lambda item, gen=gen: self._on_commentary(gen, item))
+            if kind != "memory":
+                for alert_id, (cond, thr) in self._alerts.items():
+                    self._register_alert(session, gen, alert_id, cond, thr)
+        with self._view:
+            self._commentary.clear()
+            self.commentary_version += 1
+        note = f"▶ Started {kind}: {label}" + (" (live commentary on)" if commentary else "")
+        self._post("assistant", f"*{note}*")
+        logger.info("%s", note)
+        return session
+
+    def _close_current(self) -> None:
+        s, self.session = self.session, None
+        self.push = None
+        if s is not None:
+            try:
+                s.close()
+            except Exception:
+                logger.exception("closing the previous session failed")
+
+    def _watch(self, source, commentary: bool):
+        return self.agent.watch(source, realtime=self.realtime, commentary=commentary)
+
+    def start_webcam(self) -> str:
+        """Start a session fed by webcam frames (``push_frame``); closes the current one."""
+        push = PushSource(maxsize=64, name="webcam", max_side=self.webcam_max_side)
+        self.webcam_ignored = 0
+        self._swap(lambda c: self._watch(push, c), "webcam", "browser webcam", push)
+        return "Webcam session started: frames from the browser are being watched."
+
+    def push_frame(self, frame: np.ndarray | None, t: float | None = None) -> bool:
+        """Feed one webcam frame ``[H, W, 3]`` uint8 RGB. Starts a webcam session if nothing runs.
+
+        Frames are ignored (counted) while another source is active; ``start_webcam`` switches.
+        Returns True when the frame was queued.
+        """
+        if frame is None:
+            return False
+        with self._lock:
+            if self.session is None:
+                self.start_webcam()
+            if self.kind != "webcam" or self.push is None:
+                self.webcam_ignored += 1
+                return False
+            push = self.push
+        return push.push(np.asarray(frame), t)
+
+    def start_url(self, url: str) -> str:
+        """Watch an rtsp/rtmp/http(s)/srt/udp/tcp URL as a live stream; closes the current session."""
+        url = (url or "").strip()
+        if not url:
+            raise ValueError("give a stream URL, e.g. rtsp://camera.local/stream")
+        if not is_url(url):
+            raise ValueError("only network URLs are accepted here (rtsp://, rtmp://, http(s)://, srt://, udp://, "
+                             "tcp://); to play a file, upload it")
+        src = open_source(url, max_retries=self.url_retries)  # connects now: a bad URL fails here and the current session keeps running
+        label = re.sub(r"//[^@/]*@", "//***@", url)  # hide credentials
+        self._swap(lambda c: self._watch(src, c), "url", label)
+        return f"Watching {label}."
+
+    def check_upload(self, path: str | Path) -> Path:
+        """Validate an uploaded file (extension, size, a real open with probe); returns its path."""
+        if not path:
+            raise ValueError("no file was uploaded")
+        p = Path(path)
+        name = p.name
+        if p.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise ValueError(f"{name!r} is not a video file: upload one of {', '.join(VIDEO_EXTENSIONS)}")
+        if not p.is_file():
+            raise ValueError(f"upload {name!r} is missing on the server; upload it again")
+        size_mb = p.stat().st_size / 2**20
+        if size_mb > self.max_upload_mb:
+            raise ValueError(f"{name!r} is {size_mb:.1f} MB, over the upload limit of {self.max_upload_mb:g} MB "
+                             "(--max-upload-mb)")
+        try:
+            facts = probe(p)
+        except SourceError as e:
+            raise ValueError(f"{name!r} is not a video this app can play ({_short_reason(e, p)}); upload an "
+                             "H.264/MPEG-4 video file") from None
+        if not facts.get("width"):
+            raise ValueError(f"{name!r} has no video picture; upload an H.264/MPEG-4 video file")
+        return p
+
+    def start_upload(self, path: str | Path) -> str:
+        """Play an uploaded video file as live; closes the current session. Bad files leave it running."""
+        p = self.check_upload(path)
+        try:
+            src = open_source(str(p))
+        except SourceError as e:
+            raise ValueError(f"{p.name!r} cannot be played ({_short_reason(e, p)}); upload an H.264/MPEG-4 "
+                             "video file") from None
+        self._swap(lambda c: self._watch(src, c), "upload", p.name)
+        how = "played as live" if self.realtime else "read as fast as possible"
+        return f"Watching {p.name} ({how})."
+
+    # ---- memory -------------------------------------------------------------------------------
+    def list_saved(self) -> list[str]:
+        """Names of memories saved under the app's memory root."""
+        if not self.memory_root.is_dir():
+            return []
+        return sorted(d.name for d in self.memory_root.iterdir()
+                      if d.is_dir() and (d / "config.json").is_file() and _NAME_RE.match(d.name))
+
+    def save(self, name: str) -> str:
+        """Save the current session's memory as ``name`` under the memory root."""
+        name = check_memory_name(name)
+        with self._lock:
+            s = self.session
+            if s is None:
+                raise ValueError(NO_SOURCE)
+            target = self.memory_root / name
+            if target.exists():
+                raise ValueError(f"a saved memory named {name!r} exists; choose another name")
+            s.save(target)
+        return f"Saved memory as {name!r}."
+
+    def load(self, name: str) -> str:
+        """Open a saved memory (by name only) as the current session: questions work, no source."""
+        name = check_memory_name(name)
+        if name not in self.list_saved():
+            raise ValueError(f"no saved memory named {name!r}; choose one of the saved names")
+        target = self.memory_root / name
+        self._swap(lambda c: self.agent.load(target), "memory", f"saved memory {name!r}")
+        return f"Loaded saved memory {name!r}: ask about what it saw."
+
+    # ---- commentary and alerts ----------------------------------------------------------------
+    def toggle_commentary(self, on: bool) -> str:
+        """Turn live commentary on/off for the next source start (the running session keeps its setting)."""
+        self.commentary_next = bool(on)
+        state = "on" if on else "off"
+        if self.session is None or self._commentary_active == self.commentary_next:
+            return f"Live commentary {state}."
+        return (f"Live commentary {state} from the next source start; the current session keeps it "
+                f"{'on' if self._commentary_active else 'off'} (restart the source to apply it now).")
+
+    def _register_alert(self, session, gen: int, alert_id: int, condition: str, threshold: float | None) -> None:
+        thr = self.alert_threshold if threshold is None else threshold
+        session.notify_when(condition, lambda a, gen=gen, i=alert_id: self._on_alert(gen, i, a),
+                            threshold=thr, cooldown_s=self.alert_cooldown_s)
+
+    def add_alert(self, condition: str, threshold: float | None = None) -> str:
+        """A standing alert ("tell me when ..."): kept across source changes; fires into the chat."""
+        condition = " ".join((condition or "").split())
+        condition = re.sub(r"^(please\s+)?tell me when\s+", "", condition, flags=re.I)
+        if not condition:
+            raise ValueError("describe what to watch for, e.g. 'a person enters the room'")
+        if len(condition) > 200:
+            raise ValueError("the alert is too long: keep it under 200 characters")
+        if threshold is not None and not 0 < threshold < 1:
+            raise ValueError(f"alert threshold must be between 0 and 1, got {threshold}")
+        with self._lock:
+            alert_id = next(self._alert_ids)
+            if self.session is not None and self.kind != "memory":
+                self._register_alert(self.session, self._generation, alert_id, condition, threshold)
+            self._alerts[alert_id] = (condition, threshold)
+        return f"Alert added: I will tell you when {condition}."
+
+    def alerts(self) -> list[str]:
+        """The standing alert conditions."""
+        return [c for c, _ in self._alerts.values()]
+
+    def clear_alerts(self) -> str:
+        """Remove every standing alert (later firings from the running session are ignored)."""
+        with self._lock:
+            n = len(self._alerts)
+            self._alerts.clear()
+        return f"Removed {n} alert(s)."
+
+    # ---- questions ----------------------------------------------------------------------------
+    def ask(self, question: str, *, max_new_tokens: int | None = None,
+            piece_timeout_s: float = 120.0) -> Iterator[list[dict]]:
+        """Ask about the stream; yields the chat after the question and after each streamed piece.
+
+        The feed keeps playing meanwhile. At the end the answer carries its evidence time spans and
+        ``evidence()`` holds its thumbnails.
+        """
+        question = " ".join((question or "").split())
+        if not question:
+            raise ValueError("type a question about the stream")
+        with self._lock:
+            session = self.session
+        self._post("user", clean_text(question))
+        if session is None:
+            self._post("assistant", NO_SOURCE)
+            yield self.messages()
+            return
+        msg = self._post("assistant", "▌")
+        yield self.messages()
+        pieces: queue.Queue = queue.Queue()
+        try:
+            fut = session.ask_async(question, max_new_tokens=max_new_tokens, on_piece=pieces.put)
+        except (ValueError, RuntimeError) as e:
+            self._edit(msg, f"⚠️ {clean_text(str(e))}")
+            yield self.messages()
+            return
+        fut.add_done_callback(lambda _f: pieces.put(None))
+        text = ""
+        while True:
+            try:
+                p = pieces.get(timeout=piece_timeout_s)
+            except queue.Empty:
+                fut.cancel()
+                self._edit(msg, clean_text(text) + f" … (no answer within {piece_timeout_s:.0f} s)")
+                yield self.messages()
+                return
+            if p is None:
+                break
+            text += p
+            self._edit(msg, clean_text(text) + " ▌")
+            yield self.messages()
+        try:
+            ans = fut.result()
+        except CancelledError:
+            self._edit(msg, clean_text(text) + " … (interrupted: the session was closed)")
+            yield self.messages()
+            return
+        except Exception as e:
+            self._edit(msg, f"⚠️ answering failed: {clean_text(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
+            yield self.messages()
+            return
+        items = evidence_items(ans)
+        with self._view:
+            self._evidence = items
+            self.evidence_version += 1
+        self._edit(msg, format_answer(ans))
+        yield self.messages()
+
+    # ---- status -------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What the status panel shows: session stats, source, model, device, latency points."""
+        with self._lock:
+            s, kind, label, push = self.session, self.kind, self.source_label, self.push
+        stats, points = None, []
+        if s is not None:
+            stats = _retry(s.stats)
+            reports = _retry(lambda: list(s.reports)[-300:])
+            points = [(r.end_s, r.latency_s * 1e3) for r in reports]
+        if self._commentary_active:
+            commentary = "on"
+        else:
+            commentary = "off"
+        if self.commentary_next != self._commentary_active and s is not None:
+            commentary += f" (→ {'on' if self.commentary_next else 'off'} at the next source start)"
+        st = {"model": self.model_name, "device": self.device, "source": f"{kind}: {label}" if s else None,
+              "kind": kind, "commentary": commentary, "stats": stats, "latency_points": points,
+              "last_latency_s": points[-1][1] / 1e3 if points else None, "alerts": self.alerts(), "webcam": None}
+        if kind == "webcam" and push is not None:
+            st["webcam"] = {"pushed": push.pushed, "dropped": push.dropped, "ignored": self.webcam_ignored}
+        return st
+
+    def close(self) -> None:
+        """Close the current session (at app shutdown)."""
+        with self._lock:
+            self._generation += 1
+            self._close_current()
+            self.kind = self.source_label = None
+
+
+def format_answer(ans: Answer) -> str:
+    """The answer's chat text with its evidence time spans and timing."""
+    text = clean_text(ans.text).strip() or "(empty answer)"
+    spans = " · ".join(evidence_caption(e.start_s, e.end_s, e.score) for e in ans.evidence)
+    meta = f"asked at {ans.asked_at_s:.1f}s · first token {ans.ttft_s:.2f}s · {ans.tokens} tokens"
+    if ans.cancelled:
+        meta += " · cancelled"
+    return f"{text}\n\n*Evidence: {spans or 'none'}*  \n*{meta}*"
+
+
+def _short_reason(e: Exception, path: Path) -> str:
+    """The problem part of a SourceError message, without the server path."""
+    msg = str(e)
+    m = re.search(r"': (.*?)(;|$)", msg)
+    reason = (m.group(1) if m else msg).replace(str(path), path.name)
+    return reason.removeprefix("not a readable video ").strip("() ")[:160] or "unreadable"
+
+
+def _retry(fn, tries: int = 3):
+    """Call ``fn``; retry when a deque/list was mutated by the perception thread mid-iteration."""
+    for i in range(tries):
+        try:
+            return fn()
+        except RuntimeError:
+            if i == tries - 1:
+                raise

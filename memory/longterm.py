@@ -96,18 +96,31 @@ class LongTerm:
         with self._lock:
             if seg.start_s in self._stored_chunks:
                 return
-            cpu = seg.to("cpu")
+            cpu = self._for_store(seg)
             entry_id = self.store.add(cpu)
             self.index.add(entry_id, cpu)
             self._stored_chunks.add(seg.start_s)
 
+    def _for_store(self, seg: Segment) -> Segment:
+        """The segment on CPU in the store's dtype (a store reopened from another device may differ)."""
+        cpu = seg.to("cpu")
+        want = self.store.meta.torch_dtype
+        if cpu.keys[0].dtype != want:
+            cpu = Segment(kind=cpu.kind, keys=tuple(k.to(want) for k in cpu.keys),
+                          values=tuple(v.to(want) for v in cpu.values), rel_pos=cpu.rel_pos, start_s=cpu.start_s,
+                          end_s=cpu.end_s, text=cpu.text, token_ids=cpu.token_ids, key_summary=cpu.key_summary,
+                          thumbnail=cpu.thumbnail, chunk_index=cpu.chunk_index, seg_id=cpu.seg_id)
+        return cpu
+
     def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
-                 device: torch.device) -> list:
+                 device: torch.device, dtype: torch.dtype | None = None) -> list:
         """Top-k entries that started before ``before_s`` (causality), best first, K/V on ``device``."""
         from vstream.engine import Retrieved
 
         if k <= 0 or len(self.store) == 0:
             return []
+        if self.cfg.retriever == "internal" and query_means is None:
+            return []  # nothing to search with
         want = k + 32
         while True:
             hits = self.index.search(query_means=query_means, query_text=question, k=want)
@@ -117,7 +130,7 @@ class LongTerm:
             want *= 4
         out = []
         for entry_id, score in ok[:k]:
-            seg = self.store.get(entry_id, device=device)
+            seg = self.store.get(entry_id, device=device, dtype=dtype)
             out.append(Retrieved(segment=seg, score=float(score), entry_id=int(entry_id)))
         return out
 
@@ -143,7 +156,7 @@ class LongTerm:
         tmp = d.with_name(d.name + ".partial")
         if tmp.exists():
             shutil.rmtree(tmp)
-        out = LongTermStore(self.store.meta, tmp, quantize=self.cfg.quantize, device="cpu")
+        out = LongTermStore(self.store.meta, tmp, ram_bytes=0, quantize=self.cfg.quantize, device="cpu")
         idx = MemoryIndex(out, retriever=self.cfg.retriever, per_layer=self.cfg.per_layer,
                           exact_max=self.cfg.exact_index_max, embedder=self.index.embedder)
         seen = set()
@@ -153,7 +166,7 @@ class LongTerm:
             idx.add(out.add(seg), seg)
         for seg in extra:
             if seg.start_s not in seen:
-                cpu = seg.to("cpu")
+                cpu = self._for_store(seg)
                 idx.add(out.add(cpu), cpu)
         idx.save(tmp)
         out.close()

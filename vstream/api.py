@@ -69,7 +69,7 @@ class Agent:
     def watch(self, source: Any, *, background: bool = True, realtime: bool | None = None, fps: float | None = None,
               chunk_seconds: float | None = None, memory_dir: str | Path | None = None, commentary: bool = False,
               previous_text: str = "", start_s: float = 0.0, end_s: float | None = None,
-              commentary_replay: dict[int, str] | None = None, progress: bool = False) -> "Session":
+              commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False) -> "Session":
         """Open a session on ``source`` (path, URL, device, "synthetic:...", or a VideoSource)."""
         from vstream.sources import open_source
 
@@ -98,7 +98,7 @@ class Session:
 
     def __init__(self, agent: Agent, config: AgentConfig, source: Any, *, background: bool,
                  memory_dir: str | Path | None = None, commentary: bool = False, previous_text: str = "",
-                 commentary_replay: dict[int, str] | None = None, progress: bool = False,
+                 commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False,
                  load_existing: bool = False) -> None:
         self.agent = agent
         self.config = config
@@ -198,7 +198,17 @@ class Session:
             self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
             logger.error("source failed: %s", self.error)
         finally:
-            q.put(None)
+            self._put_end(q)
+
+    def _put_end(self, q: queue.Queue) -> None:
+        """Tell perception the source ended; never block once the session is stopping."""
+        while True:
+            try:
+                q.put(None, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    return
 
     def _next_chunk(self):
         if self._chunk_queue is not None:
@@ -386,7 +396,7 @@ class Session:
     # ---- state --------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Frames in / kept / dropped, latencies, tokens/s and memory bytes per tier."""
-        lat = [r.latency_s for r in self.reports]
+        lat = [r.latency_s for r in list(self.reports)]  # copy: perception appends concurrently
         s = self._sampler
         lt = self.long_term
         mm = self.engine.memory

@@ -224,7 +224,7 @@ class AppController:
     def _on_alert(self, gen: int, alert_id: int, alert: Alert) -> None:
         if gen != self._generation or alert_id not in self._alerts:
             return
-        text = f"🔔 **Alert at {alert.at_s:.1f}s**: {clean_text(alert.condition)} (p={alert.probability:.2f})"
+        text = f"◆ **Alert at {alert.at_s:.1f}s**: {clean_text(alert.condition)} (p={alert.probability:.2f})"
         if alert.answer is not None and alert.answer.text.strip():
             text += "\n\n" + clean_text(alert.answer.text).strip()
         self._post("assistant", text)
@@ -243,15 +243,24 @@ class AppController:
             if commentary:
                 session.on_commentary(lambda item, gen=gen: self._on_commentary(gen, item))
             if kind != "memory":
-                for alert_id, (cond, thr) in self._alerts.items():
+                for alert_id, (cond, thr) in list(self._alerts.items()):
                     self._register_alert(session, gen, alert_id, cond, thr)
         with self._view:
             self._commentary.clear()
             self.commentary_version += 1
-        note = f"▶ Started {kind}: {label}" + (" (live commentary on)" if commentary else "")
+        note = (f"▶ Opened {label} (no live source)" if kind == "memory" else
+                f"▶ Started {kind}: {label}" + (" (live commentary on)" if commentary else ""))
         self._post("assistant", f"*{note}*")
         logger.info("%s", note)
         return session
+
+    def _swap_or_close(self, src, kind: str, label: str) -> None:
+        """Watch the opened source ``src`` as the new session; close it if the session cannot start."""
+        try:
+            self._swap(lambda c: self._watch(src, c), kind, label)
+        except Exception:
+            src.close()
+            raise
 
     def _close_current(self) -> None:
         s, self.session = self.session, None
@@ -297,9 +306,10 @@ class AppController:
         if not is_url(url):
             raise ValueError("only network URLs are accepted here (rtsp://, rtmp://, http(s)://, srt://, udp://, "
                              "tcp://); to play a file, upload it")
-        src = open_source(url, max_retries=self.url_retries)  # connects now: a bad URL fails here and the current session keeps running
+        # connects now: a bad URL fails here and the current session keeps running
+        src = open_source(url, max_retries=self.url_retries)
         label = re.sub(r"//[^@/]*@", "//***@", url)  # hide credentials
-        self._swap(lambda c: self._watch(src, c), "url", label)
+        self._swap_or_close(src, "url", label)
         return f"Watching {label}."
 
     def check_upload(self, path: str | Path) -> Path:
@@ -333,7 +343,7 @@ class AppController:
         except SourceError as e:
             raise ValueError(f"{p.name!r} cannot be played ({_short_reason(e, p)}); upload an H.264/MPEG-4 "
                              "video file") from None
-        self._swap(lambda c: self._watch(src, c), "upload", p.name)
+        self._swap_or_close(src, "upload", p.name)
         how = "played as live" if self.realtime else "read as fast as possible"
         return f"Watching {p.name} ({how})."
 
@@ -394,14 +404,14 @@ class AppController:
             raise ValueError(f"alert threshold must be between 0 and 1, got {threshold}")
         with self._lock:
             alert_id = next(self._alert_ids)
+            self._alerts[alert_id] = (condition, threshold)
             if self.session is not None and self.kind != "memory":
                 self._register_alert(self.session, self._generation, alert_id, condition, threshold)
-            self._alerts[alert_id] = (condition, threshold)
         return f"Alert added: I will tell you when {condition}."
 
     def alerts(self) -> list[str]:
         """The standing alert conditions."""
-        return [c for c, _ in self._alerts.values()]
+        return [c for c, _ in list(self._alerts.values())]
 
     def clear_alerts(self) -> str:
         """Remove every standing alert (later firings from the running session are ignored)."""
@@ -434,7 +444,7 @@ class AppController:
         try:
             fut = session.ask_async(question, max_new_tokens=max_new_tokens, on_piece=pieces.put)
         except (ValueError, RuntimeError) as e:
-            self._edit(msg, f"⚠️ {clean_text(str(e))}")
+            self._edit(msg, f"⚠ {clean_text(str(e))}")
             yield self.messages()
             return
         fut.add_done_callback(lambda _f: pieces.put(None))
@@ -459,7 +469,8 @@ class AppController:
             yield self.messages()
             return
         except Exception as e:
-            self._edit(msg, f"⚠️ answering failed: {clean_text(str(e).splitlines()[0] if str(e) else type(e).__name__)}")
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            self._edit(msg, f"⚠ answering failed: {clean_text(why)}")
             yield self.messages()
             return
         items = evidence_items(ans)

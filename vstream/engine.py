@@ -40,7 +40,7 @@ class LongTermMemory(Protocol):
 
     def on_evict(self, seg: Segment) -> None: ...
     def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
-                 device: torch.device) -> list[Retrieved]: ...
+                 device: torch.device, dtype: torch.dtype | None = None) -> list[Retrieved]: ...
     def __len__(self) -> int: ...
 
 
@@ -146,11 +146,12 @@ class Engine:
                            latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens)
 
     @torch.inference_mode()
-    def commentary(self, chunk, max_tokens: int, replay: str | None = None) -> CommentaryItem:
+    def commentary(self, chunk, max_tokens: int, replay: str | Sequence[int] | None = None) -> CommentaryItem:
         """Up to ``max_tokens`` tokens of live commentary after the chunk just ingested.
 
         The turn (assistant header, the words, the turn close) joins the text window with the K/V
-        computed while decoding (kept, not recomputed). ``replay`` feeds given text instead of decoding.
+        computed while decoding (kept, not recomputed). ``replay`` feeds given words instead of decoding:
+        token ids (exact: what an earlier run generated) or text (tokenized).
         """
         self._require_started()
         t0 = time.perf_counter()
@@ -159,13 +160,12 @@ class Engine:
         start = mm.next_pos
         n0 = mm.context_tokens
         if replay is not None:
-            words_ids = a.tokenize(replay)
+            word_ids = a.tokenize(replay) if isinstance(replay, str) else [int(t) for t in replay]
             prefill(a, mm.cache, head, start, logits="none")
             pos = start + head.span
-            if words_ids:
-                prefill(a, mm.cache, a.embed_ids(words_ids), pos, logits="none")
-                pos += len(words_ids)
-            text = replay
+            if word_ids:
+                prefill(a, mm.cache, a.embed_ids(word_ids), pos, logits="none")
+                pos += len(word_ids)
         else:
             logits = prefill(a, mm.cache, head, start)
             pos = start + head.span
@@ -173,7 +173,8 @@ class Engine:
                 res = decode_n_tokens(a, mm.cache, logits, pos, self.config.generation, max_new_tokens=max_tokens,
                                       generator=self._generator, feed_last=True)
             pos = res.next_pos
-            text = a.decode(res.token_ids).strip()
+            word_ids = res.token_ids
+        text = a.decode(word_ids).strip()
         close = a.embed_text(a.answer_close_text())
         prefill(a, mm.cache, close, pos, logits="none")
         n_new = mm.context_tokens - n0
@@ -185,7 +186,7 @@ class Engine:
                 break
         mm.commit(seg)
         return CommentaryItem(start_s=chunk.start_s, end_s=chunk.end_s, text=text, chunk_index=chunk.index,
-                              latency_s=time.perf_counter() - t0)
+                              latency_s=time.perf_counter() - t0, token_ids=list(word_ids))
 
     def snapshot(self) -> Snapshot:
         return self.memory.snapshot()
@@ -229,7 +230,7 @@ class Engine:
                 live_vision = [s for s in snap.live if s.kind == VISION]
                 first_live = live_vision[0].start_s if live_vision else snap.stream_time_s
                 retrieved = self.long_term.retrieve(question=question, query_means=qmeans, k=k,
-                                                    before_s=first_live, device=a.device)
+                                                    before_s=first_live, device=a.device, dtype=a.dtype)
         cache, pos = self.memory.assemble(snap, [r.segment for r in retrieved])
         if qmeans is None:
             with a.capture_projection_means("q") as qm:

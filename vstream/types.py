@@ -50,6 +50,7 @@ class CommentaryItem:
     text: str
     chunk_index: int
     latency_s: float = 0.0
+    token_ids: list[int] = field(default_factory=list)  # the words' ids whose K/V entered memory (exact replay)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

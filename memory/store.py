@@ -1,0 +1,761 @@
+"""Long-term store: evicted chunks as entries in a RAM tier (LRU, bounded in bytes) over a disk tier.
+
+A memory directory holds::
+
+    config.json       StoreMeta (model, family, layers, kv heads, head_dim, pos_dims, dtype, format version)
+    journal.jsonl     append-only, one JSON line per event ("add" an entry, "text" update), each with a crc32
+    segments/         one safetensors file per entry: K/V per layer (optionally int8/int4), rel_pos, key_summary
+    index/            FAISS indexes (written by memory.index.MemoryIndex.save; rebuildable from the store)
+
+Crash safety: an entry's segment is written to a temp file, fsynced, renamed into place and the directory
+fsynced; only then is its journal line appended and fsynced. A crash at any moment therefore leaves either
+the old state or the old state plus the new entry. On open, a truncated last journal line is dropped with a
+warning and entries whose segment file is missing or fails its sha256 are skipped with a warning.
+No pickle anywhere: json, base64 and safetensors only.
+"""
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+import weakref
+import zlib
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+
+from memory import quant
+from memory.segment import KINDS, VISION, Segment
+
+try:  # advisory lock so that two writers never share one journal (POSIX only)
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+JOURNAL_NAME = "journal.jsonl"
+SEGMENT_DIR = "segments"
+LOCK_NAME = ".lock"
+_QUANT_BITS = {"none": 0, "int8": 8, "int4": 4}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------------
+# metadata
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """What a memory directory was written by; entries only make sense for the same model."""
+
+    model: str
+    family: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    pos_dims: int
+    dtype: str  # "float32" | "bfloat16" | "float16": the dtype K/V are stored and returned in
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"StoreMeta.dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        for name in ("num_layers", "num_kv_heads", "head_dim", "pos_dims"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"StoreMeta.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def describe(self) -> str:
+        return (f"{self.model!r} ({self.family}, {self.num_layers} layers, {self.num_kv_heads} kv heads, "
+                f"head_dim {self.head_dim}, pos_dims {self.pos_dims}, format {self.format_version})")
+
+    def check_compatible(self, other: "StoreMeta", where: str) -> None:
+        """Raise ValueError (one line, naming both models) when ``other`` (found at ``where``) cannot be used.
+
+        The dtype is not compared: K/V of the same model in another dtype are cast by ``get(dtype=...)``.
+        """
+        if other.format_version > FORMAT_VERSION:
+            raise ValueError(f"memory at {where} has format version {other.format_version}, newer than this "
+                             f"vstream supports ({FORMAT_VERSION}); upgrade vstream or use another memory directory")
+        keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims", "format_version")
+        if any(getattr(self, k) != getattr(other, k) for k in keys):
+            raise ValueError(f"memory at {where} was written by model {other.describe()}, but this run uses "
+                             f"{self.describe()}; use a fresh memory directory for this model")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "config.json") -> "StoreMeta":
+        try:
+            return cls(model=str(d["model"]), family=str(d["family"]), num_layers=int(d["num_layers"]),
+                       num_kv_heads=int(d["num_kv_heads"]), head_dim=int(d["head_dim"]), pos_dims=int(d["pos_dims"]),
+                       dtype=str(d["dtype"]), format_version=int(d.get("format_version", 1)))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{where} is not a vstream memory config (bad or missing field {e})") from None
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """Everything about an entry except its K/V (cheap: held in RAM)."""
+
+    entry_id: int
+    start_s: float
+    end_s: float
+    n_tokens: int
+    span: int
+    text: str
+    thumbnail: bytes | None
+    nbytes: int  # K/V bytes as stored (after quantisation)
+
+
+class UnknownEntryError(KeyError, ValueError):
+    """An entry id that the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class _Entry:
+    entry_id: int
+    kind: str
+    start_s: float
+    end_s: float
+    n_tokens: int
+    span: int
+    text: str
+    thumbnail: bytes | None
+    nbytes: int
+    file: str
+    sha256: str
+    size: int
+    quant: str
+    chunk_index: int | None
+
+    def info(self) -> EntryInfo:
+        return EntryInfo(self.entry_id, self.start_s, self.end_s, self.n_tokens, self.span, self.text,
+                         self.thumbnail, self.nbytes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# durable file helpers (module level so that tests can simulate a full disk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (the one place that writes store bytes)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, durable: bool) -> None:
+    """Write ``data`` to ``path`` via a temp file + fsync + rename (+ directory fsync). Cleans up on error."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _line_crc(body: dict) -> str:
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return f"{zlib.crc32(raw):08x}"
+
+
+def _encode_line(body: dict) -> bytes:
+    return (json.dumps({**body, "crc": _line_crc(body)}, sort_keys=True, separators=(",", ":"),
+                       ensure_ascii=True) + "\n").encode()
+
+
+def _decode_line(raw: bytes) -> dict | None:
+    """A journal line's body, or None when it does not parse or fails its crc."""
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(d, dict) or "crc" not in d:
+        return None
+    crc = d.pop("crc")
+    return d if crc == _line_crc(d) else None
+
+
+def _io_error(action: str, directory: Path, e: OSError) -> RuntimeError:
+    if e.errno == errno.ENOSPC:
+        return RuntimeError(f"disk full while {action} in memory directory {directory}; entries already stored "
+                            f"are intact: free disk space or use another memory directory, then retry")
+    return RuntimeError(f"I/O error while {action} in memory directory {directory} ({e.strerror or e}); entries "
+                        f"already stored are intact: check the disk and retry")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the store
+
+
+class LongTermStore:
+    """Long-term memory entries: RAM tier (LRU, bounded in bytes; pinned when CUDA is used) over a disk tier.
+
+    Every ``add`` writes through to disk (crash-safe), so the RAM tier is only a cache. ``directory=None``
+    uses a private temporary directory (deleted on close) as the disk tier. Thread-safe: one thread may
+    add while others get.
+    """
+
+    def __init__(self, meta: StoreMeta, directory: str | Path | None = None, *, ram_bytes: int = 2 << 30,
+                 quantize: str = "none", device: str | torch.device = "cpu", verify: str = "full",
+                 durable: bool | None = None) -> None:
+        """Create a store in ``directory`` (or reopen it when it already holds one written by ``meta``'s model).
+
+        verify: "full" checks every segment's sha256 when reopening (skipping bad ones); "size" checks only
+        sizes at open (segments are always checked when read). durable: fsync writes (default: True for
+        a caller's directory, False for the private temp directory).
+        """
+        if quantize not in _QUANT_BITS:
+            raise ValueError(f"quantize must be none, int8 or int4, got {quantize!r}")
+        if verify not in ("full", "size"):
+            raise ValueError(f"verify must be 'full' or 'size', got {verify!r}")
+        if int(ram_bytes) < 0:
+            raise ValueError(f"ram_bytes must be >= 0, got {ram_bytes}")
+        self.meta = meta
+        self.quantize = quantize
+        self.device = torch.device(device)
+        self._ram_limit = int(ram_bytes)
+        self._pin = self.device.type == "cuda" and torch.cuda.is_available()
+        self._lock = threading.RLock()  # in-memory state: entries, RAM tier
+        self._write_lock = threading.Lock()  # disk writes: one add / set_text at a time
+        self._entries: dict[int, _Entry] = {}
+        self._ram: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
+        self._ram_used = 0
+        self._next_id = 0
+        self._closed = False
+        self._lock_fd: int | None = None
+        self._journal_fd: int | None = None
+        self._fd_finalizers: list[weakref.finalize] = []  # close fds (and so the flock) if never closed
+        self._temp = directory is None
+        if directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="vstream-mem-"))
+            self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.directory), True)
+        else:
+            self.directory = Path(directory)
+            self._cleanup = None
+        self._durable = (not self._temp) if durable is None else bool(durable)
+        self._seg_dir = self.directory / SEGMENT_DIR
+        try:
+            config = self.directory / CONFIG_NAME
+            if config.exists():
+                found = _read_config(self.directory)
+                meta.check_compatible(found, str(self.directory))
+                if found.dtype != meta.dtype:
+                    raise ValueError(f"memory at {self.directory} stores K/V as {found.dtype}, not {meta.dtype}; "
+                                     f"open it with LongTermStore.open(...) and cast with get(dtype=...)")
+                self.meta = found
+                self._acquire_lock()
+                self._load(verify)
+            else:
+                if self.directory.exists() and any(not _leftover_of_creation(p) for p in self.directory.iterdir()):
+                    raise ValueError(f"{self.directory} is not empty and holds no {CONFIG_NAME}; "
+                                     f"pick an empty or new directory for the memory")
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._acquire_lock()
+                cfg = {"format": "vstream-memory", **meta.to_json(), "quantize": quantize}
+                atomic_write(config, json.dumps(cfg, indent=1).encode(), self._durable)
+                self._seg_dir.mkdir(exist_ok=True)
+            self._open_journal()
+        except OSError as e:
+            self._release()
+            raise _io_error("opening the store", self.directory, e) from None
+        except BaseException:
+            self._release()
+            raise
+
+    @classmethod
+    def open(cls, directory: str | Path, *, expected: StoreMeta | None = None, ram_bytes: int = 2 << 30,
+             device: str | torch.device = "cpu", quantize: str | None = None, verify: str = "full") -> "LongTermStore":
+        """Load an existing memory directory; ``expected`` (if given) must describe the same model."""
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).is_file():
+            raise ValueError(f"{directory} is not a vstream memory directory (no {CONFIG_NAME})")
+        found = _read_config(directory)
+        if expected is not None:
+            expected.check_compatible(found, str(directory))
+        if quantize is None:
+            try:
+                quantize = str(json.loads((directory / CONFIG_NAME).read_text()).get("quantize", "none"))
+            except (OSError, json.JSONDecodeError):
+                quantize = "none"
+        return cls(found, directory, ram_bytes=ram_bytes, quantize=quantize, device=device, verify=verify)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        if fcntl is None:
+            return
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RuntimeError(f"memory directory {self.directory} is in use by another open store; "
+                               f"close that one first") from None
+        self._lock_fd = fd
+        self._fd_finalizers.append(weakref.finalize(self, _close_quietly, fd))
+
+    def _open_journal(self) -> None:
+        path = self.directory / JOURNAL_NAME
+        self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._fd_finalizers.append(weakref.finalize(self, _close_quietly, self._journal_fd))
+        self._journal_size = os.lseek(self._journal_fd, 0, os.SEEK_END)
+        if self._durable:
+            _fsync_dir(self.directory)
+
+    def _release(self) -> None:
+        for fin in getattr(self, "_fd_finalizers", []):
+            fin()  # closes each fd once (closing the lock fd releases the flock)
+        self._fd_finalizers = []
+        self._journal_fd = self._lock_fd = None
+        if getattr(self, "_cleanup", None) is not None:
+            self._cleanup()
+
+    def close(self) -> None:
+        """Release the directory (and delete it when it is the private temp directory). Idempotent."""
+        with self._write_lock, self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._ram.clear()
+            self._ram_used = 0
+            self._release()
+
+    def __enter__(self) -> "LongTermStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the long-term store is closed; open it again with LongTermStore.open(directory)")
+
+    # ---- loading --------------------------------------------------------------------------------
+
+    def _load(self, verify: str) -> None:
+        """Replay the journal: entries, text updates; skip what is damaged (with warnings)."""
+        self._seg_dir.mkdir(exist_ok=True)
+        for tmp in self._seg_dir.glob(".*.tmp"):  # leftovers of a crash during a segment write
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+        jpath = self.directory / JOURNAL_NAME
+        data = jpath.read_bytes() if jpath.exists() else b""
+        pieces = data.split(b"\n")
+        pos, max_id = 0, -1
+        entries: dict[int, _Entry] = {}
+        for i, raw in enumerate(pieces):
+            last = i == len(pieces) - 1
+            if last:
+                if raw:  # no newline: the append was cut short by a crash
+                    _warn(f"{jpath}: truncated last journal line ({len(raw)} bytes) ignored")
+                    with open(jpath, "r+b") as f:
+                        f.truncate(pos)
+                        if self._durable:
+                            os.fsync(f.fileno())
+                break
+            pos += len(raw) + 1
+            if not raw.strip():
+                continue
+            body = _decode_line(raw)
+            if body is None:
+                _warn(f"{jpath}: journal line {i + 1} is corrupt (bad JSON or checksum); skipped")
+                continue
+            op = body.get("op")
+            if op == "add":
+                try:
+                    e = _entry_from_line(body)
+                except (KeyError, TypeError, ValueError) as err:
+                    _warn(f"{jpath}: journal line {i + 1} has a bad entry ({err}); skipped")
+                    continue
+                max_id = max(max_id, e.entry_id)
+                entries[e.entry_id] = e
+            elif op == "text":
+                e = entries.get(int(body.get("id", -1)))
+                if e is not None:
+                    e.text = str(body.get("text", ""))
+            else:
+                _warn(f"{jpath}: journal line {i + 1} has unknown op {op!r}; skipped")
+        for eid in sorted(entries):
+            e = entries[eid]
+            problem = self._check_segment(e, full=verify == "full")
+            if problem:
+                _warn(f"memory entry {eid} skipped: {problem}")
+                continue
+            self._entries[eid] = e
+        self._next_id = max_id + 1
+        logger.info("opened memory %s: %d entries", self.directory, len(self._entries))
+
+    def _check_segment(self, e: _Entry, full: bool) -> str | None:
+        path = self.directory / e.file
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"segment file {path} is missing"
+        if size != e.size:
+            return f"segment file {path} has {size} bytes, the journal says {e.size}"
+        if full:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(8 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != e.sha256:
+                return f"segment file {path} fails its checksum"
+        return None
+
+    # ---- writing --------------------------------------------------------------------------------
+
+    def _validate(self, seg: Segment) -> None:
+        m = self.meta
+        if seg.num_layers != m.num_layers:
+            raise ValueError(f"segment has {seg.num_layers} layers, the store expects {m.num_layers} ({m.model})")
+        s = seg.n_tokens
+        if s < 1:
+            raise ValueError("cannot store an empty segment (0 tokens)")
+        want = (1, m.num_kv_heads, s, m.head_dim)
+        for name, ts in (("keys", seg.keys), ("values", seg.values)):
+            for li, t in enumerate(ts):
+                if tuple(t.shape) != want:
+                    raise ValueError(f"segment {name}[{li}] has shape {tuple(t.shape)}, expected {want} "
+                                     f"[1, H_kv, S, D] for {m.model}")
+                if t.dtype != m.torch_dtype:
+                    raise ValueError(f"segment {name}[{li}] is {t.dtype}, the store holds {m.dtype}; cast the "
+                                     f"K/V or create the store with dtype={str(t.dtype).replace('torch.', '')!r}")
+        if tuple(seg.rel_pos.shape) != (m.pos_dims, s):
+            raise ValueError(f"segment rel_pos has shape {tuple(seg.rel_pos.shape)}, expected ({m.pos_dims}, {s})")
+        if seg.key_summary is not None and tuple(seg.key_summary.shape) != (m.num_layers, m.num_kv_heads * m.head_dim):
+            raise ValueError(f"segment key_summary has shape {tuple(seg.key_summary.shape)}, expected "
+                             f"({m.num_layers}, {m.num_kv_heads * m.head_dim})")
+
+    def _tensors_of(self, seg: Segment) -> tuple[dict[str, torch.Tensor], int]:
+        """The flat tensor dict written for ``seg`` (CPU, contiguous, owning its memory) and its K/V bytes."""
+        bits = _QUANT_BITS[self.quantize]
+        out: dict[str, torch.Tensor] = {}
+        kv_bytes = 0
+        for prefix, ts in (("k", seg.keys), ("v", seg.values)):
+            for li, t in enumerate(ts):
+                t = t.detach().to("cpu")
+                if bits:
+                    for name, part in quant.quantize(t, bits).items():
+                        out[f"{prefix}.{li}.{name}"] = part
+                        kv_bytes += part.numel() * part.element_size()
+                else:
+                    out[f"{prefix}.{li}"] = t.clone(memory_format=torch.contiguous_format)
+                    kv_bytes += t.numel() * t.element_size()
+        out["rel_pos"] = seg.rel_pos.detach().to("cpu", torch.int64).contiguous().clone()
+        if seg.key_summary is not None:
+            out["key_summary"] = seg.key_summary.detach().to("cpu", torch.float32).contiguous().clone()
+        return out, kv_bytes
+
+    def add(self, seg: Segment) -> int:
+        """Store ``seg`` (K/V per layer [1, H_kv, S, D]) durably; return its entry id (0, 1, 2, ...)."""
+        self._check_open()
+        self._validate(seg)
+        if seg.kind not in KINDS:
+            raise ValueError(f"unknown segment kind {seg.kind!r}")
+        tensors, kv_bytes = self._tensors_of(seg)
+        start = float(seg.start_s) if seg.start_s is not None else float("nan")
+        end = float(seg.end_s) if seg.end_s is not None else float("nan")
+        with self._write_lock:
+            self._check_open()
+            eid = self._next_id
+            blob = safetensors.torch.save(tensors, metadata={"entry_id": str(eid), "quant": self.quantize,
+                                                             "format_version": str(FORMAT_VERSION)})
+            rel = f"{SEGMENT_DIR}/{eid:08d}.safetensors"
+            entry = _Entry(entry_id=eid, kind=seg.kind, start_s=start, end_s=end, n_tokens=seg.n_tokens,
+                           span=seg.span, text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes, file=rel,
+                           sha256=hashlib.sha256(blob).hexdigest(), size=len(blob), quant=self.quantize,
+                           chunk_index=seg.chunk_index)
+            path = self.directory / rel
+            try:
+                atomic_write(path, blob, self._durable)
+            except OSError as e:
+                raise _io_error(f"writing entry {eid}", self.directory, e) from None
+            try:
+                self._append_journal(_entry_line(entry))
+            except OSError as e:
+                try:  # the segment has no journal line: it would be an orphan
+                    path.unlink()
+                except OSError:
+                    pass
+                raise _io_error(f"journaling entry {eid}", self.directory, e) from None
+            self._next_id = eid + 1
+            with self._lock:
+                self._entries[eid] = entry
+                self._ram_put(eid, tensors)
+        return eid
+
+    def _append_journal(self, line: bytes) -> None:
+        """Append one line and fsync; on failure cut the journal back to its last good size."""
+        fd = self._journal_fd
+        assert fd is not None
+        try:
+            os.lseek(fd, self._journal_size, os.SEEK_SET)
+            _write_all(fd, line)
+            if self._durable:
+                os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, self._journal_size)
+                if self._durable:
+                    os.fsync(fd)
+            except OSError as e2:  # the partial line stays; the next append starts a fresh line after it
+                logger.error("could not cut back the journal after a failed append: %s", e2)
+                try:
+                    self._journal_size = os.lseek(fd, 0, os.SEEK_END)
+                    _write_all(fd, b"\n")
+                    self._journal_size += 1
+                except OSError:
+                    pass
+            raise
+        self._journal_size += len(line)
+
+    def set_text(self, entry_id: int, text: str) -> None:
+        """Replace an entry's text (commentary arrives after the chunk was stored); journaled."""
+        self._check_open()
+        with self._write_lock:
+            with self._lock:
+                if entry_id not in self._entries:
+                    raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
+            try:
+                self._append_journal(_encode_line({"op": "text", "id": int(entry_id), "text": str(text)}))
+            except OSError as e:
+                raise _io_error(f"updating the text of entry {entry_id}", self.directory, e) from None
+            with self._lock:
+                self._entries[entry_id].text = str(text)
+
+    # ---- RAM tier -------------------------------------------------------------------------------
+
+    def _ram_put(self, eid: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Insert into the LRU RAM tier, evicting the least recently used entries (caller holds _lock)."""
+        if eid in self._ram:
+            self._ram.move_to_end(eid)
+            return
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if size > self._ram_limit:
+            return
+        while self._ram and self._ram_used + size > self._ram_limit:
+            _, old = self._ram.popitem(last=False)
+            self._ram_used -= sum(t.numel() * t.element_size() for t in old.values())
+        if self._pin:
+            tensors = {k: v.pin_memory() for k, v in tensors.items()}
+        self._ram[eid] = tensors
+        self._ram_used += size
+
+    def _read_segment(self, e: _Entry) -> dict[str, torch.Tensor]:
+        path = self.directory / e.file
+        try:
+            blob = path.read_bytes()
+        except OSError as err:
+            raise RuntimeError(f"memory entry {e.entry_id}: cannot read {path} ({err.strerror or err}); "
+                               f"reopen the store to skip damaged entries") from None
+        if len(blob) != e.size or hashlib.sha256(blob).hexdigest() != e.sha256:
+            raise RuntimeError(f"memory entry {e.entry_id}: {path} fails its checksum (changed on disk); "
+                               f"reopen the store to skip damaged entries")
+        return safetensors.torch.load(blob)
+
+    def _tensors(self, entry_id: int) -> tuple[_Entry, dict[str, torch.Tensor]]:
+        with self._lock:
+            self._check_open()
+            e = self._entries.get(entry_id)
+            if e is None:
+                raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
+            tensors = self._ram.get(entry_id)
+            if tensors is not None:
+                self._ram.move_to_end(entry_id)
+                return e, tensors
+        tensors = self._read_segment(e)  # disk I/O outside the lock: adds and RAM hits go on meanwhile
+        with self._lock:
+            if not self._closed:
+                self._ram_put(entry_id, tensors)
+        return e, tensors
+
+    # ---- reading --------------------------------------------------------------------------------
+
+    def get(self, entry_id: int, device: str | torch.device | None = None,
+            dtype: torch.dtype | None = None) -> Segment:
+        """The entry as a Segment: K/V (dequantised) in ``dtype`` (default: the store's) on ``device``.
+
+        Unquantised CPU results share their tensors with the RAM tier: never modify them in place.
+        """
+        e, tensors = self._tensors(entry_id)
+        dev = torch.device(device) if device is not None else self.device
+        dt = dtype or self.meta.torch_dtype
+
+        def layer(prefix: str, li: int) -> torch.Tensor:
+            t = tensors.get(f"{prefix}.{li}")
+            if t is None:
+                t = quant.dequantize({n: tensors[f"{prefix}.{li}.{n}"] for n in ("q", "scale", "shape", "bits")}, dt)
+            return t.to(device=dev, dtype=dt)
+
+        n = self.meta.num_layers
+        summary = tensors.get("key_summary")
+        return Segment(kind=e.kind, keys=tuple(layer("k", i) for i in range(n)),
+                       values=tuple(layer("v", i) for i in range(n)), rel_pos=tensors["rel_pos"].to(dev),
+                       start_s=e.start_s, end_s=e.end_s, text=e.text, key_summary=summary,
+                       thumbnail=e.thumbnail, chunk_index=e.chunk_index)
+
+    def key_summary(self, entry_id: int) -> torch.Tensor | None:
+        """The entry's key summary [L, H_kv * D] fp32 (None if it had none); reads only that tensor from disk."""
+        with self._lock:
+            self._check_open()
+            e = self._entries.get(entry_id)
+            if e is None:
+                raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
+            tensors = self._ram.get(entry_id)
+            if tensors is not None:
+                return tensors.get("key_summary")
+        with safetensors.safe_open(str(self.directory / e.file), framework="pt") as f:
+            return f.get_tensor("key_summary") if "key_summary" in f.keys() else None
+
+    def info(self, entry_id: int) -> EntryInfo:
+        with self._lock:
+            e = self._entries.get(entry_id)
+            if e is None:
+                raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
+            return e.info()
+
+    def infos(self) -> list[EntryInfo]:
+        """All entries' infos in id (= insertion) order."""
+        with self._lock:
+            return [self._entries[i].info() for i in sorted(self._entries)]
+
+    @property
+    def next_id(self) -> int:
+        """The id the next ``add`` will return."""
+        with self._write_lock:
+            return self._next_id
+
+    def ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._entries)
+
+    def __contains__(self, entry_id: object) -> bool:
+        with self._lock:
+            return entry_id in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def ram_bytes_used(self) -> int:
+        """Bytes of tensors held in the RAM tier (never above ``ram_bytes``)."""
+        with self._lock:
+            return self._ram_used
+
+    @property
+    def ram_bytes_limit(self) -> int:
+        return self._ram_limit
+
+    def disk_bytes_used(self) -> int:
+        """Bytes of the live entries' segment files plus the journal."""
+        with self._lock:
+            return sum(e.size for e in self._entries.values()) + int(getattr(self, "_journal_size", 0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _warn(msg: str) -> None:
+    logger.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _leftover_of_creation(p: Path) -> bool:
+    """What a crash while creating a store can leave behind (the creation is simply redone)."""
+    if p.name == LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp")):
+        return True
+    return p.name == SEGMENT_DIR and p.is_dir() and not any(p.iterdir())
+
+
+def _read_config(directory: Path) -> StoreMeta:
+    path = directory / CONFIG_NAME
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); not a vstream memory directory") from None
+    if not isinstance(d, dict) or d.get("format") != "vstream-memory":
+        raise ValueError(f"{path} is not a vstream memory config")
+    return StoreMeta.from_json(d, str(path))
+
+
+def _entry_line(e: _Entry) -> bytes:
+    return _encode_line({
+        "op": "add", "id": e.entry_id, "kind": e.kind, "start_s": e.start_s, "end_s": e.end_s,
+        "n_tokens": e.n_tokens, "span": e.span, "text": e.text, "nbytes": e.nbytes, "file": e.file,
+        "sha256": e.sha256, "size": e.size, "quant": e.quant, "chunk_index": e.chunk_index,
+        "thumb": base64.b64encode(e.thumbnail).decode("ascii") if e.thumbnail is not None else None,
+    })
+
+
+def _entry_from_line(d: dict) -> _Entry:
+    kind = str(d.get("kind", VISION))
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    file = str(d["file"])
+    if "/" in file.replace(f"{SEGMENT_DIR}/", "", 1) or ".." in file:
+        raise ValueError(f"bad segment path {file!r}")
+    thumb = d.get("thumb")
+    return _Entry(entry_id=int(d["id"]), kind=kind, start_s=float(d["start_s"]), end_s=float(d["end_s"]),
+                  n_tokens=int(d["n_tokens"]), span=int(d["span"]), text=str(d.get("text", "")),
+                  thumbnail=base64.b64decode(thumb) if thumb is not None else None, nbytes=int(d["nbytes"]),
+                  file=file, sha256=str(d["sha256"]), size=int(d["size"]), quant=str(d.get("quant", "none")),
+                  chunk_index=None if d.get("chunk_index") is None else int(d["chunk_index"]))

@@ -1,0 +1,257 @@
+"""The Gradio app's controller and build function, driven directly (no browser), with the tiny preset."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, tiny_adapter
+
+from vstream.api import Agent
+from vstream.appkit import NO_SOURCE, AppController, check_memory_name, evidence_caption, format_status
+from vstream.config import from_name
+
+SAMPLE = REPO / "data" / "sample.mp4"
+CAPTION = re.compile(r"^\d+\.\d-\d+\.\ds \(-?\d+\.\d\d\)$")
+
+
+@pytest.fixture(scope="module")
+def agent() -> Agent:
+    cfg = from_name("tiny").replace(model="tiny-smolvlm", device="cpu", dtype="float32")
+    return Agent(tiny_adapter("tiny-smolvlm"), cfg)
+
+
+@pytest.fixture
+def make_ctl(agent, tmp_path):
+    made = []
+
+    def make(**kw) -> AppController:
+        kw.setdefault("memory_root", tmp_path / "mem")
+        ctl = AppController(agent, **kw)
+        made.append(ctl)
+        return ctl
+
+    yield make
+    for ctl in made:
+        ctl.close()
+
+
+def load_app_module():
+    spec = importlib.util.spec_from_file_location("vstream_app_under_test", REPO / "app.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def wait_for(cond, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def frames_kept(ctl: AppController) -> int:
+    return ctl.status()["stats"]["frames_kept"]
+
+
+def test_upload_plays_as_live_and_status_grows(make_ctl):
+    ctl = make_ctl()  # realtime: the file is paced like a live feed
+    msg = ctl.start_upload(SAMPLE)
+    assert "sample.mp4" in msg and "live" in msg
+    st = ctl.status()
+    assert st["kind"] == "upload" and st["model"] == "tiny-smolvlm" and "cpu" in st["device"]
+    first = wait_for(lambda: frames_kept(ctl), 10, "the first frames")
+    wait_for(lambda: frames_kept(ctl) > first, 5, "more frames")
+    st = ctl.status()
+    assert st["stats"]["stream_time_s"] <= 5.0  # paced to the wall clock, not read at full speed
+    text = format_status(st)
+    assert "frames kept / dropped" in text and "upload: sample.mp4" in text
+    assert any("Started upload" in m["content"] for m in ctl.messages())
+
+
+def test_ask_streams_pieces_then_evidence_thumbnails(make_ctl):
+    ctl = make_ctl(realtime=False)
+    ctl.start_upload(SAMPLE)
+    ctl.session.run_to_end()
+    n_before = len(ctl.messages())
+    updates = list(ctl.ask("What shape is on the screen?", max_new_tokens=12))
+    first, last = updates[0], updates[-1]
+    assert first[-2] == {"role": "user", "content": "What shape is on the screen?"}
+    assert first[-1]["content"] == "▌"  # the answer's placeholder appears before any token
+    streamed = [u[-1]["content"] for u in updates[1:-1]]
+    assert streamed, "no piece was streamed before the final answer"
+    assert all(s.endswith(" ▌") for s in streamed)
+    texts = [s[:-2] for s in streamed]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))  # pieces grow the same answer
+    final = last[-1]["content"]
+    assert len(last) == n_before + 2 and "▌" not in final
+    assert final.startswith(texts[-1].strip()[:1])
+    spans = re.search(r"\*Evidence: (.*)\*", final).group(1)
+    assert all(CAPTION.match(c) for c in spans.split(" · ")), spans
+    gallery = ctl.evidence()
+    assert gallery, "the answer has no evidence thumbnails"
+    for img, caption in gallery:
+        assert CAPTION.match(caption) and img.size[0] > 0 and img.mode == "RGB"
+    assert ctl.status()["stats"]["ttft_p50"] is not None
+
+
+def test_ask_without_a_source_says_so(make_ctl):
+    ctl = make_ctl()
+    updates = list(ctl.ask("anything there?"))
+    assert updates[-1][-1] == {"role": "assistant", "content": NO_SOURCE}
+    with pytest.raises(ValueError, match="type a question"):
+        list(ctl.ask("   "))
+
+
+def test_pushed_frames_start_a_webcam_session(make_ctl):
+    ctl = make_ctl(realtime=False)
+    rng = np.random.default_rng(0)
+    frame = lambda: rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)  # noqa: E731
+    assert ctl.push_frame(frame(), t=0.0)  # the first frame starts the webcam session
+    assert ctl.status()["kind"] == "webcam"
+    for k in range(1, 25):
+        assert ctl.push_frame(frame(), t=k * 0.1)
+    assert ctl.session.wait_chunks(2, timeout=20)
+    kept = frames_kept(ctl)
+    assert kept >= 2
+    for k in range(25, 45):
+        ctl.push_frame(frame(), t=k * 0.1)
+    wait_for(lambda: frames_kept(ctl) > kept, 10, "frame count to grow")
+    assert ctl.status()["webcam"]["pushed"] == 45
+    assert ctl.push_frame(None) is False
+    # another source takes over: webcam frames are ignored (counted) until "Use webcam"
+    ctl.realtime = True  # played as live (closing it mid-file stays quick)
+    ctl.start_upload(SAMPLE)
+    assert ctl.push_frame(frame()) is False
+    assert ctl.webcam_ignored == 1
+    ctl.start_webcam()
+    assert ctl.status()["kind"] == "webcam" and ctl.push_frame(frame())
+
+
+def test_alerts_and_commentary_reach_the_ui(make_ctl):
+    ctl = make_ctl(realtime=False, commentary=True, alert_threshold=1e-6, alert_cooldown_s=1.0)
+    assert "red square" in ctl.add_alert("Tell me when a red square appears")
+    assert ctl.alerts() == ["a red square appears"]  # standing: kept for sessions started later
+    ctl.start_upload(SAMPLE)
+    ctl.session.run_to_end()
+    alerts = wait_for(lambda: [m["content"] for m in ctl.messages() if "Alert at" in m["content"]], 20,
+                      "an alert in the chat")
+    assert re.match(r"◆ \*\*Alert at \d+\.\ds\*\*: a red square appears \(p=\d\.\d\d\)", alerts[0])
+    lines = ctl.commentary_text().splitlines()
+    assert len(lines) >= 5 and lines[0].startswith("[0.0-1.0s] ")
+    assert ctl.status()["commentary"] == "on"
+    # the toggle applies at the next source start, and the UI says so
+    msg = ctl.toggle_commentary(False)
+    assert "next source start" in msg and "next source start" in ctl.status()["commentary"]
+    ctl.clear_alerts()
+    assert ctl.alerts() == []
+    ctl.realtime = True
+    ctl.start_upload(SAMPLE)
+    assert ctl.status()["commentary"] == "off" and ctl.commentary_text() == ""
+
+
+def test_non_video_uploads_leave_the_session_running(make_ctl, tmp_path):
+    ctl = make_ctl()
+    ctl.start_upload(SAMPLE)
+    session = ctl.session
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("these are lecture notes, not a video\n" * 20)
+    with pytest.raises(ValueError, match=r"'notes.mp4' is not a video this app can play") as e1:
+        ctl.start_upload(fake)
+    text = tmp_path / "notes.txt"
+    shutil.copy(fake, text)
+    with pytest.raises(ValueError, match=r"'notes.txt' is not a video file: upload one of \.mp4") as e2:
+        ctl.start_upload(text)
+    for e in (e1, e2):
+        assert str(tmp_path) not in str(e.value)  # no server paths in messages
+    assert ctl.session is session and ctl.status()["kind"] == "upload"
+    kept = wait_for(lambda: frames_kept(ctl), 10, "frames")
+    wait_for(lambda: frames_kept(ctl) > kept, 5, "the running session to keep watching")
+    with pytest.raises(ValueError, match="no file was uploaded"):
+        ctl.start_upload(None)
+
+
+def test_oversize_upload_is_refused(make_ctl):
+    ctl = make_ctl(max_upload_mb=0.01)  # sample.mp4 is ~19 KB
+    with pytest.raises(ValueError, match=r"over the upload limit of 0.01 MB"):
+        ctl.start_upload(SAMPLE)
+    assert ctl.session is None
+
+
+def test_urls_only_network_schemes(make_ctl):
+    ctl = make_ctl(url_retries=0)
+    ctl.start_upload(SAMPLE)
+    session = ctl.session
+    for bad in ("", "/etc/passwd", "file:///etc/passwd", "data/sample.mp4", "/dev/video0"):
+        with pytest.raises(ValueError):
+            ctl.start_url(bad)
+    with pytest.raises(ValueError, match="cannot open stream"):
+        ctl.start_url("http://127.0.0.1:9/nothing.mp4")  # connection refused: reported, nothing replaced
+    assert ctl.session is session
+
+
+def test_save_and_load_by_name_only(make_ctl, tmp_path):
+    ctl = make_ctl(realtime=False)
+    with pytest.raises(ValueError, match="No source"):
+        ctl.save("early")
+    ctl.start_upload(SAMPLE)
+    ctl.session.run_to_end()
+    assert "run1" in ctl.save("run1")
+    assert ctl.list_saved() == ["run1"]
+    assert (tmp_path / "mem" / "run1" / "config.json").is_file()
+    with pytest.raises(ValueError, match="exists"):
+        ctl.save("run1")
+    for bad in ("../evil", "..", "a/b", "/tmp/x", "x..y", ".hidden", ""):
+        with pytest.raises(ValueError):
+            ctl.save(bad)
+        with pytest.raises(ValueError):
+            ctl.load(bad)
+    assert not (tmp_path / "evil").exists()
+    with pytest.raises(ValueError, match="no saved memory named 'missing'"):
+        ctl.load("missing")
+    (tmp_path / "mem" / "notmem").mkdir()  # a folder without a memory is not offered
+    assert ctl.list_saved() == ["run1"]
+    assert "run1" in ctl.load("run1")
+    st = ctl.status()
+    assert st["kind"] == "memory" and st["stats"]["long_term_entries"] > 0
+    final = list(ctl.ask("What happened?"))[-1][-1]["content"]
+    assert "*Evidence:" in final and "Evidence: none" not in final
+    assert ctl.evidence() and all(CAPTION.match(c) for _, c in ctl.evidence())  # thumbnails from saved memory
+
+
+def test_memory_names_and_captions():
+    assert check_memory_name(" lecture-1.v2 ") == "lecture-1.v2"
+    for bad in ("../x", "x/y", "a\\b", "-x", "x" * 65, "run.partial"):
+        with pytest.raises(ValueError):
+            check_memory_name(bad)
+    assert evidence_caption(12.0, 13.0, 0.8349) == "12.0-13.0s (0.83)"
+
+
+def test_build_app_binds_localhost_by_default(make_ctl, monkeypatch):
+    monkeypatch.delenv("VSTREAM_APP_AUTH", raising=False)
+    app = load_app_module()
+    args = app.parse_args([])
+    assert args.model.startswith("tiny-") and args.host == "127.0.0.1" and args.auth is None
+    ctl = make_ctl()
+    demo, kw = app.build_app(ctl, args)
+    assert kw["server_name"] == "127.0.0.1" and kw["server_port"] == 7860
+    assert kw["share"] is False and kw["auth"] is None and kw["max_file_size"] == "500mb"
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    cam = by_id["webcam"]
+    assert cam.streaming and cam.sources == ["webcam"] and cam.webcam_options.mirror is False
+    for elem in ("chat", "question", "evidence", "status", "latency-plot", "commentary", "notice"):
+        assert elem in by_id, elem
+    assert any(type(b).__name__ == "Timer" for b in demo.blocks.values())
+    kw = app.launch_kwargs(app.parse_args(["--host", "0.0.0.0", "--port", "8123", "--auth", "me:se:cret",
+                                           "--max-upload-mb", "20"]))
+    assert kw["server_name"] == "0.0.0.0" and kw["server_port"] == 8123
+    assert kw["auth"] == ("me", "se:cret") and kw["max_file_size"] == "20mb"
+    for bad in (["--auth", "nopassword"], ["--auth", ":x"], ["--port", "0"], ["--max-upload-mb", "0"]):
+        with pytest.raises(SystemExit):
+            app.parse_args(bad)

@@ -167,3 +167,30 @@ def test_retrieved_context_equals_reference(name):
     ref = _question_logits_on(adapter, keys, values, next_pos)
     assert (logits - ref).abs().max().item() <= TOL
     assert len(used) == 2
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"])
+def test_retrieved_from_store_equals_reference(name, tmp_path):
+    """Entries go to the real long-term store (disk + RAM tiers) and come back by id, exactly."""
+    from memory.longterm import LongTerm
+
+    adapter = tiny_adapter(name)
+    W = 2
+    cfg = from_name("tiny").replace(**{"memory.window_chunks": W, "memory.ram_bytes": 0})  # force the disk tier
+    lt = LongTerm.create(adapter, cfg.memory, tmp_path / "mem")
+    eng = Engine(adapter, cfg, lt)
+    rec = Recorder(adapter)
+    try:
+        eng.start()
+        for ch in make_chunks(6, frames=2, seed=6):
+            eng.ingest(ch)
+    finally:
+        rec.close()
+    assert len(lt) == 4
+    forced = [Retrieved(segment=lt.store.get(i, device=adapter.device), score=0.0, entry_id=i) for i in (2, 0)]
+    _, _, logits, _, _ = eng.prepare(QUESTION, eng.snapshot(), retrieved=forced)
+    sinks, chunk_recs = rec.records[0], rec.records[1:]
+    keys, values, next_pos = reference_cache(adapter, [sinks, chunk_recs[0], chunk_recs[2]] + chunk_recs[-W:])
+    ref = _question_logits_on(adapter, keys, values, next_pos)
+    assert (logits - ref).abs().max().item() <= TOL
+    lt.close()

@@ -1,0 +1,110 @@
+"""Long-term memory through the engine and the API: bounds, persistence, `vstream ask`, causality."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from conftest import REPO, make_chunks, tiny_adapter
+from memory.longterm import LongTerm
+from vstream.api import Agent
+from vstream.cli import main
+from vstream.config import from_name
+from vstream.engine import Engine
+
+SAMPLE = str(REPO / "data" / "sample.mp4")
+
+
+def test_5000_chunks_bounded_memory(tmp_path):
+    """5,000 chunks: the RAM tier never exceeds its bytes, RSS stays in a fixed budget, entries land on disk."""
+    adapter = tiny_adapter("tiny-smolvlm")
+    ram_budget = 2 << 20
+    cfg = from_name("tiny").replace(**{"memory.window_chunks": 4, "memory.ram_bytes": ram_budget})
+    lt = LongTerm.create(adapter, cfg.memory, tmp_path / "mem")
+    eng = Engine(adapter, cfg, lt)
+    eng.start()
+    proc = psutil.Process()
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
+    from vstream.sources import Chunk
+
+    rss_after_warmup = None
+    t0 = time.perf_counter()
+    for i in range(5000):
+        fr = np.roll(base, i, axis=1)
+        eng.ingest(Chunk(index=i, start_s=float(i), end_s=float(i + 1), frames=fr, timestamps=[float(i)]))
+        assert lt.ram_bytes() <= ram_budget
+        if i == 500:
+            rss_after_warmup = proc.memory_info().rss
+    rss_end = proc.memory_info().rss
+    assert len(lt) == 5000 - 4
+    assert eng.memory.context_tokens < 4 * 100 + 200  # the active context stays bounded too
+    # entries live on disk: what remains in RAM is the budget plus index vectors, not 5,000 chunks of K/V
+    per_entry = lt.store.info(0).nbytes
+    assert lt.disk_bytes() >= 4996 * per_entry
+    assert rss_end - rss_after_warmup < 64 << 20, (rss_end - rss_after_warmup) / 2 ** 20
+    # and any entry still comes back with its bytes
+    seg = lt.store.get(17)
+    assert seg.start_s == 17.0 and seg.n_tokens > 0
+    lt.close()
+    print(f"5000 chunks in {time.perf_counter() - t0:.1f}s, RSS growth after warm-up "
+          f"{(rss_end - rss_after_warmup) / 2 ** 20:.1f} MiB, disk {lt.disk_bytes() / 2 ** 20:.1f} MiB")
+
+
+def test_save_load_same_entries_and_answers(tmp_path):
+    agent = Agent.from_pretrained("tiny-llava-onevision", **{"memory.window_chunks": 2})
+    with agent.watch(SAMPLE, background=False) as s:
+        s.advance_to(9)
+        before = s.ask("What is moving?", history=False)
+        s.save(tmp_path / "lec.vmem")
+        n_stored = len(s.long_term) + sum(1 for x in s.engine.memory.live if x.kind == "vision")
+    with agent.load(tmp_path / "lec.vmem") as loaded:
+        assert len(loaded.long_term) == n_stored == 9
+        ans = loaded.ask("What is moving?", history=False)
+        assert ans.evidence and all(e.source == "long_term" for e in ans.evidence)
+        assert {e.entry_id for e in ans.evidence} <= set(range(9))
+    # the long-term part of the live answer came from the same entries
+    assert {e.start_s for e in before.evidence if e.source == "long_term"} <= {float(i) for i in range(9)}
+
+
+def test_memory_dir_then_cli_ask(tmp_path, capsys):
+    mem = tmp_path / "lec.vmem"
+    assert main(["watch", SAMPLE, "--model", "tiny-smolvlm", "--memory-dir", str(mem), "--json"]) == 0
+    capsys.readouterr()
+    cfg = json.loads((mem / "config.json").read_text())
+    assert cfg  # the directory describes its model
+    assert main(["ask", str(mem), "What was on the slide?", "--model", "tiny-smolvlm", "--json",
+                 "--max-new-tokens", "4"]) == 0
+    out = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.strip()]
+    assert out[0]["type"] == "answer" and out[0]["evidence"]
+    assert all(e["source"] == "long_term" for e in out[0]["evidence"])
+    # a directory written by another model is a clear one-line error
+    code = main(["ask", str(mem), "hi", "--model", "tiny-qwen2.5-vl"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "tiny-smolvlm" in err or "smolvlm" in err
+    # not a memory directory at all
+    code = main(["ask", str(tmp_path), "hi", "--model", "tiny-smolvlm"])
+    assert code == 2 and "not a vstream memory directory" in capsys.readouterr().err
+
+
+def test_retrieval_is_causal(tmp_path):
+    """Entries that started at or after the oldest chunk of the question's window are never retrieved."""
+    adapter = tiny_adapter("tiny-llava-onevision")
+    cfg = from_name("tiny").replace(**{"memory.window_chunks": 2, "memory.retrieve_k": 8})
+    lt = LongTerm.create(adapter, cfg.memory, None)
+    eng = Engine(adapter, cfg, lt)
+    eng.start()
+    for ch in make_chunks(6, size=16, seed=9):
+        eng.ingest(ch)
+    snap = eng.snapshot()  # window holds chunks 4, 5; store holds 0..3
+    for ch in make_chunks(6, size=16, seed=10, start_index=6):
+        eng.ingest(ch)  # store now also holds 4..9
+    ans = eng.answer("What happened?", snap, max_new_tokens=2)
+    lt_ev = [e for e in ans.evidence if e.source == "long_term"]
+    assert lt_ev and all(e.end_s <= 4.0 for e in lt_ev)
+    assert {e.start_s for e in ans.evidence if e.source == "window"} <= {4.0, 5.0}
+    lt.close()

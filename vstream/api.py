@@ -317,12 +317,15 @@ class Session:
             self._apply_pending_text()
 
     def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-                  on_piece: Callable[[str], None] | None = None) -> Future:
+                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
         """Queue a question on the memory as of now; returns a Future[Answer]. Raises ValueError when full."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the stream")
+        if not self._pending_text.empty():  # earlier turns enter the text window before this snapshot
+            self._apply_pending_text()
         q = Query(question=question, snapshot=self.engine.snapshot(), future=Future(),
-                  max_new_tokens=max_new_tokens, on_piece=on_piece, history=history)
+                  max_new_tokens=max_new_tokens, on_piece=on_piece, history=history,
+                  cancel=cancel if cancel is not None else threading.Event())
         return self.responder.submit(q)
 
     def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
@@ -334,12 +337,14 @@ class Session:
         if not stream:
             return self.ask_async(question, max_new_tokens=max_new_tokens, history=history).result(timeout)
         pieces: queue.Queue = queue.Queue()
-        fut = self.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=pieces.put)
+        cancel = threading.Event()
+        fut = self.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=pieces.put,
+                             cancel=cancel)
         fut.add_done_callback(lambda _f: pieces.put(None))
-        return self._iter_pieces(pieces, fut)
+        return self._iter_pieces(pieces, fut, cancel)
 
     @staticmethod
-    def _iter_pieces(pieces: queue.Queue, fut: Future) -> Iterator[str]:
+    def _iter_pieces(pieces: queue.Queue, fut: Future, cancel: threading.Event) -> Iterator[str]:
         try:
             while True:
                 p = pieces.get()
@@ -348,7 +353,8 @@ class Session:
                 yield p
             fut.result()  # re-raise a failure
         finally:
-            if not fut.done():
+            if not fut.done():  # the caller stopped reading: stop decoding too
+                cancel.set()
                 fut.cancel()
 
     def probe(self, text: str) -> float:
@@ -405,7 +411,8 @@ class Session:
             "stream_time_s": self.stream_time_s,
             "frames_in": getattr(s, "frames_in", 0),
             "frames_kept": getattr(s, "frames_kept", 0) - self.frames_dropped_backlog,
-            "frames_dropped": getattr(s, "frames_dropped", 0) + self.frames_dropped_backlog,
+            "frames_dropped": getattr(s, "frames_dropped", 0) + self.frames_dropped_backlog
+            + getattr(self.source, "dropped", 0),  # a PushSource drops when its own queue is full
             "chunks": mm.chunks_ingested,
             "chunks_dropped": self.chunks_dropped,
             "chunk_latency_p50": _percentile(lat, 50),

@@ -197,7 +197,7 @@ def add_parser(sub) -> None:
     i.set_defaults(func=_cli_ingest)
     m = bs.add_parser("memory", help="FAISS latency, KV bytes per hour, TTFT with 0 vs N stored entries")
     m.add_argument("--model", default="tiny-llava-onevision")
-    m.add_argument("--sizes", default="10000,100000,1000000")
+    m.add_argument("--sizes", default="10000,100000", help="index sizes; add 1000000 for the 1M figure (slow build)")
     m.add_argument("--entries", type=int, default=10_000, help="stored entries for the TTFT comparison")
     m.add_argument("--device", default="auto")
     m.add_argument("--out", default="bench_out")
@@ -238,7 +238,7 @@ def _cli_memory(args) -> int:
         raise RuntimeError(f"eval.bench_memory is missing ({e}); reinstall vstream") from None
     sizes = tuple(int(s) for s in args.sizes.split(",") if s)
     res["faiss"] = bench_memory.faiss_latency(sizes=sizes)
-    res["kv_bytes_per_hour"] = bench_memory.kv_bytes_table()
+    res["kv_bytes_per_hour"] = bench_memory.kv_table()
     res["ttft"] = bench_ttft_entries(args.model, n_entries=args.entries, device=args.device)
     out = Path(args.out)
     p = _write(res, out, "memory")
@@ -252,8 +252,11 @@ def _cli_realtime(args) -> int:
     res = bench_realtime([m for m in args.models.split(",") if m], chunks=args.chunks, fps=args.fps,
                          commentary_tokens=args.commentary_tokens, device=args.device,
                          max_visual_tokens=args.max_visual_tokens)
+    from vstream.bench_realtime import plot_realtime
+
     res["env"] = environment()
     out = Path(args.out)
     p = _write(res, out, "realtime")
-    print(json.dumps({"json": str(p), "summary": res["summary"]}, indent=1))
+    plot_realtime(res, out / "realtime.png")
+    print(json.dumps({"json": str(p), "png": str(out / "realtime.png"), "summary": res["summary"]}, indent=1))
     return 0

@@ -78,10 +78,13 @@ class Engine:
                                     on_evict=long_term.on_evict if long_term is not None else None)
         adapter._install_projection_hooks()  # before any second thread touches the model
         self.started = False
-        self._gen_lock = threading.Lock()  # one decode at a time per generator
+        self._gen_lock = threading.Lock()  # answers: one decode at a time on self._generator
         self._generator = torch.Generator()
+        self._commentary_lock = threading.Lock()  # commentary never waits for an answer
+        self._commentary_generator = torch.Generator()
         if config.generation.seed is not None:
             self._generator.manual_seed(config.generation.seed)
+            self._commentary_generator.manual_seed(config.generation.seed + 1)
 
     # ---- writer side (perception thread) ---------------------------------------------------------
     @torch.inference_mode()
@@ -169,9 +172,9 @@ class Engine:
         else:
             logits = prefill(a, mm.cache, head, start)
             pos = start + head.span
-            with self._gen_lock:
+            with self._commentary_lock:
                 res = decode_n_tokens(a, mm.cache, logits, pos, self.config.generation, max_new_tokens=max_tokens,
-                                      generator=self._generator, feed_last=True)
+                                      generator=self._commentary_generator, feed_last=True)
             pos = res.next_pos
             word_ids = res.token_ids
         text = a.decode(word_ids).strip()
@@ -179,7 +182,9 @@ class Engine:
         prefill(a, mm.cache, close, pos, logits="none")
         n_new = mm.context_tokens - n0
         rel = torch.arange(n_new, device=a.device).unsqueeze(0).expand(a.pos_dims, -1).contiguous()
-        seg = mm.extract(n_new, start, rel, TEXT, start_s=chunk.start_s, end_s=chunk.end_s, text=text)
+        ids = head.input_ids[0].tolist() + list(word_ids) + close.input_ids[0].tolist()
+        seg = mm.extract(n_new, start, rel, TEXT, start_s=chunk.start_s, end_s=chunk.end_s, text=text,
+                         token_ids=tuple(ids))
         for vis in reversed(mm.live):  # the chunk's entry text carries its commentary into long-term memory
             if vis.kind == VISION and vis.chunk_index == chunk.index:
                 vis.text = f"{vis.text} {text}" if text else vis.text

@@ -565,8 +565,7 @@ class LongTermStore:
         self._check_open()
         with self._write_lock:
             with self._lock:
-                if entry_id not in self._entries:
-                    raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
+                self._entry(entry_id)
             try:
                 self._append_journal(_encode_line({"op": "text", "id": int(entry_id), "text": str(text)}))
             except OSError as e:
@@ -604,12 +603,17 @@ class LongTermStore:
                                f"reopen the store to skip damaged entries")
         return safetensors.torch.load(blob)
 
+    def _entry(self, entry_id: int) -> _Entry:
+        """The journal record of an entry (caller holds the lock)."""
+        self._check_open()
+        e = self._entries.get(entry_id)
+        if e is None:
+            raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
+        return e
+
     def _tensors(self, entry_id: int) -> tuple[_Entry, dict[str, torch.Tensor]]:
         with self._lock:
-            self._check_open()
-            e = self._entries.get(entry_id)
-            if e is None:
-                raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
+            e = self._entry(entry_id)
             tensors = self._ram.get(entry_id)
             if tensors is not None:
                 self._ram.move_to_end(entry_id)
@@ -648,10 +652,7 @@ class LongTermStore:
     def key_summary(self, entry_id: int) -> torch.Tensor | None:
         """The entry's key summary [L, H_kv * D] fp32 (None if it had none); reads only that tensor from disk."""
         with self._lock:
-            self._check_open()
-            e = self._entries.get(entry_id)
-            if e is None:
-                raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
+            e = self._entry(entry_id)
             tensors = self._ram.get(entry_id)
             if tensors is not None:
                 return tensors.get("key_summary")
@@ -660,10 +661,7 @@ class LongTermStore:
 
     def info(self, entry_id: int) -> EntryInfo:
         with self._lock:
-            e = self._entries.get(entry_id)
-            if e is None:
-                raise UnknownEntryError(f"no long-term entry {entry_id} (the store holds {len(self._entries)})")
-            return e.info()
+            return self._entry(entry_id).info()
 
     def infos(self) -> list[EntryInfo]:
         """All entries' infos in id (= insertion) order."""

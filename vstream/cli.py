@@ -52,6 +52,7 @@ def _agent_from_args(args):
         overrides["generation.max_new_tokens"] = args.max_new_tokens
     if getattr(args, "ocr", False):
         overrides["memory.ocr"] = True
+        overrides["memory.retriever"] = "both"  # OCR text is only useful to the text retriever
     if getattr(args, "retriever", None):
         overrides["memory.retriever"] = args.retriever
     if getattr(args, "top_k", None) is not None:
@@ -103,6 +104,8 @@ def cmd_watch(args) -> int:
 
 def cmd_ask(args) -> int:
     em = Emitter(args.json)
+    if args.retriever is None:  # stored entries carry text (markers, OCR, commentary): use both retrievers
+        args.retriever = "both"
     agent = _agent_from_args(args)
     with agent.load(args.memory_dir) as session:
         for q in args.question:
@@ -162,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--notify", action="append", default=[], metavar="TEXT", help="alert when TEXT happens")
     w.add_argument("--realtime", action="store_true", help="pace to the wall clock, drop frames when behind")
     w.add_argument("--memory-dir", default=None, help="persist long-term memory here (crash-safe, as it goes)")
-    w.add_argument("--ocr", action="store_true", help="OCR a keyframe per chunk into memory (slides, signs)")
+    w.add_argument("--ocr", action="store_true", help="OCR a keyframe per chunk into memory (slides, signs); "
+                                                      "turns on the text retriever too (--retriever both)")
     w.set_defaults(func=cmd_watch)
 
     a = sub.add_parser("ask", help="answer questions from a saved memory directory, without the video")

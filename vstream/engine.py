@@ -6,6 +6,7 @@ may run on another thread at the same time.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -62,6 +63,30 @@ def pooled(means: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(m.reshape(-1), dim=0)
 
 
+def _on_stream(role: str):
+    """Run an Engine method in inference mode on its CUDA stream for ``role`` (plain call on CPU).
+
+    Perception ("perception") and answering ("answer") use separate CUDA streams so that an answer
+    never queues behind chunk prefills. Answers first wait for the perception work already queued,
+    so the snapshot's tensors are complete; both roles synchronise their stream before returning.
+    """
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            stream = self._streams.get(role)
+            with torch.inference_mode():
+                if stream is None:
+                    return fn(self, *args, **kwargs)
+                if role == "answer":
+                    stream.wait_stream(self._streams["perception"])
+                with torch.cuda.stream(stream):
+                    out = fn(self, *args, **kwargs)
+                stream.synchronize()  # latencies are real time; published tensors are finished
+                return out
+        return wrapper
+    return deco
+
+
 class Engine:
     """Owns the model adapter and the memory manager for one stream."""
 
@@ -77,6 +102,10 @@ class Engine:
                                     prev_text_head=mc.prev_text_head, prev_text_tail=mc.prev_text_tail,
                                     on_evict=long_term.on_evict if long_term is not None else None)
         adapter._install_projection_hooks()  # before any second thread touches the model
+        dev = adapter.device
+        self._streams: dict[str, torch.cuda.Stream] = (
+            {"perception": torch.cuda.Stream(device=dev), "answer": torch.cuda.Stream(device=dev)}
+            if dev.type == "cuda" else {})
         self.started = False
         self._gen_lock = threading.Lock()  # answers: one decode at a time on self._generator
         self._generator = torch.Generator()
@@ -87,7 +116,7 @@ class Engine:
             self._commentary_generator.manual_seed(config.generation.seed + 1)
 
     # ---- writer side (perception thread) ---------------------------------------------------------
-    @torch.inference_mode()
+    @_on_stream("perception")
     def start(self, previous_text: str = "") -> None:
         """Prefill the sinks (system prompt) and the caller's previous text."""
         if self.started:
@@ -112,7 +141,7 @@ class Engine:
         return mm.extract(tokens.n_tokens, start, tokens.rel_pos, TEXT, start_s=at_s, end_s=at_s, text=text,
                           token_ids=tuple(tokens.input_ids[0].tolist()))
 
-    @torch.inference_mode()
+    @_on_stream("perception")
     def add_text(self, text: str, at_s: float | None = None) -> Segment:
         """Put text (an earlier question and answer, a caption) into the live text window."""
         self._require_started()
@@ -120,7 +149,7 @@ class Engine:
         self.memory.commit(seg)
         return seg
 
-    @torch.inference_mode()
+    @_on_stream("perception")
     def ingest(self, chunk) -> ChunkReport:
         """Embed one chunk (``vstream.sources.Chunk``), prefill it against memory and commit it."""
         self._require_started()
@@ -148,7 +177,7 @@ class Engine:
         return ChunkReport(index=chunk.index, start_s=chunk.start_s, end_s=chunk.end_s, n_tokens=tokens.n_tokens,
                            latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens)
 
-    @torch.inference_mode()
+    @_on_stream("perception")
     def commentary(self, chunk, max_tokens: int, replay: str | Sequence[int] | None = None) -> CommentaryItem:
         """Up to ``max_tokens`` tokens of live commentary after the chunk just ingested.
 
@@ -214,7 +243,7 @@ class Engine:
             prefill(a, cache, q_tokens, sink_pos, logits="none")
         return torch.stack([m.cpu() for m in qmeans])  # [L, HD]
 
-    @torch.inference_mode()
+    @_on_stream("answer")
     def prepare(self, question: str, snap: Snapshot, retrieve_k: int | None = None,
                 retrieved: Sequence[Retrieved] | None = None):
         """Retrieve, assemble the context and prefill the question turn.
@@ -245,7 +274,7 @@ class Engine:
             logits = prefill(a, cache, q_tokens, pos)
         return cache, pos + q_tokens.span, logits, list(retrieved), qmeans
 
-    @torch.inference_mode()
+    @_on_stream("answer")
     def answer(self, question: str, snap: Snapshot, *, max_new_tokens: int | None = None,
                on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
                retrieve_k: int | None = None) -> Answer:
@@ -288,7 +317,7 @@ class Engine:
         return [Evidence(start_s=s.start_s, end_s=s.end_s, score=sc, source="window", thumbnail=s.thumbnail)
                 for sc, s in scored[:top]]
 
-    @torch.inference_mode()
+    @_on_stream("answer")
     def probe(self, text: str, snap: Snapshot) -> float:
         """P("Yes") after "Has <text> happened in the latest chunk?": one forward step on the snapshot."""
         a = self.adapter

@@ -120,13 +120,13 @@ class ModelAdapter(ABC):
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elt
 
     # ---- family hooks -------------------------------------------------------------------------
-    @abstractmethod
     def language_model(self) -> nn.Module:
         """The decoder stack (takes inputs_embeds, position_ids, past_key_values)."""
+        return self.model.model.language_model
 
-    @abstractmethod
     def lm_head(self) -> nn.Module:
         """Hidden states -> vocabulary logits."""
+        return self.model.lm_head
 
     @abstractmethod
     def embed_chunk(self, marker: str, frames: np.ndarray) -> Tokens:
@@ -151,8 +151,8 @@ class ModelAdapter(ABC):
         return None
 
     def stop_tokens(self) -> list[str]:
-        """Special tokens that end an answer besides eos."""
-        return []
+        """Special tokens that end an answer besides eos (defaults: Qwen's chat format)."""
+        return ["<|im_end|>", "<|endoftext|>"]
 
     def system_text(self, system_prompt: str) -> str:
         """The sink text: chat header with the system prompt and the start of the stream turn."""

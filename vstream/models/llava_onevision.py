@@ -112,16 +112,7 @@ class LlavaOneVisionAdapter(ModelAdapter):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
 
-    # ---- family hooks -------------------------------------------------------------------------
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    def lm_head(self) -> nn.Module:
-        return self.model.lm_head
-
-    def stop_tokens(self) -> list[str]:
-        return ["<|im_end|>", "<|endoftext|>"]
-
+    # ---- family hooks (language_model, lm_head, stop tokens: the base defaults fit) ------------
     def vision_tokens(self, n_frames: int) -> int:
         """Placeholder tokens for a chunk of n_frames frames (pooled features + one newline)."""
         return n_frames * self.tokens_per_frame + 1

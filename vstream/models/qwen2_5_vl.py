@@ -140,16 +140,7 @@ class Qwen25VLAdapter(ModelAdapter):
             logger.warning("tokenizer has %d tokens but vocab_size is %d", len(self.tokenizer),
                            self.text_config.vocab_size)
 
-    # ---- protocol hooks -----------------------------------------------------------------------
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    def lm_head(self) -> nn.Module:
-        return self.model.lm_head
-
-    def stop_tokens(self) -> list[str]:
-        return ["<|im_end|>", "<|endoftext|>"]
-
+    # ---- protocol hooks (language_model, lm_head, stop tokens: the base defaults fit) ----------
     def configure_sampling(self, fps: float) -> None:
         """Temporal M-RoPE ids depend on the sampling rate: seconds per temporal patch = 2 / fps."""
         if not fps > 0:

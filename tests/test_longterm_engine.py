@@ -108,3 +108,20 @@ def test_retrieval_is_causal(tmp_path):
     assert lt_ev and all(e.end_s <= 4.0 for e in lt_ev)
     assert {e.start_s for e in ans.evidence if e.source == "window"} <= {4.0, 5.0}
     lt.close()
+
+
+def test_partial_question_pass_matches_the_full_one():
+    """query_layers < 1 stops the question pass early: the layers it ran equal a full pass, the rest are 0."""
+    import torch
+
+    adapter = tiny_adapter("tiny-qwen2.5-vl")
+    full = Engine(adapter, from_name("tiny").replace(**{"memory.query_layers": 1.0, "memory.long_term": False}))
+    half = Engine(adapter, from_name("tiny").replace(**{"memory.query_layers": 0.5, "memory.long_term": False}))
+    for e in (full, half):
+        e.start()
+    q = adapter.embed_text(adapter.question_text("What is on the slide?"))
+    a = full._query_means(q, full.snapshot())
+    b = half._query_means(q, half.snapshot())
+    assert a.shape == b.shape == (adapter.num_layers, adapter.num_kv_heads * adapter.head_dim)
+    assert torch.allclose(a[:1], b[:1], atol=1e-6)
+    assert b[1:].abs().sum() == 0 and a[1:].abs().sum() > 0

@@ -197,7 +197,7 @@ def add_parser(sub) -> None:
     i.add_argument("--out", default="bench_out")
     i.set_defaults(func=_cli_ingest)
     m = bs.add_parser("memory", help="FAISS latency, KV bytes per hour, TTFT with 0 vs N stored entries")
-    m.add_argument("--model", default="tiny-llava-onevision")
+    m.add_argument("--model", default="small-llava-onevision", help="model for the TTFT comparison")
     m.add_argument("--sizes", default="10000,100000", help="index sizes; add 1000000 for the 1M figure (slow build)")
     m.add_argument("--entries", type=int, default=10_000, help="stored entries for the TTFT comparison")
     m.add_argument("--device", default="auto")

@@ -27,7 +27,7 @@ def _ttft(engine, question: str, repeats: int) -> list[float]:
     return out
 
 
-def bench_ttft_entries(model: str = "tiny-llava-onevision", n_entries: int = 10_000, device: str = "auto",
+def bench_ttft_entries(model: str = "small-llava-onevision", n_entries: int = 10_000, device: str = "auto",
                        window: int = 8, repeats: int = 7, progress: bool = True) -> dict[str, Any]:
     """Median TTFT of a question with an empty long-term store and with ``n_entries`` stored."""
     from tqdm import tqdm

@@ -39,6 +39,8 @@ class MemoryConfig:
     retrieve_k: int = 4  # long-term entries brought back for a question
     retriever: str = "internal"  # "internal" | "text" | "both"
     per_layer: bool = False  # internal retriever: select per layer (True) or one shared set (False)
+    query_layers: float = 0.5  # internal retriever: the question pass runs this fraction of the first layers
+    #                            (their mean query vectors pick entries); 1.0 = all layers, slower to first token
     exact_index_max: int = 50_000  # exact FAISS index up to this many entries, HNSW above
     ocr: bool = False  # OCR a keyframe per chunk into the entry's text
     thumbnail_px: int = 96  # long side of the JPEG thumbnail kept per entry
@@ -54,6 +56,8 @@ class MemoryConfig:
             raise ValueError(f"retriever must be internal, text or both, got {self.retriever!r}")
         if self.retrieve_k < 0:
             raise ValueError("retrieve_k must be >= 0")
+        if not 0 < self.query_layers <= 1:
+            raise ValueError(f"query_layers must be in (0, 1], got {self.query_layers}")
 
 
 @dataclass

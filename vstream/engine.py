@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ import cv2
 import numpy as np
 import torch
 
-from memory.manager import MemoryManager, Snapshot
+from memory.manager import MemoryManager, Snapshot, fill_cache
 from memory.segment import SINK, TEXT, VISION, Segment
 from vstream.config import AgentConfig
 from vstream.generate import TextStreamer, decode_n_tokens, prefill
-from vstream.models.base import ModelAdapter
+from vstream.models.base import ModelAdapter, StopForward
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -230,18 +231,24 @@ class Engine:
             raise RuntimeError("engine not started: call start() first")
 
     # ---- reader side (any thread, on a snapshot) -------------------------------------------------
-    @torch.inference_mode()
     def _query_means(self, q_tokens, snap: Snapshot) -> torch.Tensor:
-        """Mean pre-RoPE query vectors [L, H_kv*D] of the question, from a pass over the sinks only."""
+        """Mean pre-RoPE query vectors [L, H_kv*D] of the question, from a pass over the sinks only.
+
+        The pass stops after the first ``memory.query_layers`` of the layers; the others stay zero (the
+        index scores by the mean per-layer cosine, so they add nothing and the ranking uses those layers).
+        """
         a = self.adapter
         n_sink = sum(s.n_tokens for s in snap.sinks)
         sink_pos = sum(s.span for s in snap.sinks)
-        from memory.manager import fill_cache  # local: keep the import list short
-
+        m = max(1, math.ceil(a.num_layers * self.config.memory.query_layers))
         cache = fill_cache(a.new_cache(), [k[:, :, :n_sink] for k in snap.keys], [v[:, :, :n_sink] for v in snap.values])
-        with a.capture_projection_means("q") as qmeans:
-            prefill(a, cache, q_tokens, sink_pos, logits="none")
-        return torch.stack([m.cpu() for m in qmeans])  # [L, HD]
+        with a.capture_projection_means("q", stop_after=m if m < a.num_layers else None) as qmeans:
+            try:
+                prefill(a, cache, q_tokens, sink_pos, logits="none")
+            except StopForward:
+                pass
+        width = a.num_kv_heads * a.head_dim
+        return torch.stack([x.cpu() if x is not None else torch.zeros(width) for x in qmeans])  # [L, HD]
 
     @_on_stream("answer")
     def prepare(self, question: str, snap: Snapshot, retrieve_k: int | None = None,

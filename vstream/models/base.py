@@ -74,6 +74,10 @@ def rope_delta_rotate(keys: torch.Tensor, delta: int | torch.Tensor, inv_freq: t
     return (k * cos + rotate_half(k) * sin).to(keys.dtype)
 
 
+class StopForward(Exception):
+    """Raised from a projection hook to end a forward pass early (capture_projection_means(stop_after=...))."""
+
+
 class ModelAdapter(ABC):
     """One VLM family behind one protocol. Subclasses fill in the abstract methods."""
 
@@ -232,12 +236,14 @@ class ModelAdapter(ABC):
         return rope_delta_rotate(keys, delta, self.inv_freq())
 
     @contextlib.contextmanager
-    def capture_projection_means(self, which: str = "k") -> Iterator[list]:
+    def capture_projection_means(self, which: str = "k", stop_after: int | None = None) -> Iterator[list]:
         """Record, per layer, the mean over tokens of the pre-RoPE q or k projection.
 
         Yields a list filled on exit with one tensor per layer: [H_kv * head_dim] fp32 (query heads are
         averaged within their key-value group so queries and keys live in the same space). Only forward
         passes of the calling thread are recorded: the model is shared between perception and answering.
+        ``stop_after=m`` raises StopForward once layer m-1 is recorded (layers >= m stay None); the
+        caller catches it: a cheap partial pass when only the first layers are wanted.
         """
         if which not in ("q", "k"):
             raise ValueError("which must be 'q' or 'k'")
@@ -245,11 +251,13 @@ class ModelAdapter(ABC):
         acc: list[torch.Tensor | None] = [None] * self.num_layers
         captures = self._captures.__dict__.setdefault("active", {})
         captures[which] = acc
+        captures[f"{which}_stop"] = stop_after
         result: list = []
         try:
             yield result
         finally:
             captures.pop(which, None)
+            captures.pop(f"{which}_stop", None)
             result.extend(acc)
 
     def _install_projection_hooks(self) -> None:
@@ -262,13 +270,16 @@ class ModelAdapter(ABC):
 
         def make_hook(i: int, which: str):
             def hook(_mod, _inp, out):  # out: [1, S, H * D]
-                acc = getattr(self._captures, "active", {}).get(which)
+                active = getattr(self._captures, "active", {})
+                acc = active.get(which)
                 if acc is None:
                     return
                 m = out[0].float().mean(dim=0)  # [H * D]
                 if which == "q" and group > 1:
                     m = m.view(self.num_kv_heads, group, self.head_dim).mean(dim=1).reshape(-1)
                 acc[i] = m.detach()
+                if active.get(f"{which}_stop") == i + 1:
+                    raise StopForward
             return hook
 
         for i, layer in enumerate(self.decoder_layers()):

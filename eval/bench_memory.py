@@ -93,11 +93,11 @@ def kv_bytes_per_hour(num_layers: int, num_kv_heads: int, head_dim: int, tokens_
     """Bytes of K+V stored per hour of stream.
 
     ``2 * L * H_kv * D * bytes_per_element * tokens_per_frame * fps * 3600``; with int8 / int4 an element
-    takes 1 / 0.5 byte plus one fp32 scale per (layer, K|V, head, channel) per entry of
+    takes 1 / 0.5 byte (k4v2: keys 0.5, values 0.25) plus one fp32 scale per (layer, K|V, head, channel) per entry of
     ``tokens_per_entry`` tokens (default: one 1-s chunk, vstream's default entry, and at least one frame).
     """
-    if quantize not in ("none", "int8", "int4"):
-        raise ValueError(f"quantize must be none, int8 or int4, got {quantize!r}")
+    if quantize not in ("none", "int8", "int4", "k4v2"):
+        raise ValueError(f"quantize must be none, int8, int4 or k4v2, got {quantize!r}")
     if min(num_layers, num_kv_heads, head_dim) < 1 or tokens_per_frame <= 0 or fps <= 0:
         raise ValueError("layers, kv heads, head_dim, tokens_per_frame and fps must be positive")
     channels = 2 * num_layers * num_kv_heads * head_dim  # K and V, every layer
@@ -105,7 +105,7 @@ def kv_bytes_per_hour(num_layers: int, num_kv_heads: int, head_dim: int, tokens_
     if quantize == "none":
         return channels * dtype_bytes * tokens_per_hour
     per_entry = tokens_per_entry or tokens_per_frame * max(1.0, fps)
-    elem = 1.0 if quantize == "int8" else 0.5
+    elem = {"int8": 1.0, "int4": 0.5, "k4v2": 0.375}[quantize]  # k4v2: mean of 0.5 (keys) and 0.25 (values)
     return channels * (elem + 4.0 / per_entry) * tokens_per_hour
 
 
@@ -134,7 +134,7 @@ KV_CONFIGS = (
 )
 
 
-def kv_table(configs: tuple[KVConfig, ...] = KV_CONFIGS, quantize: tuple[str, ...] = ("none", "int8", "int4"),
+def kv_table(configs: tuple[KVConfig, ...] = KV_CONFIGS, quantize: tuple[str, ...] = ("none", "int8", "int4", "k4v2"),
              dtype_bytes: float = 2) -> list[dict]:
     """One row per (config, quantisation): bytes and GiB per hour (and per 24 h)."""
     rows = []

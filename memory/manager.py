@@ -263,6 +263,17 @@ class MemoryManager:
                 fill_cache(cache, snap.keys, snap.values)
             return cache, snap.next_pos
         ordered = sorted(retrieved, key=lambda s: (s.start_s if s.start_s is not None else -1.0))
-        segs = list(snap.sinks) + list(snap.prev_text) + ordered + list(snap.live)
-        keys, values, next_pos = place(segs, self.rotate)
-        return fill_cache(self.new_cache(), keys, values), next_pos
+        # Contiguous positions with the origin moved back by the retrieved span R: sinks and previous
+        # text go to [-R, P - R), retrieved entries to [P - R, P), and the live window keeps the
+        # positions it already has in the snapshot, so its (largest) part needs no re-rotation. RoPE
+        # scores depend on position differences only: this equals the layout that starts at 0.
+        head = list(snap.sinks) + list(snap.prev_text)
+        n_head = sum(s.n_tokens for s in head)
+        p_head = sum(s.span for s in head)
+        r_span = sum(s.span for s in ordered)
+        r_keys, r_values, _ = place(ordered, self.rotate, start=p_head - r_span)
+        keys = tuple(torch.cat([self.rotate(k[:, :, :n_head], -r_span), rk, k[:, :, n_head:]], dim=-2)
+                     for k, rk in zip(snap.keys, r_keys))
+        values = tuple(torch.cat([v[:, :, :n_head], rv, v[:, :, n_head:]], dim=-2)
+                       for v, rv in zip(snap.values, r_values))
+        return fill_cache(self.new_cache(), keys, values), snap.next_pos

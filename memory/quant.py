@@ -1,14 +1,16 @@
-"""Per-channel symmetric KV quantisation for the cold tiers (int8, int4 packed two per byte).
+"""Per-channel symmetric KV quantisation for the cold tiers (int8; int4 packed two per byte; 2-bit
+ternary packed four per byte, VidKV's 1.58-bit values).
 
 A tensor ``t`` of shape ``[..., S, D]`` (K/V: ``[1, H_kv, S, D]``) is quantised per channel: every
 (head, d) channel gets one fp32 scale over its S tokens, ``scale = max_s |t[..., s, d]| / qmax`` with
-``qmax = 127`` (int8) or ``7`` (int4), and ``q = round(t / scale)``. Keys have a few large channels
+``qmax = 127`` (int8), ``7`` (int4) or ``1`` (2-bit: the values -1, 0, 1), and ``q = round(t / scale)``. Keys have a few large channels
 (outlier channels), so per-channel scales keep the error of the other channels small.
 
 Error bound (stated and tested): for every element,
 ``|dequantize(quantize(t, bits), float32) - t| <= scale * (1/2 + qmax * 2**-20)`` (the second term
-is fp32 rounding), i.e. about ``max|channel| / 254`` for int8 and ``max|channel| / 14`` for int4
-(relative to the channel's largest magnitude: 0.39 % and 7.1 %). Dequantising to a lower-precision
+is fp32 rounding), i.e. about ``max|channel| / 254`` for int8, ``max|channel| / 14`` for int4 and
+``max|channel| / 2`` for 2-bit (relative to the channel's largest magnitude: 0.39 %, 7.1 % and 50 %;
+2-bit is meant for values, whose errors average out in attention, as in VidKV). Dequantising to a lower-precision
 dtype adds that dtype's rounding on top (bfloat16: relative 2**-8). A channel that is all zeros comes
 back exactly zero. 1-D tensors are treated as one channel.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-_QMAX = {8: 127, 4: 7}
+_QMAX = {8: 127, 4: 7, 2: 1}
 
 
 def _as_2d(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -31,13 +33,13 @@ def _as_2d(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def quantize(t: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
-    """Quantise ``t`` [..., S, D] per channel (over S) to ``bits`` (8 or 4), symmetric.
+    """Quantise ``t`` [..., S, D] per channel (over S) to ``bits`` (8, 4 or 2), symmetric.
 
-    Returns ``{"q": int8 [..., S, D] | uint8 packed [N/2], "scale": fp32 [..., 1, D],
+    Returns ``{"q": int8 [..., S, D] | uint8 packed [ceil(N*bits/8)], "scale": fp32 [..., 1, D],
     "shape": int64 [ndim], "bits": int64 [1]}``. See the module docstring for the error bound.
     """
     if bits not in _QMAX:
-        raise ValueError(f"bits must be 8 or 4, got {bits}")
+        raise ValueError(f"bits must be 8, 4 or 2, got {bits}")
     if not t.is_floating_point():
         raise ValueError(f"quantize expects a floating-point tensor, got {t.dtype}")
     x = t.detach().to(torch.float32)
@@ -55,11 +57,28 @@ def quantize(t: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
     if bits == 8:
         out["q"] = q.reshape(t.shape).contiguous()
     else:
-        flat = (q.reshape(-1).to(torch.int16) + 8).to(torch.uint8)  # [N] in [1, 15]
-        if flat.numel() % 2:
-            flat = torch.cat([flat, flat.new_full((1,), 8)])
-        out["q"] = (flat[0::2] | (flat[1::2] << 4)).contiguous()  # [ceil(N/2)] two nibbles per byte
+        out["q"] = _pack(q.reshape(-1), bits)
     return out
+
+
+def _pack(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed values in [-qmax, qmax] -> uint8, 8 // bits values per byte (offset by qmax + 1)."""
+    per = 8 // bits
+    flat = (q.to(torch.int16) + _QMAX[bits] + 1).to(torch.uint8)  # [N], all >= 1
+    pad = (-flat.numel()) % per
+    if pad:
+        flat = torch.cat([flat, flat.new_full((pad,), _QMAX[bits] + 1)])
+    flat = flat.reshape(-1, per)
+    out = flat[:, 0].clone()
+    for j in range(1, per):
+        out |= flat[:, j] << (bits * j)
+    return out.contiguous()
+
+
+def _unpack(q: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    per, mask = 8 // bits, (1 << bits) - 1
+    parts = [((q >> (bits * j)) & mask).to(torch.int16) for j in range(per)]
+    return (torch.stack(parts, dim=-1).reshape(-1)[:n] - (_QMAX[bits] + 1)).to(torch.float32)
 
 
 def dequantize(d: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -74,10 +93,8 @@ def dequantize(d: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         n *= s
     if bits == 8:
         qi = q.to(torch.float32)
-    elif bits == 4:
-        lo = (q & 0x0F).to(torch.int16) - 8
-        hi = (q >> 4).to(torch.int16) - 8
-        qi = torch.stack([lo, hi], dim=-1).reshape(-1)[:n].to(torch.float32)
+    elif bits in (4, 2):
+        qi = _unpack(q, bits, n)
     else:
         raise ValueError(f"unsupported bits {bits} in quantised tensor dict")
     if len(shape_l) >= 2:

@@ -50,7 +50,8 @@ CONFIG_NAME = "config.json"
 JOURNAL_NAME = "journal.jsonl"
 SEGMENT_DIR = "segments"
 LOCK_NAME = ".lock"
-_QUANT_BITS = {"none": 0, "int8": 8, "int4": 4}
+#: cold-tier formats: (key bits, value bits); 0 = stored as is. "k4v2": int4 keys, ternary values (VidKV-like)
+_QUANT_BITS = {"none": (0, 0), "int8": (8, 8), "int4": (4, 4), "k4v2": (4, 2)}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -254,7 +255,7 @@ class LongTermStore:
         a caller's directory, False for the private temp directory).
         """
         if quantize not in _QUANT_BITS:
-            raise ValueError(f"quantize must be none, int8 or int4, got {quantize!r}")
+            raise ValueError(f"quantize must be none, int8, int4 or k4v2, got {quantize!r}")
         if verify not in ("full", "size"):
             raise ValueError(f"verify must be 'full' or 'size', got {verify!r}")
         if int(ram_bytes) < 0:
@@ -479,10 +480,10 @@ class LongTermStore:
 
     def _tensors_of(self, seg: Segment) -> tuple[dict[str, torch.Tensor], int]:
         """The flat tensor dict written for ``seg`` (CPU, contiguous, owning its memory) and its K/V bytes."""
-        bits = _QUANT_BITS[self.quantize]
+        kbits, vbits = _QUANT_BITS[self.quantize]
         out: dict[str, torch.Tensor] = {}
         kv_bytes = 0
-        for prefix, ts in (("k", seg.keys), ("v", seg.values)):
+        for prefix, ts, bits in (("k", seg.keys, kbits), ("v", seg.values, vbits)):
             for li, t in enumerate(ts):
                 t = t.detach().to("cpu")
                 if bits:

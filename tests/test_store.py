@@ -410,3 +410,33 @@ def test_forgotten_store_releases_its_directory(tmp_path):
     gc.collect()
     with LongTermStore.open(d) as s2:  # the lock went with the garbage-collected store
         assert len(s2) == 1
+
+
+def test_k4v2_keys_int4_values_ternary_round_trip(tmp_path):
+    """k4v2: keys int4, values 2-bit ternary (VidKV-like); both within their stated bounds, 3 bits/elt."""
+    import torch
+
+    from memory import quant
+    from memory.segment import Segment
+    from memory.store import LongTermStore, StoreMeta
+
+    g = torch.Generator().manual_seed(0)
+    keys = tuple(torch.randn(1, 2, 40, 16, generator=g) for _ in range(2))
+    values = tuple(torch.randn(1, 2, 40, 16, generator=g) for _ in range(2))
+    seg = Segment(kind="vision", keys=keys, values=values, rel_pos=torch.arange(40).unsqueeze(0), start_s=0.0,
+                  end_s=1.0)
+    meta = StoreMeta(model="m", family="f", num_layers=2, num_kv_heads=2, head_dim=16, pos_dims=1, dtype="float32")
+    with LongTermStore(meta, tmp_path / "s", quantize="k4v2") as st:
+        eid = st.add(seg)
+        back = st.get(eid)
+        info = st.info(eid)
+    for a, b in zip(keys, back.keys):
+        d = quant.quantize(a, 4)
+        assert bool(((b - a).abs() <= quant.error_bound(d)).all())
+    for a, b in zip(values, back.values):
+        d = quant.quantize(a, 2)
+        assert bool(((b - a).abs() <= quant.error_bound(d)).all())
+        assert set(torch.unique(quant.dequantize(d, torch.float32) / d["scale"]).round().tolist()) <= {-1.0, 0.0, 1.0}
+    n = sum(t.numel() for t in keys + values)
+    scales = 2 * 2 * 2 * 16 * 4  # fp32 per (K|V, layer, head, channel)
+    assert n * 3 / 8 + scales <= info.nbytes <= n * 3 / 8 + scales + 256  # 3 bits/element + scales + headers

@@ -35,11 +35,11 @@ class MemoryConfig:
     prev_text_tail: int = 512  # ... and last N tokens kept
     long_term: bool = True  # keep evicted chunks in the long-term store (False: drop them)
     ram_bytes: int = 2 << 30  # RAM tier budget for long-term K/V (LRU, bytes)
-    quantize: str = "none"  # cold-tier K/V: "none" | "int8" | "int4"
+    quantize: str = "none"  # cold-tier K/V: "none" | "int8" | "int4" | "k4v2" (int4 keys, ternary values)
     retrieve_k: int = 4  # long-term entries brought back for a question
     retriever: str = "internal"  # "internal" | "text" | "both"
     per_layer: bool = False  # internal retriever: select per layer (True) or one shared set (False)
-    query_layers: float = 0.5  # internal retriever: the question pass runs this fraction of the first layers
+    query_layers: float = 0.25  # internal retriever: the question pass runs this fraction of the first layers
     #                            (their mean query vectors pick entries); 1.0 = all layers, slower to first token
     exact_index_max: int = 50_000  # exact FAISS index up to this many entries, HNSW above
     ocr: bool = False  # OCR a keyframe per chunk into the entry's text
@@ -50,8 +50,8 @@ class MemoryConfig:
             raise ValueError(f"window_chunks must be >= 1, got {self.window_chunks}")
         if self.text_window_tokens < 0 or self.prev_text_head < 0 or self.prev_text_tail < 0:
             raise ValueError("text window sizes must be >= 0")
-        if self.quantize not in ("none", "int8", "int4"):
-            raise ValueError(f"quantize must be none, int8 or int4, got {self.quantize!r}")
+        if self.quantize not in ("none", "int8", "int4", "k4v2"):
+            raise ValueError(f"quantize must be none, int8, int4 or k4v2, got {self.quantize!r}")
         if self.retriever not in ("internal", "text", "both"):
             raise ValueError(f"retriever must be internal, text or both, got {self.retriever!r}")
         if self.retrieve_k < 0:

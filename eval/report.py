@@ -123,11 +123,15 @@ def _walk(obj: Any, path: list[str], data: BenchData, chunk_s: float, file_label
         return
     if not isinstance(obj, dict):
         return
+    # in a dict that names some series "ttft...", the other number lists (token counts...) are not TTFT
+    named = any("ttft" in str(k).lower() for k in obj)
     for k, v in obj.items():
         key = str(k)
         ctx = ttft_ctx
         if "ttft" in key.lower():
             ctx = [p for p in path if not p.isdigit()][-1:] if ctx is None else ctx
+        elif named and _is_numbers(v):
+            continue
         if ctx is not None and _is_numbers(v):
             parts = [p for p in ctx + [key] if p.lower() not in _GENERIC]
             label = "/".join(parts) or file_label
@@ -173,7 +177,7 @@ def mode_table(data: BenchData) -> list[tuple]:
         oom = next((r["chunk"] for r in rs if r["oom"]), None)
         out.append((MODE_LABELS.get(m, m), n, max((r["stream_s"] for r in rs), default=None), _pct(lat, 50),
                     _pct(lat, 95), max(lat) if lat else None, (late / early) if (early and late) else None,
-                    max(rss) / 2 ** 20 if rss else None, max(dev) / 2 ** 20 if dev else None,
+                    (max(rss) - rss[0]) / 2 ** 20 if rss else None, max(dev) / 2 ** 20 if dev else None,
                     oom if oom is not None else "-"))
     return out
 
@@ -208,13 +212,14 @@ def plot_report(data: BenchData, path: str | os.PathLike) -> Path:
         mem = [(r["stream_s"], r["rss_bytes"] / 2 ** 20) for r in rs if r["rss_bytes"] is not None]
         if mem:
             x, y = np.array(mem).T
-            line, = ax2.plot(x, y, label=f"{lab} (process RSS)")
+            # growth since the mode started: benchmark modes run one after another in one process
+            line, = ax2.plot(x, y - y[0], label=f"{lab} (process RSS growth)")
             dev = [(r["stream_s"], r["device_bytes"] / 2 ** 20) for r in rs if r["device_bytes"]]
             if dev:
                 dx, dy = np.array(dev).T
                 ax2.plot(dx, dy, "--", color=line.get_color(), label=f"{lab} (GPU)")
     ax1.set(xlabel="stream length (s)", ylabel="per-chunk latency (ms)", title="latency vs stream length")
-    ax2.set(xlabel="stream length (s)", ylabel="memory (MiB)", title="memory vs stream length")
+    ax2.set(xlabel="stream length (s)", ylabel="memory growth (MiB)", title="memory vs stream length")
     for ax in (ax1, ax2):
         if ax.lines:
             ax.legend(fontsize=8)
@@ -255,7 +260,7 @@ def render_report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     if data.rows:
         md += ["## Per-chunk latency and memory\n",
                markdown_table(["mode", "chunks", "stream s", "p50 ms", "p95 ms", "max ms", "late/early",
-                               "peak RSS MiB", "peak GPU MiB", "OOM at chunk"], mode_table(data))]
+                               "RSS growth MiB", "peak GPU MiB", "OOM at chunk"], mode_table(data))]
     if data.ttft:
         md += ["## Time to first token\n",
                markdown_table(["series", "n", "p50 ms", "p95 ms", "max ms"],

@@ -468,6 +468,16 @@ class MemoryIndex:
             manifest = self._manifest(tag)
         atomic_write(out / "manifest.json", json.dumps(manifest).encode(), durable=True)
 
+    @staticmethod
+    def saved_retriever(directory: str | Path) -> str | None:
+        """The retriever a memory directory's index was saved with (None when there is no usable index)."""
+        try:
+            man = json.loads((Path(directory) / INDEX_DIR / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        r = man.get("retriever")
+        return r if r in RETRIEVERS else None
+
     @classmethod
     def load_or_rebuild(cls, store: LongTermStore, directory: str | Path, **kw) -> "MemoryIndex":
         """The saved index brought up to date with ``store``, or a fresh one built from the store.

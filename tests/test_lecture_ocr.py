@@ -29,14 +29,15 @@ def test_watch_with_ocr_then_ask_finds_the_slide(tmp_path, capsys):
         frames += [img] * 4
     video = write_video(tmp_path / "lecture.mp4", frames, fps=2.0)
     mem = tmp_path / "lec.vmem"
-    assert main(["watch", str(video), "--model", "tiny-smolvlm", "--ocr", "--memory-dir", str(mem),
-                 "--window", "2", "--json"]) == 0
+    assert main(["watch", str(video), "--model", "tiny-smolvlm", "--ocr", "--retriever", "text",
+                 "--memory-dir", str(mem), "--window", "2", "--json"]) == 0
     capsys.readouterr()
     journal = (mem / "journal.jsonl").read_text()
     assert "Photosynthesis" in journal or "photosynthesis" in journal.lower()  # OCR text reached the entries
     hits = 0
     for i, item in enumerate(slides):
-        assert main(["ask", str(mem), item["question"], "--model", "tiny-smolvlm", "--retriever", "text",
+        # no --retriever: `ask` uses the one the memory was indexed with (text), without a rebuild
+        assert main(["ask", str(mem), item["question"], "--model", "tiny-smolvlm",
                      "--top-k", "1", "--max-new-tokens", "1", "--json"]) == 0
         ans = json.loads(capsys.readouterr().out.splitlines()[0])
         top = ans["evidence"][0]

@@ -104,8 +104,10 @@ def cmd_watch(args) -> int:
 
 def cmd_ask(args) -> int:
     em = Emitter(args.json)
-    if args.retriever is None:  # stored entries carry text (markers, OCR, commentary): use both retrievers
-        args.retriever = "both"
+    if args.retriever is None:  # the retrievers the memory was indexed with (no rebuild), else both
+        from memory.index import MemoryIndex
+
+        args.retriever = MemoryIndex.saved_retriever(args.memory_dir) or "both"
     agent = _agent_from_args(args)
     with agent.load(args.memory_dir) as session:
         for q in args.question:

@@ -253,7 +253,7 @@ def render_report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_report(data, out / f"{name}.png")
-    md = [f"# Efficiency report\n",
+    md = ["# Efficiency report\n",
           "Sources: " + ", ".join(f"`{os.path.basename(s)}`" for s in data.sources) + ".  ",
           "Setup: " + ", ".join(f"{k}={v}" for k, v in data.meta.items() if v is not None) + ".\n",
           f"![latency, memory and TTFT]({png.name})\n"]

@@ -15,14 +15,13 @@ from typing import Sequence
 import torch
 
 from memory.segment import Segment
+from memory.store import StoreMeta
 from vstream.config import MemoryConfig
 
 logger = logging.getLogger(__name__)
 
 
-def store_meta(adapter) -> "StoreMeta":
-    from memory.store import StoreMeta
-
+def store_meta(adapter) -> StoreMeta:
     dtype = str(adapter.dtype).replace("torch.", "")
     return StoreMeta(model=adapter.name, family=adapter.family, num_layers=adapter.num_layers,
                      num_kv_heads=adapter.num_kv_heads, head_dim=adapter.head_dim, pos_dims=adapter.pos_dims,

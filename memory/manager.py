@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from transformers import DynamicCache
 
-from memory.segment import PREV_TEXT, SINK, TEXT, VISION, Segment
+from memory.segment import PREV_TEXT, TEXT, VISION, Segment
 from memory.window import WindowPolicy
 
 logger = logging.getLogger(__name__)

@@ -17,14 +17,6 @@ from vstream.engine import Engine
 from vstream.sources import SyntheticSource
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def no_stop_tokens(monkeypatch, adapter) -> None:
     """Commentary of this adapter instance cannot stop early: every turn decodes the full budget."""

@@ -49,6 +49,19 @@ class Recorder:
         del self.adapter.forward  # back to the class method
 
 
+def ingest_recorded(adapter, eng: Engine, chunks) -> list:
+    """Start the engine and ingest ``chunks`` while recording every prefill's raw K/V and positions."""
+    rec = Recorder(adapter)
+    try:
+        eng.start()
+        for ch in chunks:
+            eng.ingest(ch)
+    finally:
+        rec.close()
+    assert len(rec.records) == 1 + len(chunks)  # sinks + one prefill per chunk
+    return rec.records
+
+
 def _cos_sin(adapter, position_ids: torch.Tensor):
     dummy = torch.zeros(1, dtype=torch.float32)
     cos, sin = adapter.rotary()(dummy, position_ids)  # [1, S, D] each, the model's own RoPE tables
@@ -116,16 +129,9 @@ def test_evicted_cache_equals_reference(name):
     adapter = tiny_adapter(name)
     W = 3
     eng = _engine(adapter, window=W)
-    rec = Recorder(adapter)
-    try:
-        eng.start()
-        chunks = make_chunks(8, frames=2, seed=3)
-        for ch in chunks:
-            eng.ingest(ch)
-    finally:
-        rec.close()
-    assert len(rec.records) == 1 + len(chunks)  # sinks + one prefill per chunk
-    sinks, chunk_recs = rec.records[0], rec.records[1:]
+    chunks = make_chunks(8, frames=2, seed=3)
+    records = ingest_recorded(adapter, eng, chunks)
+    sinks, chunk_recs = records[0], records[1:]
     keys, values, next_pos = reference_cache(adapter, [sinks] + chunk_recs[-W:])
     mm = eng.memory
     assert [s.chunk_index for s in mm.live] == [c.index for c in chunks[-W:]]
@@ -149,19 +155,12 @@ def test_retrieved_context_equals_reference(name):
     eng = _engine(adapter, window=W)
     evicted = []
     eng.memory.on_evict = evicted.append
-    rec = Recorder(adapter)
-    try:
-        eng.start()
-        chunks = make_chunks(7, frames=2, seed=4)
-        for ch in chunks:
-            eng.ingest(ch)
-    finally:
-        rec.close()
+    records = ingest_recorded(adapter, eng, make_chunks(7, frames=2, seed=4))
     assert [s.chunk_index for s in evicted] == [0, 1, 2, 3, 4]
     pick = [evicted[3], evicted[1]]  # given out of order: assembly must sort them chronologically
     forced = [Retrieved(segment=s, score=1.0, entry_id=i) for i, s in enumerate(pick)]
     _, _, logits, used, _ = eng.prepare(QUESTION, eng.snapshot(), retrieved=forced)
-    sinks, chunk_recs = rec.records[0], rec.records[1:]
+    sinks, chunk_recs = records[0], records[1:]
     parts = [sinks, chunk_recs[1], chunk_recs[3]] + chunk_recs[-W:]
     keys, values, next_pos = reference_cache(adapter, parts)
     ref = _question_logits_on(adapter, keys, values, next_pos)
@@ -179,17 +178,11 @@ def test_retrieved_from_store_equals_reference(name, tmp_path):
     cfg = from_name("tiny").replace(**{"memory.window_chunks": W, "memory.ram_bytes": 0})  # force the disk tier
     lt = LongTerm.create(adapter, cfg.memory, tmp_path / "mem")
     eng = Engine(adapter, cfg, lt)
-    rec = Recorder(adapter)
-    try:
-        eng.start()
-        for ch in make_chunks(6, frames=2, seed=6):
-            eng.ingest(ch)
-    finally:
-        rec.close()
+    records = ingest_recorded(adapter, eng, make_chunks(6, frames=2, seed=6))
     assert len(lt) == 4
     forced = [Retrieved(segment=lt.store.get(i, device=adapter.device), score=0.0, entry_id=i) for i in (2, 0)]
     _, _, logits, _, _ = eng.prepare(QUESTION, eng.snapshot(), retrieved=forced)
-    sinks, chunk_recs = rec.records[0], rec.records[1:]
+    sinks, chunk_recs = records[0], records[1:]
     keys, values, next_pos = reference_cache(adapter, [sinks, chunk_recs[0], chunk_recs[2]] + chunk_recs[-W:])
     ref = _question_logits_on(adapter, keys, values, next_pos)
     assert (logits - ref).abs().max().item() <= TOL

@@ -16,7 +16,6 @@ from eval.infstreams import CHUNKS, MERGED, run_infstreams
 from eval.runner import JsonlLog
 from eval.streamingbench import run_streamingbench
 from eval.synthetic import make_bench
-from vstream.types import CommentaryItem
 
 REPO = Path(__file__).resolve().parents[1]
 START = 3  # commentary start (s)

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import psutil
-import pytest
 
 from conftest import REPO, make_chunks, tiny_adapter
 from memory.longterm import LongTerm

@@ -16,7 +16,6 @@ import time
 import numpy as np
 import psutil
 import pytest
-import torch
 
 import vstream.engine as engine_mod
 from conftest import tiny_adapter
@@ -30,14 +29,6 @@ from vstream.types import Answer
 
 CLOSE_S = 1.5  # responder.close_timeout_s in these tests
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Perception and answering share 2 busy cores here: one intra-op thread each is 10x faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_agent(preset: str = "tiny-smolvlm", **changes) -> Agent:

@@ -44,7 +44,7 @@ class Agent:
         config: an AgentConfig, a preset name ("default", "streamingvlm", "rekv", "tiny") or None.
         overrides: dotted config fields, e.g. ``**{"memory.window_chunks": 8}``.
         """
-        from vstream.models.registry import PRESETS as MODEL_PRESETS, load_model
+        from vstream.models.registry import load_model
 
         if config is None:
             cfg = from_name("tiny" if (name_or_path or "").startswith("tiny-") else "default")

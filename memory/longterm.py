@@ -122,7 +122,7 @@ class LongTerm:
             return []  # nothing to search with
         want = k + 32
         while True:
-            hits = self.index.search(query_means=query_means, query_text=question, k=want)
+            hits = self._search(question, query_means, want)
             ok = [(i, s) for i, s in hits if self.store.info(i).start_s < before_s]
             if len(ok) >= k or len(hits) < want or want >= len(self.store):
                 break
@@ -132,6 +132,21 @@ class LongTerm:
             seg = self.store.get(entry_id, device=device, dtype=dtype)
             out.append(Retrieved(segment=seg, score=float(score), entry_id=int(entry_id)))
         return out
+
+    def _search(self, question: str, query_means: torch.Tensor | None, n: int) -> list[tuple[int, float]]:
+        """(entry_id, score) best first. Per-layer mode: every layer that has a query picks its top-n,
+        and entries are ranked by how many layers picked them, then by their summed cosine (one shared
+        set goes into the context, as every layer must see the same positions)."""
+        if not (self.cfg.per_layer and query_means is not None and self.cfg.retriever == "internal"):
+            return self.index.search(query_means=query_means, query_text=question, k=n)
+        active = [li for li in range(query_means.shape[0]) if bool(query_means[li].abs().sum() > 0)]
+        votes: dict[int, list[float]] = {}
+        for li, hits in enumerate(self.index.search_per_layer(query_means, n)):
+            if li in active:
+                for entry_id, score in hits:
+                    votes.setdefault(entry_id, []).append(float(score))
+        ranked = sorted(votes.items(), key=lambda kv: (-len(kv[1]), -sum(kv[1])))
+        return [(i, sum(sc) / len(active)) for i, sc in ranked[:n]]
 
     # ---- persistence --------------------------------------------------------------------------
     def flush(self, live: Sequence[Segment]) -> None:

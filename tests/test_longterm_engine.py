@@ -124,3 +124,28 @@ def test_partial_question_pass_matches_the_full_one():
     assert a.shape == b.shape == (adapter.num_layers, adapter.num_kv_heads * adapter.head_dim)
     assert torch.allclose(a[:1], b[:1], atol=1e-6)
     assert b[1:].abs().sum() == 0 and a[1:].abs().sum() > 0
+
+
+def test_per_layer_selection_votes_across_layers():
+    """per_layer=True: each layer (with a query) picks its top entries; the most-picked come back."""
+    import torch
+
+    adapter = tiny_adapter("tiny-llava-onevision")
+    cfg = from_name("tiny").replace(**{"memory.window_chunks": 2, "memory.per_layer": True,
+                                       "memory.query_layers": 1.0, "memory.retrieve_k": 2})
+    lt = LongTerm.create(adapter, cfg.memory, None)
+    eng = Engine(adapter, cfg, lt)
+    eng.start()
+    for ch in make_chunks(8, size=16, seed=11):
+        eng.ingest(ch)
+    target = lt.store.get(3)
+    # a query equal to entry 3's key summary on every layer: every layer votes for entry 3 first
+    got = lt.retrieve(question="q", query_means=target.key_summary.clone(), k=2, before_s=100.0,
+                      device=torch.device("cpu"))
+    assert got[0].entry_id == 3 and len(got) == 2
+    # layers without a query (zeros) do not vote: with only layer 0 asking, its own top entry wins
+    only0 = torch.zeros_like(target.key_summary)
+    only0[0] = lt.store.get(5).key_summary[0]
+    got = lt.retrieve(question="q", query_means=only0, k=1, before_s=100.0, device=torch.device("cpu"))
+    assert got[0].entry_id == 5
+    lt.close()

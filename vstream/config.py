@@ -38,7 +38,8 @@ class MemoryConfig:
     quantize: str = "none"  # cold-tier K/V: "none" | "int8" | "int4" | "k4v2" (int4 keys, ternary values)
     retrieve_k: int = 4  # long-term entries brought back for a question
     retriever: str = "internal"  # "internal" | "text" | "both"
-    per_layer: bool = False  # internal retriever: select per layer (True) or one shared set (False)
+    per_layer: bool = False  # internal retriever: each layer picks its top entries and the most-picked win
+    #                          (True), or one search over all layers pooled (False)
     query_layers: float = 0.25  # internal retriever: the question pass runs this fraction of the first layers
     #                            (their mean query vectors pick entries); 1.0 = all layers, slower to first token
     exact_index_max: int = 50_000  # exact FAISS index up to this many entries, HNSW above

@@ -43,6 +43,12 @@ RRF_K = 60  # reciprocal-rank fusion constant: score = sum 1 / (RRF_K + rank)
 RETRIEVERS = ("internal", "text", "both")
 
 
+def pool_layers(per_layer: np.ndarray) -> np.ndarray:
+    """[L, H_kv*D] per-layer means -> [L*H_kv*D]: each layer unit norm, scaled by 1/sqrt(L), so the inner
+    product of two pooled vectors is the mean per-layer cosine (a layer that is all zeros adds nothing)."""
+    return (_normalise(per_layer).reshape(-1) / math.sqrt(per_layer.shape[0])).astype(np.float32)
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -322,8 +328,6 @@ class MemoryIndex:
                              f"got {list(x.shape)}")
         return _normalise(x)  # [L, H_kv*D], each layer unit norm
 
-    def _pooled(self, per_layer: np.ndarray) -> np.ndarray:
-        return (per_layer.reshape(-1) / math.sqrt(self.num_layers)).astype(np.float32)  # [L*H_kv*D], unit norm
 
     def _text_index(self) -> VectorIndex:
         if self.text is None:
@@ -343,7 +347,7 @@ class MemoryIndex:
         v = self._per_layer(summary, "key_summary")
         ids = np.array([entry_id], dtype=np.int64)
         with self._lock:
-            self.pooled.add(ids, self._pooled(v)[None])
+            self.pooled.add(ids, pool_layers(v)[None])
             for li, index in enumerate(self.layers):
                 index.add(ids, v[li: li + 1])
 
@@ -416,7 +420,7 @@ class MemoryIndex:
         results: list[list[tuple[int, float]]] = []
         fetch = k if not (use_i and use_t) else max(4 * k, 20)
         if use_i:
-            q = self._pooled(self._per_layer(query_means, "query_means"))
+            q = pool_layers(self._per_layer(query_means, "query_means"))
             ids, scores = self.pooled.search(q, fetch)
             results.append(list(zip(ids.tolist(), scores.tolist())))
         if use_t:

@@ -102,14 +102,7 @@ class LongTerm:
 
     def _for_store(self, seg: Segment) -> Segment:
         """The segment on CPU in the store's dtype (a store reopened from another device may differ)."""
-        cpu = seg.to("cpu")
-        want = self.store.meta.torch_dtype
-        if cpu.keys[0].dtype != want:
-            cpu = Segment(kind=cpu.kind, keys=tuple(k.to(want) for k in cpu.keys),
-                          values=tuple(v.to(want) for v in cpu.values), rel_pos=cpu.rel_pos, start_s=cpu.start_s,
-                          end_s=cpu.end_s, text=cpu.text, token_ids=cpu.token_ids, key_summary=cpu.key_summary,
-                          thumbnail=cpu.thumbnail, chunk_index=cpu.chunk_index, seg_id=cpu.seg_id)
-        return cpu
+        return seg.to("cpu", dtype=self.store.meta.torch_dtype)
 
     def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
                  device: torch.device, dtype: torch.dtype | None = None) -> list:

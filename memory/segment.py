@@ -63,10 +63,11 @@ class Segment:
         """Bytes held by the K/V tensors."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self.keys, self.values))
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Segment":
-        """A copy with K/V on another device (same id and metadata)."""
-        keys = tuple(k.to(device, non_blocking=non_blocking) for k in self.keys)
-        values = tuple(v.to(device, non_blocking=non_blocking) for v in self.values)
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> "Segment":
+        """A copy with K/V on another device and/or dtype (same id and metadata)."""
+        keys = tuple(k.to(device, dtype=dtype, non_blocking=non_blocking) for k in self.keys)
+        values = tuple(v.to(device, dtype=dtype, non_blocking=non_blocking) for v in self.values)
         return Segment(kind=self.kind, keys=keys, values=values, rel_pos=self.rel_pos.to(device),
                        start_s=self.start_s, end_s=self.end_s, text=self.text, token_ids=self.token_ids,
                        key_summary=self.key_summary, thumbnail=self.thumbnail, chunk_index=self.chunk_index,

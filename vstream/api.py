@@ -137,7 +137,7 @@ class Session:
         self.chunks_dropped = 0
         self.frames_dropped_backlog = 0
         self._sampler = None
-        self.notifier = Notifier(self._probe_latest)
+        self.notifier = Notifier(self.probe)
         self.responder = Responder(self._answer, maxsize=config.responder.queue_size, on_history=self._remember)
         self.background = background
         if source is not None:
@@ -195,10 +195,14 @@ class Session:
                         except queue.Full:
                             continue
         except Exception as e:  # a source that fails mid-stream ends the session with a clear error
-            self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
-            logger.error("source failed: %s", self.error)
+            self._source_failed(e)
         finally:
             self._put_end(q)
+
+    def _source_failed(self, e: Exception) -> None:
+        """Record a source failure as the session's one-line error."""
+        self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        logger.error("source failed: %s", self.error)
 
     def _put_end(self, q: queue.Queue) -> None:
         """Tell perception the source ended; never block once the session is stopping."""
@@ -223,8 +227,7 @@ class Session:
         except StopIteration:
             return None
         except Exception as e:
-            self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
-            logger.error("source failed: %s", self.error)
+            self._source_failed(e)
             return None
 
     def _perceive_loop(self) -> None:
@@ -359,9 +362,6 @@ class Session:
 
     def probe(self, text: str) -> float:
         """P("Yes") that ``text`` happened in the latest chunk (one forward step)."""
-        return self.engine.probe(text, self.engine.snapshot())
-
-    def _probe_latest(self, text: str) -> float:
         return self.engine.probe(text, self.engine.snapshot())
 
     def notify_when(self, condition: str, callback: Callable[[Alert], None], *, threshold: float | None = None,

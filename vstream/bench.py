@@ -90,7 +90,8 @@ def bench_ingest(model: str = "small-llava-onevision", chunks: int = 1000, windo
         eng.start()
         recent: collections.deque = collections.deque(maxlen=window)
         sink_tokens = adapter.embed_text(adapter.system_text(cfg.system_prompt))
-        sink_kv = (tuple(k for k in eng.snapshot().keys), tuple(v for v in eng.snapshot().values))
+        sinks = eng.snapshot()
+        sink_kv = (sinks.keys, sinks.values)
         if mode == "recompute" and recompute_chunks:
             n = min(n, recompute_chunks)
         it = random_chunks(n, frames, side)

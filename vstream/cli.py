@@ -189,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as e:  # the harness is optional at import time; say why when asked for
         e_msg = str(e)
         ev = sub.add_parser("eval", help="benchmark runs (unavailable: " + e_msg + ")")
-        ev.set_defaults(func=lambda _a: (_ for _ in ()).throw(CLIError(f"eval harness unavailable: {e_msg}")))
+
+        def unavailable(_args) -> int:
+            raise CLIError(f"eval harness unavailable: {e_msg}")
+
+        ev.set_defaults(func=unavailable)
     else:
         add_eval_parser(sub)
     return ap

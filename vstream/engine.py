@@ -18,11 +18,13 @@ import cv2
 import numpy as np
 import torch
 
+from memory.index import pool_layers
 from memory.manager import MemoryManager, Snapshot, fill_cache
 from memory.segment import SINK, TEXT, VISION, Segment
 from vstream.config import AgentConfig
 from vstream.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
+from vstream.sources import resize_max_side
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -48,20 +50,11 @@ class LongTermMemory(Protocol):
 
 def make_thumbnail(rgb: np.ndarray, long_side: int) -> bytes:
     """Small JPEG of a frame [H, W, 3] uint8 RGB."""
-    h, w = rgb.shape[:2]
-    scale = long_side / max(h, w)
-    if scale < 1:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    rgb = resize_max_side(rgb, long_side)
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 75])
     if not ok:
         raise RuntimeError("JPEG encoding of a thumbnail failed")
     return buf.tobytes()
-
-
-def pooled(means: torch.Tensor) -> torch.Tensor:
-    """[L, H*D] per-layer means -> one L2-normalised vector [L*H*D] (each layer normalised first)."""
-    m = torch.nn.functional.normalize(means.float(), dim=-1)
-    return torch.nn.functional.normalize(m.reshape(-1), dim=0)
 
 
 def _on_stream(role: str):
@@ -211,9 +204,8 @@ class Engine:
         close = a.embed_text(a.answer_close_text())
         prefill(a, mm.cache, close, pos, logits="none")
         n_new = mm.context_tokens - n0
-        rel = torch.arange(n_new, device=a.device).unsqueeze(0).expand(a.pos_dims, -1).contiguous()
         ids = head.input_ids[0].tolist() + list(word_ids) + close.input_ids[0].tolist()
-        seg = mm.extract(n_new, start, rel, TEXT, start_s=chunk.start_s, end_s=chunk.end_s, text=text,
+        seg = mm.extract(n_new, start, a.text_positions(n_new), TEXT, start_s=chunk.start_s, end_s=chunk.end_s, text=text,
                          token_ids=tuple(ids))
         for vis in reversed(mm.live):  # the chunk's entry text carries its commentary into long-term memory
             if vis.kind == VISION and vis.chunk_index == chunk.index:
@@ -316,9 +308,11 @@ class Engine:
                          ) -> list[Evidence]:
         """The window chunks most similar to the question (same key-space score as the internal retriever)."""
         scored = []
-        q = pooled(qmeans) if qmeans is not None else None
+        q = pool_layers(qmeans.numpy()) if qmeans is not None else None
         for s in live_vision:
-            score = float(pooled(s.key_summary) @ q) if (q is not None and s.key_summary is not None) else 0.0
+            # the internal retriever's score (mean per-layer cosine): comparable with long-term evidence
+            score = float(pool_layers(s.key_summary.numpy()) @ q) if (q is not None and s.key_summary is not None) \
+                else 0.0
             scored.append((score, s))
         scored.sort(key=lambda x: -x[0])
         return [Evidence(start_s=s.start_s, end_s=s.end_s, score=sc, source="window", thumbnail=s.thumbnail)

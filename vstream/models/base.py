@@ -201,8 +201,11 @@ class ModelAdapter(ABC):
         """Text token ids -> Tokens with positions 0..S-1 on every rope dim."""
         t = torch.as_tensor(ids, dtype=torch.long, device=self.device).reshape(1, -1)  # [1, S]
         emb = self.language_model().embed_tokens(t)  # [1, S, D]
-        rel = torch.arange(t.shape[1], device=self.device).unsqueeze(0).expand(self.pos_dims, -1)  # [P, S]
-        return Tokens(input_ids=t, inputs_embeds=emb, rel_pos=rel.contiguous())
+        return Tokens(input_ids=t, inputs_embeds=emb, rel_pos=self.text_positions(t.shape[1]))
+
+    def text_positions(self, n: int) -> torch.Tensor:
+        """[P, n] positions 0..n-1 on every rope dim (text occupies one position per token)."""
+        return torch.arange(n, device=self.device).unsqueeze(0).expand(self.pos_dims, -1).contiguous()
 
     def embed_text(self, text: str) -> Tokens:
         return self.embed_ids(self.tokenize(text))

@@ -1,8 +1,9 @@
 """PyAV plumbing shared by ``probe``, ``FileSource`` (its fallback) and ``LiveSource``.
 
-Opening a container (``_open_container``: one place, so tests can replace it), the facts of its
-first video stream, ``probe``, and tolerant decoding: undecodable packets are skipped and counted,
-and a file that ends before its index says it should is reported as truncated.
+Opening a container (``_open_container``: one place; a test replaces it in the module that opens
+through it, e.g. ``vstream.sources.live``), the facts of its first video stream, ``probe``, and
+tolerant decoding: undecodable packets are skipped and counted, and a file that ends before its
+index says it should is reported as truncated.
 """
 from __future__ import annotations
 

@@ -22,14 +22,16 @@ from vstream.bench.commands import add_parser, run_cli
 __all__ = ["add_parser", "run_cli", "bench_ingest", "plot_ingest", "bench_ttft_entries", "bench_realtime",
            "plot_realtime", "environment", "random_chunks"]
 
-_LAZY = {"bench_ingest": "ingest", "plot_ingest": "ingest", "bench_ttft_entries": "memory_ttft",
-         "bench_realtime": "realtime", "plot_realtime": "realtime", "environment": "common",
-         "random_chunks": "common"}
-
 
 def __getattr__(name: str) -> Any:  # lazy: building the CLI parser does not import torch
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"vstream.bench.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'vstream.bench' has no attribute {name!r}")
+    if name in ("bench_ingest", "plot_ingest"):
+        from vstream.bench import ingest as mod
+    elif name == "bench_ttft_entries":
+        from vstream.bench import memory_ttft as mod
+    elif name in ("bench_realtime", "plot_realtime"):
+        from vstream.bench import realtime as mod
+    elif name in ("environment", "random_chunks"):
+        from vstream.bench import common as mod
+    else:
+        raise AttributeError(f"module 'vstream.bench' has no attribute {name!r}")
+    return getattr(mod, name)

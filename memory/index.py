@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from memory.segment import Segment
-from memory.store import LongTermStore, atomic_write
+from memory.journal import atomic_write
+from memory.store import LongTermStore
 from memory.textvec import TextEmbedder
 
 logger = logging.getLogger(__name__)

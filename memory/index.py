@@ -31,8 +31,8 @@ import faiss
 import numpy as np
 import torch
 
-from memory.segment import Segment
 from memory.journal import atomic_write
+from memory.segment import Segment
 from memory.store import LongTermStore
 from memory.textvec import TextEmbedder
 

@@ -11,7 +11,11 @@ Crash safety: an entry's segment is written to a temp file, fsynced, renamed int
 fsynced; only then is its journal line appended and fsynced. A crash at any moment therefore leaves either
 the old state or the old state plus the new entry. On open, a truncated last journal line is dropped with a
 warning and entries whose segment file is missing or fails its sha256 are skipped with a warning.
-No pickle anywhere: json, base64 and safetensors only.
+No pickle anywhere: json, base64 and safetensors only. The durable-write, journal and lock primitives
+are in ``memory.journal``; ``StoreMeta`` and ``EntryInfo`` in ``memory.types``.
+
+(Over 500 lines: one class whose RAM and disk tiers share one entry table and two locks; splitting the
+tiers across files would spread that locking protocol over them.)
 """
 from __future__ import annotations
 

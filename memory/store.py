@@ -190,11 +190,13 @@ class LongTermStore:
         self._journal = Journal(self.directory / JOURNAL_NAME, self._durable)
 
     def _release(self) -> None:
-        """Close the journal and release the lock (their fds are also closed if the store is forgotten)."""
-        for held in (getattr(self, "_dir_lock", None), getattr(self, "_journal", None)):
-            if held is not None:
-                held.release() if isinstance(held, DirLock) else held.close()
-        self._journal = self._dir_lock = None
+        """Close the journal and release the lock (their fds are also closed if the store is forgotten).
+        The closed journal stays referenced: ``disk_bytes_used`` still counts its size."""
+        if getattr(self, "_journal", None) is not None:
+            self._journal.close()
+        if getattr(self, "_dir_lock", None) is not None:
+            self._dir_lock.release()
+        self._dir_lock = None
         if getattr(self, "_cleanup", None) is not None:
             self._cleanup()
 
@@ -500,7 +502,8 @@ class LongTermStore:
     def disk_bytes_used(self) -> int:
         """Bytes of the live entries' segment files plus the journal."""
         with self._lock:
-            return sum(e.size for e in self._entries.values()) + (self._journal.size if self._journal is not None else 0)
+            journal = self._journal.size if self._journal is not None else 0
+            return sum(e.size for e in self._entries.values()) + journal
 
 
 # ---------------------------------------------------------------------------------------------------

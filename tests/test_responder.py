@@ -23,7 +23,8 @@ from memory.segment import TEXT, VISION
 from vstream.api import Agent
 from vstream.config import from_name
 from vstream.engine import Engine
-from vstream.responder import Notifier, Query, QueueFull, Responder
+from vstream.alerts import Notifier
+from vstream.responder import Query, QueueFull, Responder
 from vstream.sources import PushSource, SyntheticSource
 from vstream.types import Answer
 
@@ -218,12 +219,12 @@ def test_close_is_prompt_when_the_reader_is_ahead():
     s = agent.watch(endless(), background=True)
     assert s.wait_chunks(2, timeout=60)
     deadline = time.monotonic() + 30
-    while s._chunk_queue.qsize() < agent.config.sampler.max_backlog_chunks and time.monotonic() < deadline:
+    while s.pipeline.queue.qsize() < agent.config.sampler.max_backlog_chunks and time.monotonic() < deadline:
         time.sleep(0.01)  # the reader decodes ahead until the bounded chunk queue is full
     t0 = time.monotonic()
     s.close()
     took = time.monotonic() - t0
-    assert took < 1.0 and not s._feeder.is_alive(), f"close() took {took:.1f}s; reader alive: {s._feeder.is_alive()}"
+    assert took < 1.0 and not s.pipeline.reader.is_alive(), f"close() took {took:.1f}s; reader alive: {s.pipeline.reader.is_alive()}"
 
 
 def _fake_answer(question: str, snap, *, max_new_tokens=None, on_piece=None, cancel=None) -> Answer:
@@ -372,7 +373,7 @@ def test_realtime_push_source_faster_than_perception_drops_and_stays_bounded(mon
 
     def watch_queue():
         while not stop.is_set():
-            max_q[0] = max(max_q[0], s._chunk_queue.qsize())
+            max_q[0] = max(max_q[0], s.pipeline.queue.qsize())
             time.sleep(0.005)
 
     mon = threading.Thread(target=watch_queue, daemon=True)

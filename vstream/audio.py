@@ -280,7 +280,7 @@ class AudioTrack:
     """
 
     def __init__(self, target: str, *, start_s: float, end_s: float | None, block_s: float,
-                 origin_s: float | None, live: bool, open_kw: dict, facts: dict):
+                 origin_s: float | None, live: bool, open_kw: dict, facts: dict, container=None):
         self.target, self.name = target, _redact(target)
         self.start_s, self.end_s, self.block_s = start_s, end_s, block_s
         self.live, self._open_kw = live, open_kw
@@ -291,19 +291,22 @@ class AudioTrack:
         self.bad_packets = 0
         self.failed = False
         self._closed = False
+        self._container = container  # opened by audio_blocks(); used by the first iteration
 
     def __iter__(self) -> Iterator[AudioBlock]:
         import av
 
         if self._closed:
             raise RuntimeError(f"AudioTrack {self.name!r} is closed; open a new one")
-        try:
-            container = _open_container(self.target, **self._open_kw)
-        except Exception as exc:  # noqa: BLE001 - PyAV raises many error types
-            logger.warning("audio of %r cannot be opened (%s); the video goes on without sound", self.name,
-                           _exc_text(exc))
-            self.failed = True
-            return
+        container, self._container = self._container, None
+        if container is None:
+            try:
+                container = _open_container(self.target, **self._open_kw)
+            except Exception as exc:  # noqa: BLE001 - PyAV raises many error types
+                logger.warning("audio of %r cannot be opened (%s); the video goes on without sound", self.name,
+                               _exc_text(exc))
+                self.failed = True
+                return
         try:
             yield from self._decode(container, av)
         finally:
@@ -360,8 +363,17 @@ class AudioTrack:
         self.failed = self.failed or dec.failed
 
     def close(self) -> None:
-        """Stop iterating at the next packet."""
+        """Stop iterating at the next packet; release a connection not yet read."""
         self._closed = True
+        container, self._container = self._container, None
+        if container is not None:
+            container.close()
+
+    def __enter__(self) -> "AudioTrack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"AudioTrack({self.name!r}, codec={self.codec!r}, rate={self.source_rate}, origin_s={self.origin_s})"
@@ -405,6 +417,7 @@ def audio_blocks(spec: Any, start_s: float = 0.0, end_s: float | None = None, *,
                               "give a valid video or audio file") from exc
         logger.warning("audio of %r cannot be opened (%s); vision only", _redact(target), _exc_text(exc))
         return None
+    keep = False
     try:
         if not container.streams.audio:
             logger.info("%r has no audio track; vision only", _redact(target))
@@ -420,13 +433,16 @@ def audio_blocks(spec: Any, start_s: float = 0.0, end_s: float | None = None, *,
         elif container.duration:
             duration = container.duration / 1_000_000
         vstart = _stream_start_s(container.streams.video[0]) if container.streams.video else None
-        facts = {"codec": cc.name, "rate": int(cc.sample_rate or a.rate or 0) or None,
+        facts = {"codec": getattr(cc.codec, "canonical_name", None) or cc.name, "rate": int(cc.sample_rate or a.rate or 0) or None,
                  "channels": int(cc.channels or 0) or None, "duration": duration,
                  "origin_s": vstart if vstart is not None else 0.0}
+        keep = True
     finally:
-        container.close()
+        if not keep:
+            container.close()
+    # the first iteration reads this connection (a live server may accept only one)
     return AudioTrack(target, start_s=float(start_s), end_s=end_s, block_s=block_s, origin_s=origin_s, live=live,
-                      open_kw=open_kw, facts=facts)
+                      open_kw=open_kw, facts=facts, container=container)
 
 
 def read_audio(spec: Any, start_s: float = 0.0, end_s: float | None = None,

@@ -210,7 +210,8 @@ class WhisperRecognizer:
         cfg = self.config
         segments, _info = self.model.transcribe(
             np.ascontiguousarray(samples, dtype=np.float32), language=cfg.language, beam_size=cfg.beam_size,
-            vad_filter=cfg.vad == "silero", word_timestamps=True, condition_on_previous_text=False)
+            vad_filter=cfg.vad == "silero", word_timestamps=True, condition_on_previous_text=False,
+            temperature=0.0)  # no sampling fallback: the same audio gives the same words
         out = []
         for seg in segments:
             for w in seg.words or ():

@@ -4,7 +4,7 @@ The reference is the text handed to espeak-ng and the sample index where each se
 starts (data/make_lecture.py measures it on the synthesised samples). WER is computed with the
 edit distance written out in _lecture_helpers. Measured here (2-core CPU, beam 5, 10 s windows):
 WER 0.028 on this clip (36 words), first words placed 0.18-0.37 s off; with 4 s windows (many
-overlaps) WER 0.19. Decoding is greedy-free beam search at temperature 0, so the figures repeat.
+overlaps) WER 0.19. Beam search runs at temperature 0 (no sampling), so the figures repeat.
 Only the throughput case uses a test double (a recogniser that blocks until released).
 """
 from __future__ import annotations

@@ -205,6 +205,9 @@ class WhisperRecognizer:
     def __init__(self, config: ASRConfig):
         self.config = config.check()
         self.model = load_whisper(config)
+        fw = logging.getLogger("faster_whisper")
+        if fw.level == logging.NOTSET:  # it logs two INFO lines per window; keep its warnings
+            fw.setLevel(logging.WARNING)
 
     def transcribe(self, samples: np.ndarray) -> list[Word]:
         cfg = self.config

@@ -155,3 +155,19 @@ def test_queue_never_blocks_and_counts_dropped_seconds():
     rec.release.set()
     st = asr.close(timeout=20)
     assert st["processed_s"] == pytest.approx(10.0, abs=0.05) and st["error"] is None
+
+
+def test_a_gap_in_the_stream_keeps_word_times(lecture):
+    """Audio after 5.9 s arrives 20 s later in stream time (an outage): its words are placed after the gap."""
+    path, meta = lecture
+    shift = 20.0
+    blocks = [b if b.t_start_s < 5.9 else AudioBlock(b.t_start_s + shift, b.samples)
+              for b in audio_blocks(path, block_s=0.1)]
+    segments, stats = transcribe(blocks, ASRConfig())
+    all_words = [w for s in segments for w in s.words]
+    count = [w for w in all_words if words(w.text) == ["count"]]
+    steam = [w for w in all_words if words(w.text) == ["steam"]]
+    assert steam and abs(steam[0].start_s - meta["sentences"][0]["start_s"]) < 1.0
+    assert count and abs(count[0].start_s - (meta["sentences"][1]["start_s"] + shift)) < 1.0
+    assert not any(5.9 < w.center_s < 5.9 + shift for w in all_words)  # nothing placed inside the gap
+    assert stats["windows"] >= 3

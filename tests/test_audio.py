@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from _lecture_helpers import lecture_module, need_tools, reference_16k
-from vstream.audio import AudioPush, audio_blocks, read_audio
+from vstream.audio import audio_blocks, read_audio
+from vstream.audio_push import AudioPush
 from vstream.sources import FileSource, write_video
 
 RATE = 22050
@@ -242,3 +243,29 @@ def test_audio_push_resamples_stamps_and_drops(clip):
     assert small.get(timeout=0.01).t_start_s == 0.0
     with pytest.raises(ValueError):
         small.push(np.zeros((2, 2, 2)), 16000)
+
+
+def test_one_demux_loop_decodes_all_frames_past_damaged_audio(clip, caplog):
+    """The engine's way for live streams: one container, video frames decoded, audio packets to AudioDecoder."""
+    import av
+
+    from vstream.audio import AudioDecoder
+
+    good = clip["ml"].mux(clip["video"], clip["wav"], clip["dir"] / "good1.mp4", "aac")
+    bad = clip["dir"] / "bad1.mp4"
+    _damage_audio(good, bad, 1.0)
+    caplog.set_level(logging.INFO, logger="vstream.audio")
+    frames, blocks = [], []
+    with av.open(str(bad)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        dec = AudioDecoder(a, origin_s=0.0, name=str(bad))
+        for packet in c.demux(v, a):
+            if packet.stream is v:
+                frames += [f.time for f in packet.decode()]
+            else:
+                blocks += dec.decode(packet)
+        blocks += dec.flush()
+    assert len(frames) == int(TOTAL_S * 2)
+    assert dec.bad_packets > 0 and sum(b.duration_s for b in blocks) >= 0.9
+    warnings = [r for r in caplog.records if r.name == "vstream.audio" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1

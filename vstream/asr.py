@@ -296,6 +296,8 @@ class StreamingASR:
             if wait:
                 while self._queued_s + dur > self.config.queue_seconds and self._queued_s > 0 and not self._closed:
                     self._cond.wait(0.5)
+                if self.error is not None:
+                    return False
             elif self._queued_s + dur > self.config.queue_seconds:
                 self._dropped_s += dur
                 return False

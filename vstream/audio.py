@@ -9,8 +9,8 @@ Interfaces (what the engine, the CLI and the app use):
 - ``AudioDecoder(stream, origin_s=...)``: the same conversion for packets that a caller demuxes
   itself (``.decode(packet) -> list[AudioBlock]``, ``.flush()``): one container for frames and
   sound, which is the exact way to share a live stream's clock.
-- ``AudioPush``: audio handed in by a caller (the app's microphone/webcam path): ``push(samples,
-  sample_rate, t=None)`` never blocks, converts and resamples, and counts what it drops.
+- ``vstream.audio_push.AudioPush``: audio handed in by a caller (the app's microphone/webcam path):
+  ``push(samples, sample_rate, t=None)`` never blocks, converts and resamples, and counts what it drops.
 - ``read_audio(spec, ...) -> (t0, samples) | None``: a whole track in one array (tests, export).
 
 The clock. Frame times of a file are its presentation times with the first video frame at 0
@@ -31,11 +31,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -47,6 +44,9 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000  # Hz, what Whisper wants
 #: Undecodable audio packets in a row after which the audio track is given up.
 MAX_BAD_AUDIO_PACKETS = 8
+#: Live: audio packets kept while waiting for the first video keyframe (the clock origin); at this
+#: many the first video packet's time is used instead.
+MAX_PENDING_PACKETS = 512
 #: A jump in PTS larger than this (seconds) between two decoded frames ends the current block.
 GAP_TOLERANCE_S = 0.02
 
@@ -193,7 +193,8 @@ class AudioDecoder:
     file, the first video frame's PTS for a live connection. ``decode(packet)`` never raises for
     damaged data: bad packets are skipped and counted (``bad_packets``); after
     ``MAX_BAD_AUDIO_PACKETS`` in a row ``failed`` becomes True, one warning is logged and every later
-    call returns nothing. ``done`` is True once ``end_s`` is reached.
+    call returns nothing; skipped packets that did not stop it are summed up in one warning by
+    ``flush()``. ``done`` is True once ``end_s`` is reached.
     """
 
     def __init__(self, stream, *, origin_s: float = 0.0, start_s: float = 0.0, end_s: float | None = None,
@@ -255,6 +256,9 @@ class AudioDecoder:
 
         out: list[AudioBlock] = []
         if not self.failed:
+            if self.bad_packets:  # damage that did not stop the audio: one warning at the end
+                logger.warning("audio of %r had %d undecodable packet(s), skipped (%s)", self.name, self.bad_packets,
+                               _exc_text(self.last_error))
             try:
                 out += self._frames_to_blocks(self.stream.codec_context.decode(None))
             except (av.FFmpegError, ValueError):
@@ -323,25 +327,30 @@ class AudioTrack:
                 logger.debug("audio seek to %.2fs failed in %s (%s)", self.start_s, self.name, _exc_text(exc))
         dec: AudioDecoder | None = None
         pending: list = []  # live: audio packets seen before the first video keyframe
+        first_video_t: float | None = None
         streams = (a, v) if v is not None else (a,)
         try:
             for packet in container.demux(*streams):
                 if self._closed:
                     return
                 if packet.stream.type == "video":
-                    if dec is None and packet.is_keyframe and packet.pts is not None:
-                        self.origin_s = float(packet.pts * packet.time_base)
-                        dec = AudioDecoder(a, origin_s=self.origin_s, start_s=self.start_s, end_s=self.end_s,
-                                           block_s=self.block_s, name=self.name)
-                        for p in pending:
-                            yield from dec.decode(p)
-                        pending = []
+                    if dec is None and packet.pts is not None:
+                        pt = float(packet.pts * packet.time_base)
+                        first_video_t = pt if first_video_t is None else first_video_t
+                        if packet.is_keyframe or len(pending) >= MAX_PENDING_PACKETS:
+                            self.origin_s = pt if packet.is_keyframe else first_video_t
+                            dec = AudioDecoder(a, origin_s=self.origin_s, start_s=self.start_s, end_s=self.end_s,
+                                               block_s=self.block_s, name=self.name)
+                            for p in pending:
+                                yield from dec.decode(p)
+                            pending = []
                     continue
                 if packet.size == 0:  # demuxer flush packet
                     continue
                 if dec is None:
                     if v is not None:
-                        pending.append(packet)
+                        if len(pending) < MAX_PENDING_PACKETS:
+                            pending.append(packet)  # else: older sound than any frame, dropped
                         continue
                     dec = AudioDecoder(a, origin_s=origin, start_s=self.start_s, end_s=self.end_s,
                                        block_s=self.block_s, name=self.name)
@@ -356,9 +365,6 @@ class AudioTrack:
             return
         if not dec.failed:
             yield from dec.flush()
-            if dec.bad_packets:
-                logger.warning("audio of %r had %d undecodable packet(s), skipped (%s)", self.name,
-                               dec.bad_packets, _exc_text(dec.last_error))
         self.bad_packets += dec.bad_packets
         self.failed = self.failed or dec.failed
 
@@ -464,122 +470,5 @@ def read_audio(spec: Any, start_s: float = 0.0, end_s: float | None = None,
     return t0, out
 
 
-class AudioPush:
-    """Audio pushed by a caller (microphone, webcam); thread-safe, bounded, never blocks.
-
-    ``push(samples, sample_rate, t=None)`` converts ``[N]``/``[N, C]`` int or float samples to 16 kHz
-    mono float32 (stateful resampling, so chunk edges leave no clicks) and queues them as one
-    ``AudioBlock``. ``t`` is the stream time of the first sample on the frames' clock; None continues
-    right after the previous push (the first push at ``clock() - origin``, ``origin`` defaulting to
-    the first push's time). When ``max_seconds`` of audio are waiting the new audio is dropped,
-    counted in ``dropped_s``, and ``push`` returns False. Iterating yields the blocks and ends after
-    ``end()`` once the queue is empty.
-    """
-
-    def __init__(self, *, max_seconds: float = 30.0, name: str = "push-audio",
-                 clock: Callable[[], float] = time.monotonic, origin: float | None = None):
-        if not max_seconds > 0:
-            raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
-        self.name, self.max_seconds, self._clock, self._origin = name, float(max_seconds), clock, origin
-        self.pushed_s = 0.0
-        self.dropped_s = 0.0
-        self._queue: deque[AudioBlock] = deque()
-        self._queued_s = 0.0
-        self._cond = threading.Condition()
-        self._ended = False
-        self._rate: int | None = None
-        self._resampler: Any = None
-        self._next_t: float | None = None  # stream time right after the last pushed sample
-
-    def push(self, samples: np.ndarray, sample_rate: int, t: float | None = None) -> bool:
-        """Queue audio; False when it was dropped (queue full, or after end())."""
-        import av
-
-        if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            raise ValueError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
-        x = to_mono_float(samples)
-        with self._cond:
-            if self._ended:
-                return False
-            now = self._clock()
-            if self._origin is None:
-                self._origin = now
-            if t is None:
-                t = self._next_t if self._next_t is not None else now - self._origin
-            t = float(t)
-            dur_in = len(x) / sample_rate
-            if self._queued_s + dur_in > self.max_seconds:
-                self.dropped_s += dur_in
-                self._next_t = t + dur_in
-                self._resampler = None  # the next push starts a fresh stretch
-                return False
-            if self._next_t is None or abs(t - self._next_t) > GAP_TOLERANCE_S or sample_rate != self._rate:
-                self._resampler, self._rate = None, int(sample_rate)
-            if self._resampler is None:
-                self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-                self._res_t = t  # stream time of the first sample into this resampler
-                self._res_out = 0  # samples that came out of it
-            if sample_rate == SAMPLE_RATE:
-                y = x
-            else:
-                frame = av.AudioFrame.from_ndarray(x[None, :], format="flt", layout="mono")
-                frame.sample_rate = int(sample_rate)
-                parts = [o.to_ndarray().reshape(-1) for o in self._resampler.resample(frame)]
-                y = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-            bt = self._res_t + self._res_out / SAMPLE_RATE if sample_rate != SAMPLE_RATE else t
-            self._res_out += len(y)
-            self._next_t = t + dur_in
-            self.pushed_s += dur_in
-            if len(y):
-                self._queue.append(AudioBlock(bt, np.ascontiguousarray(y)))
-                self._queued_s += len(y) / SAMPLE_RATE
-                self._cond.notify()
-            return True
-
-    def end(self) -> None:
-        """No more audio: iteration ends once the queue is empty."""
-        with self._cond:
-            self._ended = True
-            self._cond.notify_all()
-
-    def queued_s(self) -> float:
-        """Seconds of audio waiting."""
-        with self._cond:
-            return self._queued_s
-
-    def get(self, timeout: float | None = None) -> AudioBlock | None:
-        """The next block (waits up to ``timeout``); None on timeout or at the end."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not self._queue and not self._ended:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._cond.wait(left)
-            if not self._queue:
-                return None
-            block = self._queue.popleft()
-            self._queued_s -= block.duration_s
-            return block
-
-    def __iter__(self) -> Iterator[AudioBlock]:
-        while True:
-            block = self.get()
-            if block is None:
-                return
-            yield block
-
-    def close(self) -> None:
-        """End and discard what is queued."""
-        with self._cond:
-            self._ended = True
-            self._queue.clear()
-            self._queued_s = 0.0
-            self._cond.notify_all()
-
-    def __repr__(self) -> str:
-        return f"AudioPush({self.name!r}, pushed_s={self.pushed_s:.1f}, dropped_s={self.dropped_s:.1f})"
-
-
-__all__ = ["SAMPLE_RATE", "AudioBlock", "AudioDecoder", "AudioTrack", "AudioPush", "audio_blocks", "read_audio",
-           "to_mono_float", "MAX_BAD_AUDIO_PACKETS"]
+__all__ = ["SAMPLE_RATE", "AudioBlock", "AudioDecoder", "AudioTrack", "audio_blocks", "read_audio", "to_mono_float",
+           "MAX_BAD_AUDIO_PACKETS"]

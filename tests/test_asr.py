@@ -52,7 +52,12 @@ def _repeats(seq: list[str], ref: list[str]) -> list[list[str]]:
 
 def test_lecture_transcript_wer_and_word_times(lecture, capsys):
     path, meta = lecture
-    segments, stats = _run(path, ASRConfig())
+    got = []
+    asr = StreamingASR(ASRConfig(queue_seconds=30.0)).start(on_segment=got.append)
+    assert all(asr.feed(b) for b in audio_blocks(path))  # never blocks; the queue holds the whole clip
+    stats = asr.close()
+    segments = asr.poll()
+    assert got == segments == asr.results and asr.poll() == []
     ref = " ".join(s["text"] for s in meta["sentences"])
     hyp = " ".join(s.text for s in segments)
     wer = _wer(ref, hyp)

@@ -119,6 +119,12 @@ def test_no_audio_track_is_none_with_one_info_line(clip, caplog):
     assert audio_blocks("synthetic:seed=1") is None
 
 
+def test_an_open_file_source_reads_its_own_audio(clip):
+    out = clip["ml"].mux(clip["video"], clip["wav"], clip["dir"] / "src.mp4", "aac")
+    track = audio_blocks(FileSource(out), 1.0, 2.0)
+    assert track is not None and sum(len(b.samples) for b in track) == 16000
+
+
 def _damage_audio(src, dst, from_s: float) -> int:
     """Copy ``src`` and overwrite the bytes of every audio packet after ``from_s`` with noise; returns the count."""
     import av

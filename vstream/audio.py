@@ -390,8 +390,9 @@ def audio_blocks(spec: Any, start_s: float = 0.0, end_s: float | None = None, *,
                  options: dict | None = None) -> AudioTrack | None:
     """The audio track of file or URL ``spec`` as an iterable of ``AudioBlock`` (16 kHz mono float32).
 
+    ``spec`` is a path, a URL, or an open ``FileSource``/``LiveSource`` (its path or URL is read).
     Returns None (after one info line) when ``spec`` has no audio track, or is a device, a
-    synthetic source or a VideoSource object; None after one warning when the track's codec cannot be
+    synthetic source or another VideoSource object; None after one warning when the track's codec cannot be
     decoded or a live URL cannot be opened. ``origin_s`` overrides the clock origin (container seconds
     that are stream time 0); by default the video stream's start (files) or the first video keyframe
     (live). Raises SourceError for a missing or unreadable file, like the video source would.
@@ -400,6 +401,8 @@ def audio_blocks(spec: Any, start_s: float = 0.0, end_s: float | None = None, *,
         raise ValueError(f"need 0 <= start_s < end_s, got start_s={start_s}, end_s={end_s}")
     if not block_s > 0:
         raise ValueError(f"block_s must be > 0, got {block_s}")
+    if not isinstance(spec, (str, os.PathLike)):  # an open FileSource / LiveSource: read the same file or URL
+        spec = getattr(spec, "path", None) or getattr(spec, "url", None) or spec
     if not isinstance(spec, (str, os.PathLike)) or str(spec) == "synthetic" or str(spec).startswith("synthetic:"):
         logger.info("source %r has no audio track; vision only", getattr(spec, "name", spec))
         return None

@@ -281,6 +281,8 @@ class AudioTrack:
 
     Facts: ``name``, ``codec``, ``source_rate`` (Hz), ``channels``, ``duration`` (seconds or None),
     ``origin_s``, ``live``. After an iteration: ``bad_packets`` and ``failed`` (audio stopped early).
+    A live connection that fails is not reopened (one warning, the audio ends); the engine's own
+    reconnecting container with ``AudioDecoder`` is the way to keep sound across outages.
     """
 
     def __init__(self, target: str, *, start_s: float, end_s: float | None, block_s: float,

@@ -8,6 +8,7 @@ applied before the next chunk or snapshot, or at once while no perception thread
 """
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -112,6 +113,7 @@ class Engine:
         self.write_lock = threading.RLock()  # held while memory is written; readers of the live window take it
         self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()  # (text, stream time, end time, source)
         self._perceiving = False  # True while a perception thread applies the inbox
+        self._speech: collections.deque[tuple[float, float, str]] = collections.deque(maxlen=32)  # recent speech
         self._gen_lock = threading.Lock()  # answers: one decode at a time on self._generator
         self._generator = torch.Generator()
         self._commentary_lock = threading.Lock()  # commentary never waits for an answer
@@ -169,6 +171,7 @@ class Engine:
     def _attach_to_vision(self, seg: Segment) -> None:
         """The transcript joins the text of the vision entries it overlaps (live, or already stored)."""
         a, b = seg.start_s, seg.end_s if seg.end_s is not None else seg.start_s
+        self._speech.append((a, b, seg.text))
         for vis in self.memory.live:
             if vis.kind == VISION and vis.start_s < b and vis.end_s > a:
                 vis.text = f"{vis.text} {seg.text}"
@@ -203,6 +206,9 @@ class Engine:
                 found = ""
             if found:
                 text = f"{text} {found}"
+        for a_s, b_s, said in self._speech:  # speech recognised before its chunk arrived
+            if a_s < chunk.end_s and b_s > chunk.start_s:
+                text = f"{text} {said}"
         seg = mm.extract(tokens.n_tokens, start, tokens.rel_pos, VISION, start_s=chunk.start_s, end_s=chunk.end_s,
                          text=text, key_summary=key_summary,
                          thumbnail=make_thumbnail(mid, mc.thumbnail_px), chunk_index=chunk.index)

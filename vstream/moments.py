@@ -13,6 +13,7 @@ read-only; nothing under the directory is created or changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -97,6 +98,26 @@ def _scores(directory: Path, infos: list[EntryInfo], query: str, embedder) -> di
     return out
 
 
+def _moment_of(info: EntryInfo, infos: list[EntryInfo]) -> EntryInfo:
+    """The moment an entry stands for: a chunk that carries a transcript is that speech entry (its span and
+    words); a chunk whose neighbours show the same thing (one slide) spans all of them."""
+    if info.kind != "vision":
+        return info
+    for sp in infos:
+        if sp.kind == "text" and sp.source == "speech" and sp.start_s < info.end_s and info.start_s < sp.end_s \
+                and _plain(sp.text) and _plain(sp.text).rstrip(".") in info.text:
+            return sp if sp.thumbnail else dataclasses.replace(sp, thumbnail=info.thumbnail)
+    vision = sorted((i for i in infos if i.kind == "vision"), key=lambda i: i.start_s)
+    k = next(n for n, i in enumerate(vision) if i.entry_id == info.entry_id)
+    same = _plain(info.text)
+    lo = hi = k
+    while lo > 0 and _plain(vision[lo - 1].text) == same and abs(vision[lo - 1].end_s - vision[lo].start_s) < 1e-3:
+        lo -= 1
+    while hi + 1 < len(vision) and _plain(vision[hi + 1].text) == same and abs(vision[hi].end_s - vision[hi + 1].start_s) < 1e-3:
+        hi += 1
+    return dataclasses.replace(info, start_s=vision[lo].start_s, end_s=vision[hi].end_s)
+
+
 def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None,
            embedder=None) -> list[Moment]:
     """The ``top`` moments of a memory directory that best match ``query`` (see the module docstring)."""
@@ -114,7 +135,7 @@ def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str |
     ranked = sorted(_scores(d, infos, query, embedder).items(), key=lambda x: (-x[1], x[0]))
     picked: list[tuple[EntryInfo, float]] = []
     for eid, score in ranked:
-        info = by_id[eid]
+        info = _moment_of(by_id[eid], infos)
         if any(info.start_s < p.end_s and p.start_s < info.end_s for p, _ in picked):
             continue  # the same seconds as a better moment
         picked.append((info, score))

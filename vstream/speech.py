@@ -90,7 +90,7 @@ class SpeechTrack:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             st = self.asr.stats()
-            if st["error"] or (self._audio_done.is_set() and st["queue_s"] == 0) \
+            if st["error"] or (self._audio_done.is_set() and st["queue_s"] < 1e-3) \
                     or (self._first_t is not None and self._first_t + st["processed_s"] >= t_s):
                 return True
             if deadline is not None and time.monotonic() >= deadline:

@@ -112,6 +112,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_search(args) -> int:
+    from pathlib import Path
+
     from vstream.api import search
 
     thumbs = args.thumbs_dir
@@ -120,12 +122,17 @@ def cmd_search(args) -> int:
 
         thumbs = tempfile.mkdtemp(prefix="vstream-search-")
     em = Emitter(args.json)
-    moments = search(args.memory_dir, args.query, top=args.top, thumbs_dir=thumbs)
-    if not moments:
-        em.emit("none", f"no moment in {args.memory_dir} matches {args.query!r}", query=args.query)
-    for rank, m in enumerate(moments, 1):
-        em.emit("moment", f"{rank}. [{m.start_s:.1f}-{m.end_s:.1f}s] ({m.source}, {m.score:.2f}) {m.text}"
-                          + (f"\n   thumbnail: {m.thumbnail}" if m.thumbnail else ""), rank=rank, **m.to_dict())
+    for qi, query in enumerate(args.query):
+        sub_dir = thumbs if len(args.query) == 1 else str(Path(thumbs) / f"q{qi + 1:02d}")
+        moments = search(args.memory_dir, query, top=args.top, thumbs_dir=sub_dir)
+        if len(args.query) > 1 and not args.json:
+            em.emit("query", f"{query}", query=query)
+        if not moments:
+            em.emit("none", f"no moment in {args.memory_dir} matches {query!r}", query=query)
+        for rank, m in enumerate(moments, 1):
+            em.emit("moment", f"{rank}. [{m.start_s:.1f}-{m.end_s:.1f}s] ({m.source}, {m.score:.2f}) {m.text}"
+                              + (f"\n   thumbnail: {m.thumbnail}" if m.thumbnail else ""), query=query, rank=rank,
+                    **m.to_dict())
     return 0
 
 
@@ -200,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="find moments in a memory directory by meaning (no VLM; read-only)")
     s.add_argument("memory_dir")
-    s.add_argument("query")
+    s.add_argument("query", nargs="+", help="what to look for (several queries: each is answered in turn)")
     s.add_argument("--top", type=int, default=5, help="moments to list (default 5)")
     s.add_argument("--thumbs-dir", default=None, help="write each moment's thumbnail here (default: a temp dir)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -67,6 +67,8 @@ class FileSource:
         if n == 0:
             raise RuntimeError("no frames")
         ts = np.asarray(vr.get_frame_timestamp(list(range(n))), dtype=np.float64)  # [N, 2] start, end
+        vr.get_batch([0])  # decord indexes some containers it cannot decode (plain MPEG-TS): fall back now
+        vr.seek(0)
         self._vr, self._ts = vr, ts[:, 0]
         self.fps = float(vr.get_avg_fps()) or None
         self.duration = float(ts[-1, 1]) if ts[-1, 1] > 0 else None

@@ -149,10 +149,32 @@ class LongTerm:
             if len(ok) >= k or len(hits) < want or want >= len(self.store):
                 break
             want *= 4
+        if self._stored_texts:
+            ok = self._with_speech(ok, before_s)
         out = []
         for entry_id, score in ok[:k]:
             seg = self.store.get(entry_id, device=device, dtype=dtype)
             out.append(Retrieved(segment=seg, score=float(score), entry_id=int(entry_id)))
+        return out
+
+    def _with_speech(self, hits: list[tuple[int, float]], before_s: float) -> list[tuple[int, float]]:
+        """A vision entry that carries a transcript brings the text entry of that speech right after it (the
+        words' own K/V), at the same score; order kept, no entry twice."""
+        texts = [i for i in self.store.infos() if i.kind != VISION and i.start_s < before_s]
+        out: list[tuple[int, float]] = []
+        seen: set[int] = set()
+        for eid, score in hits:
+            if eid in seen:
+                continue
+            out.append((eid, score))
+            seen.add(eid)
+            info = self.store.info(eid)
+            if info.kind != VISION:
+                continue
+            for t in texts:
+                if t.entry_id not in seen and t.start_s < info.end_s and info.start_s < t.end_s and t.text in info.text:
+                    out.append((t.entry_id, score))
+                    seen.add(t.entry_id)
         return out
 
     def _search(self, question: str, query_means: torch.Tensor | None, n: int) -> list[tuple[int, float]]:

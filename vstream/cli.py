@@ -66,7 +66,9 @@ def cmd_watch(args) -> int:
     with session:
         if session.speech is not None:
             session.speech.on_segment(lambda s: em.emit("speech", f"[{s.start_s:.1f}-{s.end_s:.1f}s] speech: {s.text}",
-                                                        start_s=s.start_s, end_s=s.end_s, text=s.text))
+                                                        start_s=s.start_s, end_s=s.end_s, text=s.text,
+                                                        words=[[w.text, round(w.start_s, 3), round(w.end_s, 3)]
+                                                               for w in s.words]))
         if args.commentary:
             session.on_commentary(lambda c: em.emit("commentary", f"[{c.start_s:.1f}-{c.end_s:.1f}s] {c.text}",
                                                     start_s=c.start_s, end_s=c.end_s, text=c.text))

@@ -102,6 +102,10 @@ def _moment_of(info: EntryInfo, infos: list[EntryInfo]) -> EntryInfo:
     """The moment an entry stands for: a chunk that carries a transcript is that speech entry (its span and
     words); a chunk whose neighbours show the same thing (one slide) spans all of them."""
     if info.kind != "vision":
+        if info.thumbnail is None:  # said before its chunk was seen: show the frame of its first second
+            frame = next((i for i in infos if i.kind == "vision" and i.thumbnail and i.start_s <= info.start_s
+                          < i.end_s), None)
+            return dataclasses.replace(info, thumbnail=frame.thumbnail) if frame else info
         return info
     for sp in infos:
         if sp.kind == "text" and sp.source == "speech" and sp.start_s < info.end_s and info.start_s < sp.end_s \

@@ -1,4 +1,7 @@
-"""StreamingBench: real-time MCQ, sequential QA with gold history, proactive output; omni items skipped.
+"""StreamingBench: real-time MCQ, sequential QA with gold history, proactive output; omni items with speech.
+
+Omni-source items are asked like MCQs on a session that recognises the audio track into memory (ASR on
+for the run when any is selected; a video without audio is watched vision only).
 
 Outputs in ``out_dir``: predictions.jsonl (one record per question), summary.json, summary.md.
 """
@@ -68,14 +71,9 @@ def run_streamingbench(agent: Any, bench_path: str, out_dir: str, *, video_root:
         raise ValueError(f"no StreamingBench questions selected from {bench_path}; check --videos / --limit")
     by_id = {q.qid: q for q in questions}
     with JsonlLog(out / PREDICTIONS) as log:
-        for q in questions:  # omni items are recorded as skipped without touching the model
-            if q.kind == "omni" and q.qid not in log:
-                log.append(_record(q, prompts.mcq_prompt(q.question, q.options), None, tolerance_s))
         groups: dict[str, list[Query]] = {}
         prompt_of: dict[str, str] = {}
         for q in sorted(questions, key=lambda q: q.time_s):
-            if q.kind == "omni":
-                continue
             query = _query(q, q.qid in log, max_new_tokens, proactive_tokens)
             prompt_of[q.qid] = query.prompt
             groups.setdefault(q.source, []).append(query)
@@ -84,6 +82,8 @@ def run_streamingbench(agent: Any, bench_path: str, out_dir: str, *, video_root:
         def on_result(_src: str, res: QueryResult) -> None:
             log.append(_record(by_id[res.qid], prompt_of[res.qid], res, tolerance_s))
 
+        if any(q.kind == "omni" for q in questions):  # omni items need the audio: speech into memory
+            watch_kwargs = {**(watch_kwargs or {}), "asr": True}
         run_videos(agent, groups, on_result, watch_kwargs=watch_kwargs, desc="StreamingBench",
                    show_progress=show_progress, threshold=threshold, proactive_mode=proactive_mode)
         records = [log.records[q.qid] for q in questions if q.qid in log]

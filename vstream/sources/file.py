@@ -102,12 +102,19 @@ class FileSource:
             yield from self._iter_decord()
 
     def _iter_pyav(self) -> Iterator[Frame]:
-        container = _open_container(str(self.path))
-        try:
-            yield from _pyav_frames(container, path=self.name, start_s=self.start_s, end_s=self.end_s,
-                                    max_side=self.max_side)
-        finally:
-            container.close()
+        for seek in ((True, False) if self.start_s > 0 else (True,)):
+            container = _open_container(str(self.path))
+            n = 0
+            try:
+                for frame in _pyav_frames(container, path=self.name, start_s=self.start_s, end_s=self.end_s,
+                                          max_side=self.max_side, seek=seek):
+                    n += 1
+                    yield frame
+            finally:
+                container.close()
+            if n:
+                return
+            logger.info("seeking in %r gave no frame; decoding from the start", self.name)  # e.g. MPEG-TS
 
     def _iter_decord(self) -> Iterator[Frame]:
         if self._vr is None:

@@ -152,15 +152,17 @@ def _decode_video(container, vs, log: _DecodeLog) -> Iterator[Any]:
 
 
 def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | None = None,
-                 max_side: int | None = None) -> Iterator[Frame]:
-    """Decode the first video stream of an open PyAV container (a file): what is readable, then a warning."""
+                 max_side: int | None = None, seek: bool = True) -> Iterator[Frame]:
+    """Decode the first video stream of an open PyAV container (a file): what is readable, then a warning.
+
+    ``seek=False`` decodes from the start and skips to ``start_s`` (for containers that seek badly)."""
     import av
 
     vs = container.streams.video[0]
     vs.thread_type = "AUTO"
     facts_fps = float(vs.average_rate) if vs.average_rate else None
     origin = _video_origin(container)  # frame times count from the video stream's start (MPEG-TS: ~1.4 s)
-    if start_s > 0 and vs.time_base:
+    if seek and start_s > 0 and vs.time_base:
         try:
             container.seek(int((start_s + origin) / vs.time_base), stream=vs, backward=True, any_frame=False)
         except av.FFmpegError as exc:

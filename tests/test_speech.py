@@ -173,3 +173,42 @@ def test_export_srt_vtt_json_match_the_segments(watched, tmp_path):
     assert vtt.startswith("WEBVTT\n") and [(round(a, 3), round(b, 3), t) for a, b, t in _parse_cues(vtt, ".")] == want
     assert [(round(s["start_s"], 3), round(s["end_s"], 3), s["text"]) for s in js if s["source"] == "speech"] == want
     assert _tree_hash(mem) == before
+
+
+def test_pushed_audio_is_recognised_on_the_frames_clock():
+    """The app's path: frames into a PushSource, sound into the session's AudioPush, with explicit times."""
+    need_tools()
+    import numpy as np
+
+    from conftest import tiny_adapter
+    from vstream.api import Agent
+    from vstream.audio_push import AudioPush
+    from vstream.config import from_name
+    from vstream.sources import PushSource
+
+    mod = lecture_module()
+    said = "Count the seconds between the flash and the thunder to find the distance."
+    x = mod.speak(said)  # [N] int16 at 22050 Hz
+    lead = 2.0
+    agent = Agent(tiny_adapter(MODEL), from_name("tiny"))
+    src = PushSource()
+    with agent.watch(src, asr=True) as session:
+        push = session.audio_push
+        assert isinstance(push, AudioPush)
+        dur = lead + len(x) / mod.SPEECH_RATE + 1.0
+        audio = np.zeros(int(dur * mod.SPEECH_RATE), np.int16)
+        k = int(lead * mod.SPEECH_RATE)
+        audio[k:k + len(x)] = x
+        step = mod.SPEECH_RATE // 2
+        for i in range(0, len(audio), step):  # half-second pieces, as a microphone callback would give
+            push.push(audio[i:i + step], mod.SPEECH_RATE, t=i / mod.SPEECH_RATE)
+        for j in range(int(dur * 2)):
+            src.push(np.full((48, 64, 3), 10 * j % 255, np.uint8), t=j / 2)
+        src.end()
+        session.run_to_end()
+        segs = session.transcript
+        st = session.stats()["asr"]
+    heard = words(" ".join(s.text for s in segs))
+    assert edit_distance(words(said), heard) / len(words(said)) < 0.35, heard
+    assert abs(segs[0].start_s - lead) <= 1.0  # on the frames' clock
+    assert st["dropped_s"] == 0 and st["segments"] == len(segs)

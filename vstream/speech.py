@@ -99,7 +99,9 @@ class SpeechTrack:
                 self._cond.wait(0.05)
 
     def finish(self, timeout: float | None = None) -> dict:
-        """Recognise everything decoded so far (the audio is read to its end first unless stopped)."""
+        """Recognise the rest of the audio (read to its end; pushed audio ends with the video) and stop."""
+        if hasattr(self.blocks, "end"):  # an AudioPush: the stream it belongs to has ended
+            self.blocks.end()
         self._thread.join(timeout)
         return self.asr.close(timeout)
 

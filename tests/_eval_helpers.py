@@ -51,6 +51,15 @@ class SpyAgent:
         self.watch_calls: list[tuple[Any, dict]] = []
         self.sessions: list[SpySession] = []
 
+    def with_config(self, changes: dict) -> "SpyAgent":
+        """A spy over an Agent with config fields changed (shares the model and this spy's records)."""
+        from vstream.api import Agent
+
+        inner = Agent(self._agent.adapter, self._agent.config.replace(**changes).validate())
+        spy = SpyAgent(inner, self.fail_after_asks)
+        spy.asks, spy.watch_calls, spy.sessions = self.asks, self.watch_calls, self.sessions
+        return spy
+
     def watch(self, source: Any, **kw: Any) -> SpySession:
         self.watch_calls.append((source, kw))
         s = SpySession(self._agent.watch(source, **kw), self)

@@ -16,7 +16,8 @@ from eval import formats
 from eval.judge import LexicalJudge
 from eval.protocol import ingest_target
 from eval.report import load_bench_results, render_report
-from eval.synthetic import make_bench, open_synthetic, run_synthetic_suite
+from eval.suite import run_synthetic_suite
+from eval.synthetic import make_bench, open_synthetic
 
 DURATION = 16
 

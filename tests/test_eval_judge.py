@@ -177,7 +177,8 @@ def test_infstreams_judging_both_orders_win_rate_and_no_key_in_files(key_env, tm
 
     with ChatServer(respond) as srv:
         judge = make_judge(srv.url, invalid_retries=1)
-        s = judge_infstreams(str(merged), str(windows), str(tmp_path / "out"), judge, show_progress=False)
+        s = judge_infstreams(str(merged), str(windows), str(tmp_path / "out"), judge, protocol="vstream",
+                             show_progress=False)
     # w0: ours wins both orders; w1: reference wins both; w2: one invalid order + one vote for the other
     assert (s["votes_ours"], s["votes_other"], s["invalid"], s["windows"]) == (2, 3, 1, 3)
     assert s["win_rate"] == pytest.approx(40.0)

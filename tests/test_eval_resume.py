@@ -44,8 +44,9 @@ def _lines(path: Path) -> list[dict]:
 
 
 def _run(agent, bench, out, **kw):
+    # the vstream protocol runs to the end of the video (the official one stops at the last ASR word)
     return run_infstreams(agent, str(bench.infstreams_metadata), str(out), start_time=START, show_progress=False,
-                          videos=VIDEO, **kw)
+                          videos=VIDEO, protocol="vstream", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +121,16 @@ def test_resume_replays_the_recorded_text(agent, bench, tmp_path):
 
 def test_streamingbench_interrupted_then_resumed_equals_uninterrupted(agent, bench, tmp_path):
     full = run_streamingbench(agent, str(bench.streamingbench), str(tmp_path / "a"), show_progress=False,
-                              videos=VIDEO)
+                              videos=VIDEO, protocol="vstream")
     ref = {r["qid"]: r for r in _lines(tmp_path / "a" / "predictions.jsonl")}
 
     crashing = SpyAgent(agent, fail_after_asks=3)
     with pytest.raises(Interrupted):
         run_streamingbench(crashing, str(bench.streamingbench), str(tmp_path / "b"), show_progress=False,
-                           videos=VIDEO)
+                           videos=VIDEO, protocol="vstream")
     spy = SpyAgent(agent)
     again = run_streamingbench(spy, str(bench.streamingbench), str(tmp_path / "b"), resume=True, show_progress=False,
-                               videos=VIDEO)
+                               videos=VIDEO, protocol="vstream")
     got = {r["qid"]: r for r in _lines(tmp_path / "b" / "predictions.jsonl")}
     assert got.keys() == ref.keys() and len(_lines(tmp_path / "b" / "predictions.jsonl")) == len(ref)
     for qid, r in ref.items():
@@ -155,7 +156,7 @@ def test_killed_subprocess_then_resumed(bench, reference_run, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "vstream", "eval", "infstreams", str(bench.infstreams_metadata), "--out", str(out),
            "--start-time", str(START), "--videos", VIDEO, "--model", "tiny-smolvlm", "--device", "cpu",
-           "--dtype", "float32", "--no-long-term", "--no-progress"]
+           "--dtype", "float32", "--no-long-term", "--no-progress", "--protocol", "vstream"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     chunks = out / CHUNKS

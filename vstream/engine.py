@@ -24,7 +24,7 @@ from memory.segment import SINK, TEXT, VISION, Segment
 from vstream.config import AgentConfig
 from vstream.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
-from vstream.sources import resize_max_side
+from vstream.frames import resize_max_side
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from vstream.bench.common import random_chunks
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,7 +36,6 @@ def bench_ttft_entries(model: str = "small-llava-onevision", n_entries: int = 10
 
     from memory.longterm import LongTerm
     from memory.segment import Segment
-    from vstream.bench import random_chunks
     from vstream.config import from_name
     from vstream.engine import Engine
     from vstream.models.registry import load_model

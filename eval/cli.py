@@ -162,6 +162,15 @@ def agent_from_args(args: argparse.Namespace) -> Any:
     return build(args)
 
 
+def _agent(args: argparse.Namespace) -> Any:
+    """The agent of a run: a uniform-N preset answers from N frames re-sampled over the stream."""
+    from vstream.uniform import PRESET_FRAMES, UniformAgent
+
+    agent = agent_from_args(args)
+    n = PRESET_FRAMES.get(getattr(args, "config", None) or "")
+    return UniformAgent(agent, n) if n else agent
+
+
 def judge_from_args(args: argparse.Namespace, *, required: bool, default_offline: bool = False) -> Any:
     """ChatJudge from --judge-url/--judge-model, LexicalJudge with --offline-judge, else None (or an error)."""
     from eval.judge import ChatJudge, LexicalJudge
@@ -275,7 +284,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if cmd == "streamingbench":
         from eval.streamingbench import run_streamingbench
 
-        agent = agent_from_args(args)
+        agent = _agent(args)
         s = run_streamingbench(agent, args.bench, args.out, protocol=args.protocol,
                                context_seconds=args.context_seconds, max_new_tokens=mnt or 8,
                                proactive_mode=args.proactive_mode, threshold=args.threshold, **_run_kwargs(args))
@@ -285,7 +294,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if cmd == "ovobench":
         from eval.ovobench import run_ovobench
 
-        agent = agent_from_args(args)
+        agent = _agent(args)
         s = run_ovobench(agent, args.bench, args.out, protocol=args.protocol, max_new_tokens=mnt or 8,
                          **_run_kwargs(args))
         return _done(args.out, f"OVO-Bench overall ({args.protocol} protocol): {_pct(s['overall'])} "
@@ -296,7 +305,7 @@ def run_eval(args: argparse.Namespace) -> int:
         judge = judge_from_args(args, required=False)
         if judge is None:
             logger.warning("no judge given: answers only; rerun with --resume --judge-url ... to score them")
-        agent = agent_from_args(args)
+        agent = _agent(args)
         s = run_rvs(agent, args.bench, args.out, judge, name=args.name, protocol=args.protocol, max_new_tokens=mnt,
                     **_run_kwargs(args))
         return _done(args.out, f"{args.name} ({args.protocol} protocol): accuracy {_pct(s['accuracy'])}, mean score "
@@ -308,7 +317,7 @@ def run_eval(args: argparse.Namespace) -> int:
         judge = judge_from_args(args, required=False) if args.windows else None
         if args.windows and judge is None:
             raise ValueError("--windows needs a judge: pass --judge-url URL --judge-model NAME or --offline-judge")
-        agent = agent_from_args(args)
+        agent = _agent(args)
         run = run_infstreams(agent, args.metadata, args.out, protocol=args.protocol, start_time=args.start_time,
                              end_time=args.end_time, **_run_kwargs(args))
         head = f"Inf-Streams run ({args.protocol} protocol): {run['videos']} videos, {run['chunks']} chunks"
@@ -330,7 +339,7 @@ def run_eval(args: argparse.Namespace) -> int:
                            duration_s=args.duration, size=(w, h), seed=args.seed, long_videos=args.long_videos,
                            long_duration_s=args.long_duration)
         judge = judge_from_args(args, required=False, default_offline=True)
-        agent = agent_from_args(args)
+        agent = _agent(args)
         kw = _run_kwargs(args)
         kw.pop("video_root")
         if kw.pop("videos"):

@@ -146,7 +146,7 @@ def open_session(agent: Any, source: str, *, start_s: float = 0.0, end_s: float 
     harness's ``events=FILE``) built here; always ``background=False`` (eval drives ``advance_to``)."""
     kw = {"background": False, "progress": False, **watch_kwargs}
     if source.startswith("synthetic"):
-        from eval.synthetic import open_synthetic
+        from vstream.sources import open_synthetic
 
         return agent.watch(open_synthetic(source, start_s, end_s), **kw)
     if start_s or end_s is not None:

@@ -36,8 +36,13 @@ MERGED = "merged.jsonl"
 JUDGEMENTS = "judgements.jsonl"
 
 
+def _key(video: str) -> str:
+    """Chunk and merged lines name a video by its file name, as generate_segments.py writes them."""
+    return os.path.basename(video)
+
+
 def _chunk_record(video: str, item: Any) -> dict[str, Any]:
-    rec = {"video": video, "chunk_start": item.start_s, "chunk_end": item.end_s, "chunk_index": item.chunk_index,
+    rec = {"video": _key(video), "chunk_start": item.start_s, "chunk_end": item.end_s, "chunk_index": item.chunk_index,
            "latency_s": item.latency_s,
            "items": [{"response": item.text, "start_time": item.start_s, "end_time": item.end_s}]}
     ids = getattr(item, "token_ids", None)
@@ -99,7 +104,7 @@ def run_infstreams(agent: Any, metadata_path: str, out_dir: str, *, protocol: st
                                m.video, end, start_time)
                 done.append({"video": m.video, "chunks": 0, "note": "shorter than the start time"})
                 continue
-            replay = {int(r["chunk_index"]): _replay_value(r) for (v, _), r in chunks.records.items() if v == m.video}
+            replay = {int(r["chunk_index"]): _replay_value(r) for (v, _), r in chunks.records.items() if v == _key(m.video)}
             if replay:
                 logger.info("%s: resuming, %d finished chunks replayed", m.video, len(replay))
             prev = official_previous_text(m.words, start_time) if protocol == "official" else m.previous_text(start_time)
@@ -107,8 +112,8 @@ def run_infstreams(agent: Any, metadata_path: str, out_dir: str, *, protocol: st
             n = _commentate(run_agent, m, chunks, replay, prev, start=start_time, end_time=stop, est_end=end, cs=cs,
                             kw=kw, show_progress=show_progress, on_chunk=on_chunk)
             done.append({"video": m.video, "chunks": n})
-        write_merged(chunks.values(), out / MERGED, [m.video for m in metas])
-        per_video = {m.video: sum(1 for (v, _) in chunks.records if v == m.video) for m in metas}
+        write_merged(chunks.values(), out / MERGED, [_key(m.video) for m in metas])
+        per_video = {m.video: sum(1 for (v, _) in chunks.records if v == _key(m.video)) for m in metas}
         lat = [r["latency_s"] for r in chunks.values() if r.get("latency_s") is not None]
     summary = {"benchmark": "infstreams", "protocol": protocol, "model": getattr(agent, "model_name", None),
                "metadata_file": os.path.basename(metadata_path), "start_time": start_time, "videos": len(metas),
@@ -140,7 +145,7 @@ def _commentate(agent: Any, m: formats.InfStreamsVideo, chunks: JsonlLog, replay
             for item in new:
                 n += 1
                 bar.update(1)
-                if item.chunk_index in replay or (m.video, item.chunk_index) in chunks:
+                if item.chunk_index in replay or (_key(m.video), item.chunk_index) in chunks:
                     continue
                 rec = _chunk_record(m.video, item)
                 chunks.append(rec)

@@ -59,9 +59,13 @@ def score_ovobench(paths: Sequence[str]) -> dict[str, Any]:
         task = r["task"]
         for p in r["test_info"]:
             resp = p.get("response")
+            if resp is not None and not isinstance(resp, str):
+                # a list reply makes the official forward scoring crash (REC's re.findall): its strings
+                # are joined for every forward task, the evident intent, and the case is counted
+                resp = "".join(str(x) for x in resp)
+                crashes += 1
             if task == "REC":
-                s, crash = official.ovo_rec_correct(resp, p["count"])
-                crashes += crash
+                s, _ = official.ovo_rec_correct(resp, p["count"])
             elif task in ("SSR", "CRR"):
                 s = official.ovo_yes_no_score(resp, p["type"])
             else:

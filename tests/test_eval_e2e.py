@@ -112,6 +112,7 @@ def test_synthetic_suite_every_protocol_writes_its_score_files(agent, bench, tmp
             for m in formats.load_infstreams_metadata(bench.infstreams_metadata)]
     assert len(chunks) == sum(e - start for e in ends)
     assert all(set(c["items"][0]) == {"response", "start_time", "end_time"} for c in chunks)
+    assert all("/" not in c["video"] and c["chunk_end"] > c["chunk_start"] for c in chunks)  # official shard lines
     merged = _lines(inf / "merged.jsonl")
     assert [len(m["items"]) for m in merged] == [e - start for e in ends] and merged[0]["chunk_start"] == start
     assert all("/" not in m["video"] for m in merged)  # basename keys, as merge_result.py writes them

@@ -106,9 +106,9 @@ class Session:
         self.adapter = agent.adapter
         self.long_term = None
         if config.memory.long_term or memory_dir is not None:
-            from memory.longterm import LongTerm
+            from vstream.memory_wiring import open_long_term
 
-            self.long_term = LongTerm.create(self.adapter, config.memory, memory_dir, load_existing=load_existing)
+            self.long_term = open_long_term(self.adapter, config.memory, memory_dir, load_existing=load_existing)
         ocr = self.long_term.ocr if (self.long_term is not None and config.memory.ocr) else None
         self.engine = Engine(self.adapter, config, self.long_term, ocr=ocr)
         self.engine.start(previous_text)

@@ -11,7 +11,6 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import cv2
@@ -21,6 +20,7 @@ import torch
 from memory.index import pool_layers
 from memory.manager import MemoryManager, Snapshot, fill_cache
 from memory.segment import SINK, TEXT, VISION, Segment
+from memory.types import Retrieved  # the long-term store's result type, re-exported here
 from vstream.config import AgentConfig
 from vstream.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
@@ -28,15 +28,6 @@ from vstream.frames import resize_max_side
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Retrieved:
-    """A long-term entry brought back for a question."""
-
-    segment: Segment
-    score: float
-    entry_id: int
 
 
 class LongTermMemory(Protocol):

@@ -18,8 +18,9 @@ from typing import Any, Iterable, Mapping
 
 
 def sb_time_s(time_stamp: str) -> int:
-    """StreamingBench "HH:MM:SS" -> whole seconds, as the official scripts compute it."""
-    return sum(int(x) * 60 ** i for i, x in enumerate(reversed(str(time_stamp).split(":"))))
+    """StreamingBench "HH:MM:SS" -> whole seconds, as the official scripts compute it (a fractional
+    second, on which they would crash, is dropped)."""
+    return sum(int(float(x)) * 60 ** i for i, x in enumerate(reversed(str(time_stamp).split(":"))))
 
 
 def sb_mcq_letter(reply: Any) -> str | None:

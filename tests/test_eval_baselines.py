@@ -1,6 +1,8 @@
 """The simple baselines: last-N-frames presets and uniform offline sampling over everything seen."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,16 @@ def test_uniform_agent_refuses_a_config_that_would_evict(agent):
     small = Agent(agent.adapter, agent.config.replace(**{"memory.window_chunks": 2}))
     with pytest.raises(ValueError, match="window_chunks >= 4"):
         UniformAgent(small, 4)
+
+
+def test_cli_runs_a_benchmark_with_the_uniform_preset(tmp_path, capsys):
+    from eval.synthetic import make_bench
+    from vstream.cli import main
+
+    bench = make_bench(tmp_path / "b", videos=1, duration_s=10, fps=2, size=(64, 48))
+    rc = main(["eval", "ovobench", str(bench.ovobench), "--out", str(tmp_path / "o"), "--model", "tiny-smolvlm",
+               "--device", "cpu", "--config", "uniform-16", "--limit", "3", "--max-new-tokens", "2", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert "OVO-Bench overall (official protocol)" in capsys.readouterr().out
+    preds = [json.loads(x) for x in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and all(p["tokens"] <= 2 for p in preds)

@@ -290,3 +290,18 @@ def test_infstreams_interop_both_ways(tmp_path):
         (0, {"A": 2, "B": 0}), (1, {"A": 0, "B": 2}), (1, {"A": 1, "B": 1}), (2, {"A": 1, "B": 1})]) + "\n")
     g = score_files("infstreams", [str(theirs)])["global"]  # (g, 1, 2) twice: the last is kept
     assert g == {"A": 4, "B": 2, "win_rate_A": 0.6667, "win_rate_B": 0.3333}
+
+
+def test_cli_score_prints_and_writes_the_official_numbers(tmp_path, capsys):
+    from vstream.cli import main
+
+    d = tmp_path / "M"
+    d.mkdir()
+    _write(d / "r.json", {"backward": [{"id": 0, "task": "EPM", "response": "B", "ground_truth": "B"}],
+                          "realtime": [{"id": 1, "task": "OCR", "response": "C", "ground_truth": "D"}],
+                          "forward": [{"id": 2, "task": "CRR", "test_info": [{"realtime": 1, "type": 1,
+                                                                               "response": "Yes"}]}]})
+    assert main(["eval", "score", "ovobench", str(d), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "overall: 66.67" in out  # (100 + 0 + 100) / 3
+    assert json.loads((tmp_path / "o" / "score.json").read_text())["categories"]["realtime"] == 0.0

@@ -142,6 +142,22 @@ def test_streamingbench_interrupted_then_resumed_equals_uninterrupted(agent, ben
     assert {k: v for k, v in again.items() if k != "model"} == {k: v for k, v in full.items() if k != "model"}
 
 
+def test_streamingbench_official_interrupted_then_resumed_equals_uninterrupted(agent, bench, tmp_path):
+    """Official protocol: proactive items on their own streams, sequential-QA contexts in the prompts."""
+    run = dict(show_progress=False, videos=VIDEO, protocol="official")
+    full = run_streamingbench(agent, str(bench.streamingbench), str(tmp_path / "a"), **run)
+    ref = {r["qid"]: r for r in _lines(tmp_path / "a" / "predictions.jsonl")}
+    with pytest.raises(Interrupted):
+        run_streamingbench(SpyAgent(agent, fail_after_asks=2), str(bench.streamingbench), str(tmp_path / "b"), **run)
+    again = run_streamingbench(SpyAgent(agent), str(bench.streamingbench), str(tmp_path / "b"), resume=True, **run)
+    got = {r["qid"]: r for r in _lines(tmp_path / "b" / "predictions.jsonl")}
+    assert got.keys() == ref.keys()
+    for qid, r in ref.items():
+        assert {k: got[qid].get(k) for k in ("prompt", "reply", "correct", "dialog")} == \
+               {k: r.get(k) for k in ("prompt", "reply", "correct", "dialog")}, qid
+    assert again["official"] == full["official"]
+
+
 def test_jsonl_log_cuts_a_partial_last_line(tmp_path):
     p = tmp_path / "log.jsonl"
     p.write_text('{"qid": "a", "v": 1}\n{"qid": "b", "v": 2}\n{"qid": "c", "v"')

@@ -280,6 +280,9 @@ def run_eval(args: argparse.Namespace) -> int:
         return _done(args.out, f"Inf-Streams win rate vs {s['other']} ({args.protocol} protocol): "
                                f"{_pct(s['win_rate'])} ({s['windows']} windows, {s['invalid']} invalid judge replies)")
     mnt = args.max_new_tokens
+    cs = getattr(args, "context_seconds", None)
+    if cs is not None and cs <= 0:
+        raise ValueError(f"--context-seconds must be > 0, got {cs:g}; e.g. --context-seconds 60")
     preflight(args)
     if cmd == "streamingbench":
         from eval.streamingbench import run_streamingbench

@@ -46,7 +46,7 @@ def context_changes(agent: Any, context_seconds: float | None, watch_kwargs: dic
     no long-term memory. None = the whole stream (vstream's memory as configured)."""
     if not context_seconds:
         return {}
-    if context_seconds < 0:
+    if context_seconds <= 0:
         raise ValueError(f"--context-seconds must be > 0, got {context_seconds}")
     cs = chunk_seconds_of(agent, watch_kwargs)
     return {"memory.window_chunks": max(1, math.ceil(context_seconds / cs - 1e-9)), "memory.long_term": False}
@@ -74,10 +74,11 @@ def _query(q: SBQuestion, done: bool, protocol: str, context: str, max_new_token
            proactive_tokens: int) -> Query:
     if q.kind == "proactive":
         if protocol == "official":
-            poll = prompts.SB_PROACTIVE_TEMPLATE.format(prompts.SB_PROACTIVE_QUERY.format(q.question, q.gt_output))
+            query = prompts.SB_PROACTIVE_QUERY.format(q.question, q.gt_output)
             return Query(q.qid, official.sb_time_s(q.time_stamp) + 1, prompts.SB_PROACTIVE_TEMPLATE.format(q.question),
                          kind="proactive", max_new_tokens=proactive_tokens, max_poll_tokens=max_new_tokens,
-                         poll_end_s=(q.gt_time_s or 0.0) + PROACTIVE_EXTRA_S, poll_prompt=poll, done=done)
+                         poll_end_s=(q.gt_time_s or 0.0) + PROACTIVE_EXTRA_S, probe_text=query,
+                         poll_prompt=prompts.SB_PROACTIVE_TEMPLATE.format(query), done=done)
         probe = prompts.proactive_probe_text(q.question, q.gt_output)
         return Query(q.qid, q.time_s, q.question, kind="proactive", max_new_tokens=proactive_tokens,
                      poll_end_s=(q.gt_time_s or q.time_s) + PROACTIVE_EXTRA_S, probe_text=probe,

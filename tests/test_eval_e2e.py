@@ -214,3 +214,15 @@ def test_efficiency_report_from_bench_json(tmp_path):
         assert im.size[0] > 1000 and im.size[1] > 400
     with pytest.raises(ValueError, match="bench result not found"):
         render_report([tmp_path / "nope.json"], tmp_path / "r2")
+
+
+def test_context_seconds_reaches_the_session_and_the_summary(agent, bench, tmp_path):
+    from eval.streamingbench import run_streamingbench
+
+    spy = SpyAgent(agent)
+    s = run_streamingbench(spy, str(bench.streamingbench), str(tmp_path), context_seconds=4, limit=3,
+                           max_new_tokens=2, show_progress=False)
+    mem = spy.sessions[0]._inner.config.memory
+    assert (mem.window_chunks, mem.long_term) == (4, False) and agent.config.memory.long_term
+    assert s["context_seconds"] == 4 and s["context"].startswith("last 4 s before the question")
+    assert "context: last 4 s" in (tmp_path / "summary.md").read_text()

@@ -11,7 +11,6 @@ vstream's own runs write these formats too, so the same command rescores them.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -224,6 +223,3 @@ def write_outputs(summary: dict[str, Any], out_dir: str | os.PathLike) -> Path:
     (out / "score.txt").write_text(render(summary) + "\n", encoding="utf-8")
     return out / "score.json"
 
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False)

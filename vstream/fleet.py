@@ -310,15 +310,7 @@ class Fleet:
             s.first_chunk_seen = True
             s.state = UP
             self._emit("up", s)
-        mc = s.config.memory
-        if s.long_term is not None and (mc.max_disk_bytes or mc.max_age_s):
-            from memory.retention import enforce
-
-            try:
-                s.retention_deleted += len(enforce(s.long_term.store, s.long_term.index, max_disk_bytes=mc.max_disk_bytes,
-                                                   max_age_s=mc.max_age_s, now_s=s.engine.memory.stream_time_s))
-            except Exception as e:
-                logger.error("stream %s: retention failed: %s", s.id, one_line(e))
+        s.enforce_retention()
         if s.notifier.conditions:
             self._check_alerts(s, ch.end_s)
 

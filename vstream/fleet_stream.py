@@ -266,4 +266,19 @@ class FleetStream:
             with self.write_lock:
                 if self.long_term.persistent:
                     self.long_term.flush([s for s in self.engine.memory.live if s.kind == "vision"])
+                    self.enforce_retention()  # the window's chunks just went to disk too
                 self.long_term.close()
+
+    def enforce_retention(self) -> None:
+        """Apply memory.max_disk_bytes / max_age_s to this stream's long-term store (oldest first)."""
+        mc = self.config.memory
+        if self.long_term is None or not (mc.max_disk_bytes or mc.max_age_s):
+            return
+        from memory.retention import enforce
+
+        try:
+            self.retention_deleted += len(enforce(self.long_term.store, self.long_term.index,
+                                                  max_disk_bytes=mc.max_disk_bytes, max_age_s=mc.max_age_s,
+                                                  now_s=self.engine.memory.stream_time_s))
+        except Exception as e:  # retention must not stop perception; the cap is retried after the next chunk
+            logger.error("stream %s: retention failed: %s", self.id, one_line(e))

@@ -1,7 +1,8 @@
 """Batched perception equals each stream run alone through the single-stream engine (per family, fp32).
 
 Three streams with different context lengths (one has extra text, one has more chunks, one has frames of
-another size), a 2-chunk window so chunks are evicted into long-term memory, then questions that retrieve
+another size), both attention paths (ragged: per-row attention registered with transformers; padded: a
+4-D mask over left-padded caches), a 2-chunk window so chunks are evicted into long-term memory, then questions that retrieve
 from it. The reference is every stream ingested alone with ``Engine.ingest``, whose equivalence to HF's
 full forward is proven in test_engine_equivalence.py.
 """
@@ -38,7 +39,7 @@ def _streams():
     return [(a[:2], None, a[2:]), ([], "an earlier remark about the scene", b), (c[:1], None, c[1:])]
 
 
-def _run(adapter, batched: bool) -> tuple[list[Engine], list[int]]:
+def _run(adapter, batched: bool, ragged: bool | None = None) -> tuple[list[Engine], list[int]]:
     engines = []
     plans = _streams()
     for pre, text, _ in plans:
@@ -53,19 +54,21 @@ def _run(adapter, batched: bool) -> tuple[list[Engine], list[int]]:
     while any(rest):
         live = [i for i in range(len(rest)) if rest[i]]
         if batched:
-            perceive_batch([engines[i] for i in live], [rest[i].pop(0) for i in live])
+            perceive_batch([engines[i] for i in live], [rest[i].pop(0) for i in live], ragged=ragged)
         else:
             for i in live:
                 engines[i].ingest(rest[i].pop(0))
     return engines, first
 
 
+@pytest.mark.parametrize("ragged", [True, False], ids=["ragged", "padded"])
 @pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"])
-def test_batched_perception_equals_each_stream_alone(name):
+def test_batched_perception_equals_each_stream_alone(name, ragged):
     torch.manual_seed(0)
     adapter = tiny_adapter(name)
+    adapter.language_model().config._attn_implementation = "sdpa"  # the reference runs on plain SDPA
     alone, lengths = _run(adapter, batched=False)
-    together, _ = _run(adapter, batched=True)
+    together, _ = _run(adapter, batched=True, ragged=ragged)
     assert len(set(lengths)) == 3, "the three streams must enter the first batch with different context lengths"
     for ea, eb in zip(alone, together):
         ma, mb = ea.memory, eb.memory

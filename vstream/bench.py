@@ -213,6 +213,9 @@ def add_parser(sub) -> None:
     r.add_argument("--device", default="auto")
     r.add_argument("--out", default="bench_out")
     r.set_defaults(func=_cli_realtime)
+    from vstream.bench_fleet import add_parser as add_fleet_parser
+
+    add_fleet_parser(bs)
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -157,23 +157,26 @@ class Engine:
         return self._commit_chunk(chunk, tokens, start, key_summary, t0)
 
     @_on_stream("perception")
-    def ingest_prefilled(self, chunk, tokens, start: int, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
-                         key_summary: torch.Tensor | None, t0: float | None = None) -> ChunkReport:
-        """Commit a chunk whose K/V were computed elsewhere (a batched prefill over several streams).
+    def ingest_prefilled(self, chunk, tokens, start: int, cache_keys: Sequence[torch.Tensor],
+                         cache_values: Sequence[torch.Tensor], key_summary: torch.Tensor | None,
+                         t0: float | None = None) -> ChunkReport:
+        """Commit a chunk prefilled elsewhere (a batched prefill over several streams, vstream.batching).
 
         ``tokens`` is the chunk's ``Tokens``; ``start`` must be this memory's next position (the prefill ran
-        there); ``keys``/``values`` per layer [1, H_kv, S, D] post-RoPE at ``start + rel_pos``; ``key_summary``
-        [L, H_kv * D] fp32. From here on it is ``ingest``: the same segment, evictions and long-term store.
+        there); ``cache_keys``/``cache_values`` per layer [1, H_kv, N + S, D]: this engine's cache (N tokens)
+        followed by the chunk's K/V post-RoPE at ``start + rel_pos`` — the cache a prefill would leave (new
+        tensors: snapshots keep the old ones). ``key_summary`` [L, H_kv * D] fp32. From here on it is
+        ``ingest``: the same segment, evictions and long-term store.
         """
         self._require_started()
         mm = self.memory
         if start != mm.next_pos:
             raise RuntimeError(f"chunk was prefilled at position {start} but the memory is at {mm.next_pos}; "
                                f"prefill against this engine's current cache")
-        if len(keys) != self.adapter.num_layers or int(keys[0].shape[-2]) != tokens.n_tokens:
-            raise RuntimeError("prefilled K/V do not match the model's layers or the chunk's tokens")
-        for li, (k, v) in enumerate(zip(keys, values)):
-            mm.cache.update(k, v, li)  # concatenates into new tensors, as a prefill does
+        if len(cache_keys) != self.adapter.num_layers or \
+                int(cache_keys[0].shape[-2]) != mm.context_tokens + tokens.n_tokens:
+            raise RuntimeError("prefilled K/V do not match the model's layers or this cache plus the chunk")
+        mm.cache = fill_cache(self.adapter.new_cache(), cache_keys, cache_values)
         return self._commit_chunk(chunk, tokens, start, key_summary, time.perf_counter() if t0 is None else t0)
 
     def _commit_chunk(self, chunk, tokens, start: int, key_summary: torch.Tensor | None, t0: float) -> ChunkReport:

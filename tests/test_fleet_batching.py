@@ -100,3 +100,36 @@ def test_batch_mask_by_hand():
                       [1, 1, 1, 1, 1, 0],
                       [1, 1, 1, 1, 1, 1]])
     assert (m[0] == want0).all() and (m[1] == want1).all()
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"])
+def test_fleet_memories_equal_sessions_on_the_same_sources(name):
+    """End to end: a Fleet over three synthetic streams leaves each stream's memory as a Session on that
+    stream alone does (readers, chunking, batching, evictions)."""
+    from vstream.api import Agent
+    from vstream.fleet import Fleet
+    from vstream.sources import SyntheticSource
+
+    adapter = tiny_adapter(name)
+    adapter.language_model().config._attn_implementation = "sdpa"
+    agent = Agent(adapter, from_name("tiny").replace(**{"memory.window_chunks": 2}))
+
+    def src(i):
+        return SyntheticSource(seed=i, duration_s=3 + i, fps=4, size=(40 + 8 * i, 32))
+
+    alone = []
+    for i in range(3):
+        with agent.watch(src(i), background=False) as s:
+            s.run_to_end()
+            alone.append(([l.keys for l in s.engine.memory.cache.layers], s.engine.memory.chunks_ingested))
+    with Fleet(agent) as fleet:
+        for i in range(3):
+            fleet.add(f"s{i}", src(i))
+        for i in range(3):
+            assert fleet.stream(f"s{i}").wait_chunks(3 + i, timeout=60)
+        assert fleet.stats()["total"]["mean_batch"] > 1
+        for i, (keys, n) in enumerate(alone):
+            mm = fleet.stream(f"s{i}").engine.memory
+            assert mm.chunks_ingested == n == 3 + i
+            for k, layer in zip(keys, mm.cache.layers):
+                assert k.shape == layer.keys.shape and (k - layer.keys).abs().max().item() <= TOL

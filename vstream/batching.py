@@ -247,18 +247,28 @@ def perceive_batch(engines: Sequence, chunks: Sequence, max_batch: int | None = 
         ragged = use_ragged(adapter)
     elif ragged and not use_ragged(adapter):
         raise ValueError(f"ragged batching needs SDPA attention; {adapter.name} uses another implementation")
-    prefill = prefill_ragged if ragged else prefill_batch
     step = max_batch or len(engines)
     reports: list[ChunkReport] = []
     for lo in range(0, len(engines), step):
         es, cs = engines[lo:lo + step], chunks[lo:lo + step]
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            tokens = adapter.embed_chunks([(c.marker, c.frames) for c in cs])
-            starts = [e.memory.next_pos for e in es]
-            rows = prefill(adapter, [e.memory.cache for e in es], tokens, starts)
-        if adapter.device.type == "cuda":
-            torch.cuda.synchronize(adapter.device)  # engines commit on their own CUDA streams
-        for e, c, t, st, r in zip(es, cs, tokens, starts, rows):
+        for e, c, (t, st, r) in zip(es, cs, compute_batch(es, cs, ragged)):
             reports.append(e.ingest_prefilled(c, t, st, r.keys, r.values, r.key_summary, t0=t0))
     return reports
+
+
+def compute_batch(engines: Sequence, chunks: Sequence, ragged: bool) -> list[tuple[Tokens, int, Prefilled]]:
+    """The model work of one batched step, nothing committed: per engine (tokens, start, prefilled row).
+
+    The caller commits each row with ``engine.ingest_prefilled(chunk, tokens, start, row.keys, row.values,
+    row.key_summary)``; a failure here leaves every memory as it was.
+    """
+    adapter = engines[0].adapter
+    prefill = prefill_ragged if ragged else prefill_batch
+    with torch.inference_mode():
+        tokens = adapter.embed_chunks([(c.marker, c.frames) for c in chunks])
+        starts = [e.memory.next_pos for e in engines]
+        rows = prefill(adapter, [e.memory.cache for e in engines], tokens, starts)
+    if adapter.device.type == "cuda":
+        torch.cuda.synchronize(adapter.device)  # engines commit on their own CUDA streams
+    return list(zip(tokens, starts, rows))

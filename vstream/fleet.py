@@ -9,7 +9,7 @@
 Threads: one reader per stream (source -> sampler -> chunker -> bounded queue; a stalled or failing
 source blocks only its own reader), one perception thread for the fleet (round-robin over the streams
 with a ready chunk, one chunk per stream per step, all of them ingested together by
-``vstream.batching.perceive_batch``), and one responder per stream (answers on memory snapshots, as in a
+``vstream.batching``), and one responder per stream (answers on memory snapshots, as in a
 Session). Events (alerts, stream up / down / gap) go to ``vstream.events.EventLog`` and the webhook.
 """
 from __future__ import annotations
@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import psutil
 
 from vstream.config import AgentConfig
 from vstream.events import EventLog, Webhook
 from vstream.fleet_stream import DOWN, STALLED, UP, FleetStream, one_line
-from vstream.types import Alert, Answer, Evidence
+from vstream.types import Answer, Evidence
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +74,9 @@ class Fleet:
         self.batched_chunks = 0
         self._t0 = time.monotonic()
         self.adapter._install_projection_hooks()
+        from vstream.batching import use_ragged
+
+        self._ragged = use_ragged(self.adapter)  # per-row attention; False: padded batches (non-SDPA models)
         self._thread = threading.Thread(target=self._loop, name="vstream-fleet-perception", daemon=True)
         self._thread.start()
 
@@ -268,7 +270,7 @@ class Fleet:
         return picked
 
     def _perceive(self, picked: list[tuple[FleetStream, Any]]) -> None:
-        from vstream.batching import perceive_batch
+        from vstream.batching import compute_batch
 
         groups: dict[float, list[tuple[FleetStream, Any]]] = {}
         for s, ch in picked:  # temporal positions (Qwen2.5-VL) depend on the sampling rate: one rate per batch
@@ -282,20 +284,26 @@ class Fleet:
                 for s, _ in items:
                     s.apply_pending_text()
                 self.adapter.configure_sampling(fps)
+                t0 = time.perf_counter()
+                done = []
                 try:
-                    reports = perceive_batch([s.engine for s, _ in items], [ch for _, ch in items])
-                    done = list(zip(items, reports))
-                except Exception as e:  # find the culprit: ingest one by one
+                    rows = compute_batch([s.engine for s, _ in items], [ch for _, ch in items], self._ragged)
+                except Exception as e:  # nothing was committed: find the culprit by ingesting one by one
                     logger.warning("batched perception failed (%s); ingesting the %d chunks one by one",
                                    one_line(e), len(items))
-                    done = []
-                    for s, ch in items:
-                        try:
-                            done.append(((s, ch), s.engine.ingest(ch)))
-                        except Exception as e1:
-                            s.error = f"perception failed: {one_line(e1)}"
-                            logger.exception("stream %s: perception failed", s.id)
-                            self._down(s)
+                    rows = None
+                for k, (s, ch) in enumerate(items):
+                    try:
+                        if rows is None:
+                            rep = s.engine.ingest(ch)
+                        else:
+                            t, st, r = rows[k]
+                            rep = s.engine.ingest_prefilled(ch, t, st, r.keys, r.values, r.key_summary, t0=t0)
+                        done.append(((s, ch), rep))
+                    except Exception as e1:  # this stream's memory is broken; the others go on
+                        s.error = f"perception failed: {one_line(e1)}"
+                        logger.exception("stream %s: perception failed", s.id)
+                        self._down(s)
                 self.batches += 1
                 self.batched_chunks += len(done)
                 for (s, ch), rep in done:

@@ -176,6 +176,8 @@ class FleetStream:
                   on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the stream")
+        if not self._pending_text.empty():  # earlier turns enter the text window before this snapshot
+            self.apply_pending_text()
         q = Query(question=question, snapshot=self.engine.snapshot(), future=Future(), max_new_tokens=max_new_tokens,
                   on_piece=on_piece, history=history, cancel=cancel if cancel is not None else threading.Event())
         return self.responder.submit(q)

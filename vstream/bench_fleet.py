@@ -50,8 +50,8 @@ def _run_batched(agent, n: int, chunks: int, size: int, max_batch: int) -> dict[
     with Fleet(agent, max_batch=max_batch) as fleet:
         for i in range(n):
             fleet.add(f"s{i}", _source(i, chunks, size), realtime=False)
-        while fleet.stats()["total"]["streams_down"] < n:
-            time.sleep(0.01)
+        for i in range(n):  # waits on each stream's condition (no polling that would take CPU from perception)
+            fleet.stream(f"s{i}").wait_chunks(chunks)
         wall = time.perf_counter() - t0
         st = fleet.stats()
         lat = [r.latency_s for sid in fleet.streams for r in fleet.stream(sid).reports]

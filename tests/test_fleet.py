@@ -137,7 +137,7 @@ def test_realtime_stream_drops_oldest_chunks_when_perception_is_behind():
         s = fleet.add("cam", SyntheticSource(seed=1, duration_s=float("inf"), fps=4, size=(32, 32)), realtime=True,
                       config={"sampler.max_backlog_chunks": 1})
         assert s.wait_chunks(1, timeout=30)
-        with s.write_lock:  # perception cannot write this stream for 4 s of a 1-chunk-a-second source
+        with s.engine.write_lock:  # perception cannot write this stream for 4 s of a 1-chunk-a-second source
             time.sleep(4.0)
         assert s.wait_chunks(s.engine.memory.chunks_ingested + 1, timeout=30)
         st = fleet.stats()["streams"]["cam"]

@@ -18,7 +18,6 @@ RSS growth divided by N). Each (N, mode) runs ``repeats`` times, the modes alter
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import psutil
 
-from vstream.bench import environment
+from vstream.bench.common import environment, new_figure, save_png, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +135,8 @@ def bench_fleet(streams: Sequence[int] = DEFAULT_STREAMS, model: str = "small-ll
 
 
 def plot_fleet(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    """Aggregate chunks/s and per-chunk latency against the stream count, batched and separate."""
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(12, 4.5))
     for mode, style in (("batched", "o-"), ("separate", "s--")):
         rs = [r for r in result["rows"] if r["mode"] == mode]
         ns = [r["streams"] for r in rs]
@@ -155,33 +150,14 @@ def plot_fleet(result: dict[str, Any], path: Path) -> None:
     ax1.set_ylabel("aggregate chunks / s")
     ax1.set_title(f"{result['model']} ({result['env']['device']})")
     ax2.set_ylabel("per-chunk latency (s)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
-def add_parser(bs) -> None:
-    """Register ``vstream bench fleet`` on the bench subparsers."""
-    f = bs.add_parser("fleet", help="many streams: batched Fleet vs separate sessions (chunks/s, latency, memory)")
-    f.add_argument("--streams", default=",".join(map(str, DEFAULT_STREAMS)), help="stream counts, e.g. 1,2,4,8,16")
-    f.add_argument("--model", default="small-llava-onevision")
-    f.add_argument("--chunks", type=int, default=24, help="chunks per stream")
-    f.add_argument("--window", type=int, default=8)
-    f.add_argument("--size", type=int, default=64, help="synthetic frame side in pixels")
-    f.add_argument("--max-batch", type=int, default=16)
-    f.add_argument("--device", default="auto")
-    f.add_argument("--repeats", type=int, default=3, help="runs per stream count and mode (median reported)")
-    f.add_argument("--out", default="bench_out")
-    f.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    res = bench_fleet(tuple(int(s) for s in args.streams.split(",") if s), args.model, args.chunks, args.window,
+def run(args) -> dict[str, Any]:
+    """``vstream bench fleet``: run, write fleet.json and fleet.png under ``--out``; returns what to print."""
+    res = bench_fleet(tuple(int(x) for x in args.streams.split(",") if x), args.model, args.chunks, args.window,
                       args.size, args.max_batch, args.device, args.repeats)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fleet.json").write_text(json.dumps(res, indent=1))
+    p = write_json(res, out, "fleet")
     plot_fleet(res, out / "fleet.png")
-    print(json.dumps({"json": str(out / "fleet.json"), "png": str(out / "fleet.png"), "summary": res["summary"]},
-                     indent=1))
-    return 0
+    return {"json": str(p), "png": str(out / "fleet.png"), "summary": res["summary"]}

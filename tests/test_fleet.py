@@ -143,3 +143,17 @@ def test_realtime_stream_drops_oldest_chunks_when_perception_is_behind():
         st = fleet.stats()["streams"]["cam"]
         assert st["chunks_dropped"] >= 1 and st["frames_dropped"] >= 2 * st["chunks_dropped"]
         assert fleet.stats()["total"]["chunks_dropped"] == st["chunks_dropped"]
+
+
+def test_add_rejects_bad_input_and_leaves_nothing_running():
+    with Fleet(_agent()) as fleet:
+        with pytest.raises(ValueError, match="stream_id"):
+            fleet.add("", "synthetic")
+        with pytest.raises(ValueError, match="threshold"):
+            fleet.add("cam", SyntheticSource(seed=0, duration_s=2, fps=4, size=(32, 32)),
+                      notify=[{"text": "a door opens", "threshold": 2.0}])
+        with pytest.raises(ValueError, match="nonsense"):
+            fleet.add("cam", "synthetic:nonsense=1")
+        assert fleet.streams == []
+        fleet.add("cam", SyntheticSource(seed=0, duration_s=2, fps=4, size=(32, 32)))  # the id is free again
+        assert fleet.stream("cam").wait_chunks(2, timeout=30)

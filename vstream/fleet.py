@@ -123,19 +123,24 @@ class Fleet:
             if hasattr(src, "close"):
                 src.close()
             raise
-        with self._lock:
-            if on_event is not None:
-                self._callbacks.setdefault(stream_id, []).append(on_event)
         try:
             s = FleetStream(stream_id, src, eng, cfg, lt)  # its reader starts reading now
         except BaseException:
             if lt is not None:
                 lt.close()
             raise
-        for text, threshold, cooldown in conds:
-            self._add_condition(s, text, threshold, cooldown)
-        with self._lock:
-            self._streams[stream_id] = s
+        try:
+            for text, threshold, cooldown in conds:  # a bad threshold or cool-down raises ValueError here
+                self._add_condition(s, text, threshold, cooldown)
+            with self._lock:
+                if stream_id in self._streams or self._stop.is_set():
+                    raise ValueError(f"stream {stream_id!r} already exists (added meanwhile) or the fleet closed")
+                self._streams[stream_id] = s
+                if on_event is not None:
+                    self._callbacks.setdefault(stream_id, []).append(on_event)
+        except BaseException:
+            s.close(s.config.responder.close_timeout_s)
+            raise
         logger.info("fleet: stream %s added (%s)", stream_id, src)
         return s
 

@@ -63,7 +63,8 @@ class MemoryConfig:
         if not 0 < self.query_layers <= 1:
             raise ValueError(f"query_layers must be in (0, 1], got {self.query_layers}")
         if not isinstance(self.max_disk_bytes, int) or self.max_disk_bytes < 0:
-            raise ValueError(f"max_disk_bytes must be a whole number of bytes >= 0 (0 = no cap), got {self.max_disk_bytes!r}")
+            raise ValueError(f"max_disk_bytes must be a whole number of bytes >= 0 (0 = no cap), "
+                             f"got {self.max_disk_bytes!r}")
         if not self.max_age_s >= 0:
             raise ValueError(f"max_age_s must be >= 0 seconds (0 = keep forever), got {self.max_age_s!r}")
 

@@ -92,8 +92,24 @@ def cmd_watch(args) -> int:
     return 0
 
 
+def _recorded_model(memory_dir: str) -> str | None:
+    """The model a memory directory was written by (its config.json), or None when unreadable."""
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(memory_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
 def cmd_ask(args) -> int:
     em = Emitter(args.json)
+    if args.model is None:  # the model that wrote the memory (its entries only make sense for it)
+        args.model = _recorded_model(args.memory_dir)
+        if args.model is not None:
+            logger.info("using the model recorded in %s: %s", args.memory_dir, args.model)
     if args.retriever is None:  # the retrievers the memory was indexed with (no rebuild), else both
         from memory.index import MemoryIndex
 

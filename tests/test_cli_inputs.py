@@ -183,3 +183,22 @@ def test_sigterm_flushes_the_window_like_sigint(tmp_path, sig):
     # every chunk up to the kill is there: the evicted ones and the 4 still in the window
     assert len(starts) >= stored_at_kill + 4, (stored_at_kill, starts)
     assert starts == [float(i) for i in range(len(starts))]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--chunks", "4", "--window", "16"], "--chunks 4 is not above --window 16"),
+    (["--chunks", "16", "--window", "16"], "--chunks 16 is not above --window 16"),
+    (["--chunks", "40", "--window", "16", "--recompute-chunks", "8"], "--recompute-chunks 8 is not above"),
+])
+def test_bench_ingest_with_too_few_chunks_is_a_clear_error(capsys, no_model, tmp_path, argv, needle):
+    code, out, err = _run(capsys, "bench", "ingest", "--model", "tiny-smolvlm", "--out", str(tmp_path), *argv)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bench_ingest_just_above_the_window_works(capsys, tmp_path):
+    code, out, err = _run(capsys, "bench", "ingest", "--model", "tiny-smolvlm", "--chunks", "3", "--window", "2",
+                          "--recompute-chunks", "3", "--modes", "engine,recompute", "--size", "32",
+                          "--out", str(tmp_path))
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    assert summary["recompute_over_engine"] > 0

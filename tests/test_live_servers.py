@@ -223,3 +223,52 @@ def test_http_404_and_html_are_not_retried(http_dir, caplog):
             open_source(f"{base}/page.html", backoff_s=5.0, sleep=sleeps.append)
     assert sleeps == []
     assert not [r for r in caplog.records if "retry" in r.getMessage()]
+
+
+@needs_ffmpeg
+def test_watch_reports_the_gap_of_a_dropped_http_stream(ts_clip):
+    """`vstream watch URL --realtime --json`: the drop is reconnected, the later question is answered at its
+    time (not at the drop), and the gap shows in a {"type": "gap"} line and in the stats line."""
+    import json
+    import os
+    import sys
+
+    from conftest import REPO
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    # -v info: ffmpeg says "Output #0" once a client has connected (it serves one client, then exits)
+    server = subprocess.Popen([FFMPEG, "-v", "info", "-nostats", "-re", "-stream_loop", "-1", "-i", str(ts_clip),
+                               "-c", "copy", "-f", "mpegts", "-listen", "1", url],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # let ffmpeg bind (a probe connection would be its one client)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "vstream", "watch", url, "--realtime", "--json", "--model",
+                             "tiny-smolvlm", "--max-new-tokens", "2", "--ask", "1:a", "--ask", "6:b"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    restarted = None
+    try:
+        for line in server.stderr:  # the source connects while vstream starts (before the model loads)
+            if line.startswith("Output #0"):
+                break
+        time.sleep(1.5)  # ~1.5 s of stream sent, then the server drops ...
+        stop(server)
+        restarted = _restart_later(ts_clip, port, delay_s=1.0)  # ... and comes back a second later
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        stop(server)
+        if restarted is not None:
+            _stop_thread_proc(restarted)
+    assert proc.returncode == 0, err
+    lines = [json.loads(l) for l in out.splitlines() if l.strip()]
+    answers = [l for l in lines if l["type"] == "answer"]
+    assert [a["question"] for a in answers] == ["a", "b"] and answers[1]["t"] >= 6.0  # at its time, not the drop
+    gaps = [l for l in lines if l["type"] == "gap"]
+    stats = [l for l in lines if l["type"] == "stats"][0]
+    assert gaps and stats["reconnects"] >= 1 and stats["gaps"] == [{k: g[k] for k in ("at_s", "duration_s", "reason")}
+                                                                   for g in gaps]
+    g = stats["gaps"][0]
+    assert 0.5 <= g["at_s"] < 6.0 and g["duration_s"] > 0 and g["reason"]

@@ -117,6 +117,14 @@ def cmd_watch(args) -> int:
     _check_config(args)
     check_model_name(args.model)
     source = open_source(args.source)
+    if args.memory_dir:
+        from vstream.memory_source import check_memory_dir
+
+        try:
+            check_memory_dir(args.memory_dir, source, append=args.memory_append)
+        except BaseException:
+            source.close()
+            raise
     duration = getattr(source, "duration", None)
     for t, q in asks:
         if duration is not None and t > duration + 1e-6:
@@ -129,8 +137,9 @@ def cmd_watch(args) -> int:
         source.close()
         raise
     session = agent.watch(source, background=args.realtime, realtime=args.realtime, fps=args.fps,
-                          memory_dir=args.memory_dir, commentary=args.commentary,
+                          memory_dir=args.memory_dir, commentary=args.commentary, memory_append=args.memory_append,
                           progress=not args.json and not args.realtime and sys.stderr.isatty())
+    offset = session.time_offset_s  # appended to a memory dir: this stream's times start there
     with session:
         if args.commentary:
             session.on_commentary(lambda c: em.emit("commentary", f"[{c.start_s:.1f}-{c.end_s:.1f}s] {c.text}",
@@ -142,6 +151,7 @@ def cmd_watch(args) -> int:
                 at_s=al.at_s, condition=al.condition, probability=al.probability,
                 text=al.answer.text if al.answer else None))
         for t, q in asks:
+            t += offset
             reached = session.advance_to(t)
             if session.error:
                 break
@@ -155,8 +165,12 @@ def cmd_watch(args) -> int:
         if session.error:
             raise CLIError(session.error)
         st = session.stats()
+        for g in st["gaps"]:
+            em.emit("gap", f"[{g['at_s']:.1f}s] stream lost for {g['duration_s']:.1f}s ({g['reason']}); reconnected",
+                    **g)
         em.emit("stats", f"watched {st['stream_time_s']:.1f}s: {st['chunks']} chunks, {st['frames_kept']} frames kept, "
-                         f"{st['frames_dropped']} dropped, chunk latency p50 {st['chunk_latency_p50'] or 0:.3f}s",
+                         f"{st['frames_dropped']} dropped, chunk latency p50 {st['chunk_latency_p50'] or 0:.3f}s"
+                         + (f", {len(st['gaps'])} gap(s), {st['reconnects']} reconnect(s)" if st["gaps"] else ""),
                 **{k: v for k, v in st.items() if k != "error"})
     return 0
 
@@ -243,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--commentary", action="store_true", help="live commentary after every chunk")
     w.add_argument("--notify", action="append", default=[], metavar="TEXT", help="alert when TEXT happens")
     w.add_argument("--realtime", action="store_true", help="pace to the wall clock, drop frames when behind")
-    w.add_argument("--memory-dir", default=None, help="persist long-term memory here (crash-safe, as it goes)")
+    w.add_argument("--memory-dir", default=None, help="persist long-term memory here (crash-safe, as it goes); "
+                                                      "the same source again resumes it")
+    w.add_argument("--memory-append", action="store_true",
+                   help="the memory dir holds another video: add this one after it, its times starting where "
+                        "the stored ones end (its own time base)")
     w.add_argument("--ocr", action="store_true", help="OCR a keyframe per chunk into memory (slides, signs); "
                                                       "turns on the text retriever too (--retriever both)")
     w.set_defaults(func=cmd_watch)

@@ -3,9 +3,11 @@
 ``AppController`` holds the Agent and the one current Session and has a method per UI action
 (start_webcam, push_frame, start_url, start_upload, ask, toggle_commentary, add_alert, status, save,
 load). Bad user input raises ``ValueError`` with a one-line message; the app shows it and the
-running session is left as it was. The chat, the evidence of the latest answer and the commentary
-are kept here (with version counters) so that callbacks from the session's threads (alerts,
-commentary) and the UI's periodic refresh all see one consistent picture.
+running session is left as it was. The stream (session), its alerts and commentary are shared by every
+browser; each browser has its own ``Chat`` (``new_chat()``, kept in Gradio's per-session state): its
+questions, answers and the evidence of its latest answer. Alerts and source changes are posted into
+every chat. Chats and commentary carry version counters so that callbacks from the session's threads
+and the UI's periodic refresh all see one consistent picture.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import itertools
 import logging
 import re
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -32,6 +35,49 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Control characters (random tiny models emit them) removed before text reaches the browser.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 NO_SOURCE = "No source is running: start the webcam, a URL, an upload, or load a saved memory first."
+#: What the UI says about sharing (one stream for everyone, one chat per browser).
+SHARING_NOTE = ("The video source, its memory, the alerts and the commentary are shared by everyone using this "
+                "app; your chat and its evidence are yours alone (one per browser tab; earlier questions from any "
+                "chat are part of the model's context).")
+
+
+class Chat:
+    """One browser's chat over the shared stream: messages and the evidence of its latest answer."""
+
+    def __init__(self, limit: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._messages: list[dict] = []
+        self._limit = int(limit)
+        self.version = 0
+        self._evidence: list[tuple[Any, str]] = []
+        self.evidence_version = 0
+
+    def post(self, role: str, content: str) -> dict:
+        msg = {"role": role, "content": content}
+        with self._lock:
+            self._messages.append(msg)
+            del self._messages[:-self._limit]
+            self.version += 1
+        return msg
+
+    def edit(self, msg: dict, content: str) -> None:
+        with self._lock:
+            msg["content"] = content
+            self.version += 1
+
+    def messages(self) -> list[dict]:
+        """The chat as Gradio messages (copies)."""
+        with self._lock:
+            return [dict(m) for m in self._messages]
+
+    def set_evidence(self, items: list[tuple[Any, str]]) -> None:
+        with self._lock:
+            self._evidence = list(items)
+            self.evidence_version += 1
+
+    def evidence(self) -> list[tuple[Any, str]]:
+        with self._lock:
+            return list(self._evidence)
 
 
 def clean_text(text: str) -> str:
@@ -134,8 +180,9 @@ def latency_frame(points: list[tuple[float, float]]):
 class AppController:
     """The app's state: an Agent, the current Session, the chat, commentary and standing alerts.
 
-    One controller serves the whole app process (a single-person tool on 127.0.0.1): every browser
-    tab sees the same session. Methods are thread-safe; Gradio calls them from its worker threads.
+    One controller serves the whole app process: every browser tab sees the same session (stream,
+    alerts, commentary) and has its own ``Chat`` (``new_chat()``); methods that take ``chat=None`` use
+    the controller's default chat (one-user callers). Thread-safe; Gradio calls it from worker threads.
     """
 
     def __init__(self, agent, *, memory_root: str | Path = "vstream_memory", max_upload_mb: float = 500.0,
@@ -163,11 +210,9 @@ class AppController:
         self._generation = 0  # bumped at each session change; stale callbacks are ignored
         self._lock = threading.RLock()  # guards the session swap
         self._view = threading.Lock()  # guards chat / evidence / commentary
-        self._chat: list[dict] = []
         self._chat_limit = chat_limit
-        self.chat_version = 0
-        self._evidence: list[tuple[Any, str]] = []
-        self.evidence_version = 0
+        self._chats: weakref.WeakSet[Chat] = weakref.WeakSet()  # every live browser's chat
+        self.default_chat = self.new_chat()
         self._commentary: deque[str] = deque(maxlen=commentary_limit)
         self.commentary_version = 0
         self._alerts: dict[int, tuple[str, float | None]] = {}
@@ -185,28 +230,39 @@ class AppController:
         return f"{a.device} ({str(a.dtype).replace('torch.', '')})"
 
     # ---- chat, evidence, commentary --------------------------------------------------------------
-    def _post(self, role: str, content: str) -> dict:
-        msg = {"role": role, "content": content}
+    def new_chat(self) -> Chat:
+        """A chat for one more browser (it gets alerts and source changes from now on)."""
+        chat = Chat(self._chat_limit)
         with self._view:
-            self._chat.append(msg)
-            del self._chat[:-self._chat_limit]
-            self.chat_version += 1
-        return msg
+            self._chats.add(chat)
+        return chat
 
-    def _edit(self, msg: dict, content: str) -> None:
+    def _broadcast(self, role: str, content: str) -> None:
+        """Post into every live chat (source changes and alerts concern everyone watching)."""
         with self._view:
-            msg["content"] = content
-            self.chat_version += 1
+            chats = list(self._chats)
+        for chat in chats:
+            chat.post(role, content)
 
-    def messages(self) -> list[dict]:
+    def _chat(self, chat: Chat | None) -> Chat:
+        return self.default_chat if chat is None else chat
+
+    def messages(self, chat: Chat | None = None) -> list[dict]:
         """The chat as Gradio messages (copies)."""
-        with self._view:
-            return [dict(m) for m in self._chat]
+        return self._chat(chat).messages()
 
-    def evidence(self) -> list[tuple[Any, str]]:
-        """Gallery items of the latest answer: ``(PIL image, "12.0-13.0s (0.83)")``."""
-        with self._view:
-            return list(self._evidence)
+    def evidence(self, chat: Chat | None = None) -> list[tuple[Any, str]]:
+        """Gallery items of the chat's latest answer: ``(PIL image, "12.0-13.0s (0.83)")``."""
+        return self._chat(chat).evidence()
+
+    @property
+    def chat_version(self) -> int:
+        """The default chat's version (see ``Chat.version`` for a browser's own)."""
+        return self.default_chat.version
+
+    @property
+    def evidence_version(self) -> int:
+        return self.default_chat.evidence_version
 
     def commentary_text(self) -> str:
         """The latest commentary lines, newest last: ``"[12.0-13.0s] text"``."""
@@ -227,7 +283,7 @@ class AppController:
         text = f"◆ **Alert at {alert.at_s:.1f}s**: {clean_text(alert.condition)} (p={alert.probability:.2f})"
         if alert.answer is not None and alert.answer.text.strip():
             text += "\n\n" + clean_text(alert.answer.text).strip()
-        self._post("assistant", text)
+        self._broadcast("assistant", text)
 
     # ---- sessions -----------------------------------------------------------------------------
     def _swap(self, make_session, kind: str, label: str, push: PushSource | None = None):
@@ -250,7 +306,7 @@ class AppController:
             self.commentary_version += 1
         note = (f"▶ Opened {label} (no live source)" if kind == "memory" else
                 f"▶ Started {kind}: {label}" + (" (live commentary on)" if commentary else ""))
-        self._post("assistant", f"*{note}*")
+        self._broadcast("assistant", f"*{note}*")
         logger.info("%s", note)
         return session
 
@@ -421,60 +477,59 @@ class AppController:
         return f"Removed {n} alert(s)."
 
     # ---- questions ----------------------------------------------------------------------------
-    def ask(self, question: str, *, max_new_tokens: int | None = None,
-            piece_timeout_s: float = 120.0) -> Iterator[list[dict]]:
-        """Ask about the stream; yields the chat after the question and after each streamed piece.
+    def ask(self, question: str, *, max_new_tokens: int | None = None, piece_timeout_s: float = 120.0,
+            chat: Chat | None = None) -> Iterator[list[dict]]:
+        """Ask about the stream; yields ``chat``'s messages after the question and after each streamed piece.
 
-        The feed keeps playing meanwhile. At the end the answer carries its evidence time spans and
-        ``evidence()`` holds its thumbnails.
+        Only ``chat`` (default: the controller's own) shows the question and its answer. The feed keeps
+        playing meanwhile. At the end the answer carries its evidence time spans and ``evidence(chat)``
+        holds its thumbnails.
         """
         question = " ".join((question or "").split())
         if not question:
             raise ValueError("type a question about the stream")
+        chat = self._chat(chat)
         with self._lock:
             session = self.session
-        self._post("user", clean_text(question))
+        chat.post("user", clean_text(question))
         if session is None:
-            self._post("assistant", NO_SOURCE)
-            yield self.messages()
+            chat.post("assistant", NO_SOURCE)
+            yield chat.messages()
             return
-        msg = self._post("assistant", "▌")
-        yield self.messages()
+        msg = chat.post("assistant", "▌")
+        yield chat.messages()
         try:
             fut, pieces = stream_answer(session.ask_async, question, max_new_tokens=max_new_tokens,
                                         piece_timeout_s=piece_timeout_s)
         except (ValueError, RuntimeError) as e:
-            self._edit(msg, f"⚠ {clean_text(str(e))}")
-            yield self.messages()
+            chat.edit(msg, f"⚠ {clean_text(str(e))}")
+            yield chat.messages()
             return
         text = ""
         try:
             for p in pieces:
                 text += p
-                self._edit(msg, clean_text(text) + " ▌")
-                yield self.messages()
+                chat.edit(msg, clean_text(text) + " ▌")
+                yield chat.messages()
             ans = fut.result()
         except TimeoutError:  # decoding was cancelled with it
-            self._edit(msg, clean_text(text) + f" … (no answer within {piece_timeout_s:.0f} s)")
-            yield self.messages()
+            chat.edit(msg, clean_text(text) + f" … (no answer within {piece_timeout_s:.0f} s)")
+            yield chat.messages()
             return
         except CancelledError:
-            self._edit(msg, clean_text(text) + " … (interrupted: the session was closed)")
-            yield self.messages()
+            chat.edit(msg, clean_text(text) + " … (interrupted: the session was closed)")
+            yield chat.messages()
             return
         except Exception as e:
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            self._edit(msg, f"⚠ answering failed: {clean_text(why)}")
-            yield self.messages()
+            chat.edit(msg, f"⚠ answering failed: {clean_text(why)}")
+            yield chat.messages()
             return
         finally:
             pieces.close()  # the UI stopped reading early: stop decoding too
-        items = evidence_items(ans)
-        with self._view:
-            self._evidence = items
-            self.evidence_version += 1
-        self._edit(msg, format_answer(ans))
-        yield self.messages()
+        chat.set_evidence(evidence_items(ans))
+        chat.edit(msg, format_answer(ans))
+        yield chat.messages()
 
     # ---- status -------------------------------------------------------------------------------
     def status(self) -> dict:

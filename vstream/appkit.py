@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vstream.appchat import SHARING_NOTE, Chat
 from vstream.responder import stream_answer
 from vstream.sources import VIDEO_EXTENSIONS, PushSource, SourceError, is_url, open_source, probe
 from vstream.types import Alert, Answer, CommentaryItem
@@ -35,51 +36,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Control characters (random tiny models emit them) removed before text reaches the browser.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 NO_SOURCE = "No source is running: start the webcam, a URL, an upload, or load a saved memory first."
-#: What the UI says about sharing (one stream for everyone, one chat per browser).
-SHARING_NOTE = ("The video source, its memory, the alerts and the commentary are shared by everyone using this "
-                "app; your chat and its evidence are yours alone (one per browser tab; earlier questions from any "
-                "chat are part of the model's context).")
-
-
-class Chat:
-    """One browser's chat over the shared stream: messages and the evidence of its latest answer."""
-
-    def __init__(self, limit: int = 200) -> None:
-        self._lock = threading.Lock()
-        self._messages: list[dict] = []
-        self._limit = int(limit)
-        self.version = 0
-        self._evidence: list[tuple[Any, str]] = []
-        self.evidence_version = 0
-
-    def post(self, role: str, content: str) -> dict:
-        msg = {"role": role, "content": content}
-        with self._lock:
-            self._messages.append(msg)
-            del self._messages[:-self._limit]
-            self.version += 1
-        return msg
-
-    def edit(self, msg: dict, content: str) -> None:
-        with self._lock:
-            msg["content"] = content
-            self.version += 1
-
-    def messages(self) -> list[dict]:
-        """The chat as Gradio messages (copies)."""
-        with self._lock:
-            return [dict(m) for m in self._messages]
-
-    def set_evidence(self, items: list[tuple[Any, str]]) -> None:
-        with self._lock:
-            self._evidence = list(items)
-            self.evidence_version += 1
-
-    def evidence(self) -> list[tuple[Any, str]]:
-        with self._lock:
-            return list(self._evidence)
-
-
 def clean_text(text: str) -> str:
     """Text safe to show: control characters removed."""
     return _CONTROL_RE.sub("", text or "")

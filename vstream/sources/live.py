@@ -215,9 +215,11 @@ class LiveSource:
                 continue  # an http(s) file that cannot be streamed: play the local copy
             if fruitless > self.max_retries:
                 why = f" (last: {_exc_text(error)})" if error is not None else ""
+                fix = ("check that the source sends video" if self._live else
+                       "an MP4 over http(s) needs its index first (ffmpeg -movflags +faststart) or a server with "
+                       "Range requests, else download it and give the file")
                 raise SourceError(f"stream {self.name!r} gave no frame in {fruitless} connections in a row{why}; "
-                                  "an MP4 over http(s) needs its index first (ffmpeg -movflags +faststart) or a "
-                                  "server with Range requests, else download it and give the file")
+                                  f"{fix}")
             wait = min(self.backoff_s * (2 ** (fruitless - 1)), 30.0) if fruitless else 0.0
             logger.warning("stream %r %s at t=%s; reconnecting%s", self.name,
                            f"failed ({_exc_text(error)})" if error is not None else "ended",

@@ -26,6 +26,22 @@ from vstream.config import ASRConfig
 logger = logging.getLogger(__name__)
 
 
+class shifted:  # noqa: N801 - reads as a function at the call site
+    """``blocks`` with every block's time moved by ``offset_s`` (a stream appended to a memory directory)."""
+
+    def __init__(self, blocks: Iterable, offset_s: float) -> None:
+        self.blocks, self.offset_s = blocks, float(offset_s)
+
+    def __iter__(self):
+        from vstream.audio import AudioBlock
+
+        for b in self.blocks:
+            yield AudioBlock(b.t_start_s + self.offset_s, b.samples)
+
+    def __getattr__(self, name: str) -> Any:  # end(), close(), dropped_s of the wrapped blocks
+        return getattr(self.blocks, name)
+
+
 def speech_text(seg: SpeechSegment) -> str:
     """The text-window form of a recognised segment: ``Time=a-bs speech: words``."""
     return f"{time_marker(seg.start_s, seg.end_s)} speech: {seg.text}"

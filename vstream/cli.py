@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vstream.fleet_cli import add_parser as add_fleet_parser
 
     add_fleet_parser(sub)
+    from vstream.serve.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     try:
         from eval.cli import add_eval_parser
     except ImportError as e:  # the harness is optional at import time; say why when asked for

@@ -36,6 +36,16 @@ def answer_from_dict(d: dict[str, Any]) -> Answer:
     return Answer(evidence=ev, **known)
 
 
+def _worker_env() -> dict[str, str]:
+    """Environment for workers of a local Ray: this copy of vstream first on their path, offline hub flags."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"):
+        if os.environ.get(k):
+            env[k] = os.environ[k]
+    return env
+
+
 class RayFleet:
     """Streams on a pool of Ray actors, each one model and one Fleet; the same calls as ``vstream.Fleet``.
 
@@ -66,6 +76,7 @@ class RayFleet:
         self._owns_ray = False
         if not ray.is_initialized():
             kw = {"include_dashboard": False, "log_to_driver": False, **(ray_init or {})}
+            kw.setdefault("runtime_env", {"env_vars": _worker_env()})
             ray.init(address=address, namespace=namespace, **kw)
             self._owns_ray = True
         self._tmp = None

@@ -206,7 +206,23 @@ class FleetWorker:
                 fut.cancel()
 
     def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
-        return [h.to_dict() for h in self.fleet.ask_all(question, top=top, evidence=evidence)]
+        """``Fleet.ask_all`` without the write-through copies: a stored entry of a chunk still in the window
+        is left out (the window's own evidence stands for it), so the scores equal a plain Fleet's."""
+        from vstream.fleet_search import stream_evidence
+
+        hits = []
+        for sid in self.fleet.streams:
+            try:
+                s = self.fleet.stream(sid)
+            except ValueError:
+                continue  # removed meanwhile
+            live = {seg.start_s for seg in s.engine.snapshot().live if seg.kind == "vision"}
+            ev = [e for e in stream_evidence(s.engine, question, evidence + len(live))
+                  if not (e.source == "long_term" and e.start_s in live)][:evidence]
+            if ev:
+                hits.append({"stream": sid, "score": ev[0].score, "evidence": [e.to_dict() for e in ev]})
+        hits.sort(key=lambda h: -h["score"])
+        return hits[:top]
 
     def wait_chunks(self, stream_id: str, n: int, timeout: float | None = None) -> int:
         """Wait until the stream's memory holds ``n`` ingested chunks in this placement; the count now."""

@@ -42,6 +42,7 @@ class _Stream:
     epoch: int = 0
     moves: int = 0
     resumes: int = 0
+    resumed_at_s: float = 0.0
 
 
 @dataclass
@@ -208,7 +209,8 @@ class Controller:
     def streams(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {s.id: {"worker": s.worker, "source": s.source, "memory_dir": s.memory_dir, "epoch": s.epoch,
-                           "moves": s.moves, "resumes": s.resumes, "options": s.options}
+                           "moves": s.moves, "resumes": s.resumes, "resumed_at_s": s.resumed_at_s,
+                           "options": s.options}
                     for s in self._streams.values()}
 
     def locate(self, stream_id: str, timeout: float = 60.0):
@@ -257,7 +259,7 @@ class Controller:
             raise unwrap(err) if err is not None else RuntimeError(f"placing {st.id!r} on {target} failed")
         with self._lock:
             old = st.epoch
-            st.worker, st.epoch = target, epoch
+            st.worker, st.epoch, st.resumed_at_s = target, epoch, float(out.get("resumed_at_s", 0.0))
         if resume and old:
             p = self._outbox(st, old)
             self.journal.replay(p)  # anything the old placement logged but we did not poll

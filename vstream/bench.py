@@ -216,6 +216,9 @@ def add_parser(sub) -> None:
     from vstream.bench_fleet import add_parser as add_fleet_parser
 
     add_fleet_parser(bs)
+    from vstream.bench_serve import add_parser as add_serve_parser
+
+    add_serve_parser(bs)
 
 
 def run_cli(args: argparse.Namespace) -> int:

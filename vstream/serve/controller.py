@@ -335,6 +335,7 @@ class Controller:
             orphans = sorted(w.streams)
             w.streams.clear()
             self.deaths += 1
+            self._workers.pop(w.name, None)
         logger.warning("controller: %s (pid %s) is dead; re-placing %s", w.name, w.pid, ", ".join(orphans) or "nothing")
         try:
             ray.kill(w.handle)  # fence a hung worker; a dead one: no-op
@@ -348,8 +349,6 @@ class Controller:
             self.journal.replay(self._outbox(st, st.epoch))  # events it logged that we never polled
             st.worker = None
         self._place_waiting()
-        with self._lock:
-            self._workers.pop(w.name, None)
 
     # ---- fan-out ------------------------------------------------------------------------------
     def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:

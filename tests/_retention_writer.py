@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-import memory.store as store_mod  # noqa: E402
+import memory.store_retention as store_mod  # noqa: E402
 from _memory_helpers import make_segment, meta  # noqa: E402
 from memory.index import MemoryIndex  # noqa: E402
 from memory.retention import enforce  # noqa: E402

@@ -107,3 +107,53 @@ def test_failing_and_stalled_streams_do_not_block_the_others():
         assert fleet.stream("stalls").wait_chunks(3, timeout=30)
         assert _types(fleet, "stalls")[-2:] == ["gap", "up"]
         assert fleet.ask("fails", "What did you see before it failed?", timeout=60).asked_at_s == 2.0
+
+
+class _Ready:
+    """A stream stand-in that always has a chunk ready (for the scheduler alone)."""
+
+    state = "up"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def take(self):
+        return self.name
+
+
+def test_round_robin_serves_every_ready_stream_equally():
+    import threading
+    import types
+
+    streams = {n: _Ready(n) for n in "abcde"}
+    sched = types.SimpleNamespace(_lock=threading.RLock(), _streams=streams, _rr=0, max_batch=2)
+    served = [c for _ in range(10) for _, c in Fleet._pick(sched)]
+    assert len(served) == 20 and {n: served.count(n) for n in "abcde"} == dict.fromkeys("abcde", 4)
+    assert served[:6] == ["a", "b", "c", "d", "e", "a"]  # each step starts after the last stream served
+
+
+def test_realtime_stream_drops_oldest_chunks_when_perception_is_behind():
+    with Fleet(_agent()) as fleet:
+        s = fleet.add("cam", SyntheticSource(seed=1, duration_s=float("inf"), fps=4, size=(32, 32)), realtime=True,
+                      config={"sampler.max_backlog_chunks": 1})
+        assert s.wait_chunks(1, timeout=30)
+        with s.engine.write_lock:  # perception cannot write this stream for 4 s of a 1-chunk-a-second source
+            time.sleep(4.0)
+        assert s.wait_chunks(s.engine.memory.chunks_ingested + 1, timeout=30)
+        st = fleet.stats()["streams"]["cam"]
+        assert st["chunks_dropped"] >= 1 and st["frames_dropped"] >= 2 * st["chunks_dropped"]
+        assert fleet.stats()["total"]["chunks_dropped"] == st["chunks_dropped"]
+
+
+def test_add_rejects_bad_input_and_leaves_nothing_running():
+    with Fleet(_agent()) as fleet:
+        with pytest.raises(ValueError, match="stream_id"):
+            fleet.add("", "synthetic")
+        with pytest.raises(ValueError, match="threshold"):
+            fleet.add("cam", SyntheticSource(seed=0, duration_s=2, fps=4, size=(32, 32)),
+                      notify=[{"text": "a door opens", "threshold": 2.0}])
+        with pytest.raises(ValueError, match="nonsense"):
+            fleet.add("cam", "synthetic:nonsense=1")
+        assert fleet.streams == []
+        fleet.add("cam", SyntheticSource(seed=0, duration_s=2, fps=4, size=(32, 32)))  # the id is free again
+        assert fleet.stream("cam").wait_chunks(2, timeout=30)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import make_chunks, tiny_adapter
-from memory.longterm import LongTerm
 from vstream.batching import batch_mask, perceive_batch
 from vstream.config import from_name
 from vstream.engine import Engine
+from vstream.memory_wiring import open_long_term
 
 TOL = 1e-4
 QUESTION = "What happened in the video?"
@@ -25,7 +25,7 @@ QUESTION = "What happened in the video?"
 def _engine(adapter) -> Engine:
     cfg = from_name("tiny").replace(**{"memory.window_chunks": 2, "memory.retrieve_k": 2,
                                        "memory.text_window_tokens": 64})
-    lt = LongTerm.create(adapter, cfg.memory, None)
+    lt = open_long_term(adapter, cfg.memory, None)
     eng = Engine(adapter, cfg, lt)
     eng.start()
     return eng

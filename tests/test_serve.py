@@ -185,7 +185,8 @@ def test_http_api_end_to_end(env):
     assert r.status_code == 401 and "bearer token" in r.json()["error"]["message"]
     assert httpx.get(f"{url}/v1/events", headers={"Authorization": "Bearer wrong"}).status_code == 401
     for bad, status in (("/etc/passwd", 403), (str(allow / ".." / "x.mp4"), 403), ("/dev/video0", 403),
-                        ("missing.mp4", 400), ("file:///etc/passwd", 400)):
+                        ("missing.mp4", 400), ("file:///etc/passwd", 400),
+                        ("synthetic:seed=1,events=/etc/passwd", 403), ("synthetic:seed=1,colour=red", 400)):
         r = c.post("/v1/streams", json={"id": "bad", "source": bad})
         assert r.status_code == status, (bad, r.text)
         assert r.json()["error"]["message"]

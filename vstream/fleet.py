@@ -26,7 +26,7 @@ import psutil
 from vstream.config import AgentConfig
 from vstream.events import EventLog, Webhook
 from vstream.fleet_stream import DOWN, STALLED, UP, FleetStream, one_line
-from vstream.types import Answer, Evidence
+from vstream.types import Alert, Answer, Evidence
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ class Fleet:
         config: dotted overrides for this stream, e.g. ``{"memory.max_disk_bytes": 10**9}``.
         on_event: called with each event of this stream (alerts, up / down / gap).
         """
-        from memory.longterm import LongTerm
         from vstream.engine import Engine
+        from vstream.memory_wiring import open_long_term
         from vstream.sources import open_source
 
         if not isinstance(stream_id, str) or not stream_id.strip():
@@ -111,7 +111,7 @@ class Fleet:
         lt = None
         try:
             if cfg.memory.long_term or memory_dir is not None:
-                lt = LongTerm.create(self.adapter, cfg.memory, memory_dir)
+                lt = open_long_term(self.adapter, cfg.memory, memory_dir)
                 if lt.index.embedder is not None:
                     lt.index.embedder = self._shared_embedder(lt.index.embedder)
             ocr = self._shared_ocr().read if cfg.memory.ocr else None
@@ -123,14 +123,24 @@ class Fleet:
             if hasattr(src, "close"):
                 src.close()
             raise
-        s = FleetStream(stream_id, src, eng, cfg, lt, wake=self._wake.set)
-        for text, threshold, cooldown in conds:
-            s.notifier.add(text, lambda _alert: None, threshold, cooldown)  # alerts are raised by _check_alerts
-        with self._lock:
-            self._streams[stream_id] = s
-            if on_event is not None:
-                self._callbacks.setdefault(stream_id, []).append(on_event)
-        s.start()
+        try:
+            s = FleetStream(stream_id, src, eng, cfg, lt)  # its reader starts reading now
+        except BaseException:
+            if lt is not None:
+                lt.close()
+            raise
+        try:
+            for text, threshold, cooldown in conds:  # a bad threshold or cool-down raises ValueError here
+                self._add_condition(s, text, threshold, cooldown)
+            with self._lock:
+                if stream_id in self._streams or self._stop.is_set():
+                    raise ValueError(f"stream {stream_id!r} already exists (added meanwhile) or the fleet closed")
+                self._streams[stream_id] = s
+                if on_event is not None:
+                    self._callbacks.setdefault(stream_id, []).append(on_event)
+        except BaseException:
+            s.close(s.config.responder.close_timeout_s)
+            raise
         logger.info("fleet: stream %s added (%s)", stream_id, src)
         return s
 
@@ -139,13 +149,21 @@ class Fleet:
         """Add an alert condition to a stream; returns its handle."""
         s = self._get(stream_id)
         rc = s.config.responder
-        return s.notifier.add(condition, lambda _a: None, rc.notify_threshold if threshold is None else threshold,
-                              rc.notify_cooldown_s if cooldown_s is None else cooldown_s)
+        return self._add_condition(s, condition, rc.notify_threshold if threshold is None else threshold,
+                                   rc.notify_cooldown_s if cooldown_s is None else cooldown_s)
+
+    def _add_condition(self, s: FleetStream, text: str, threshold: float, cooldown_s: float) -> int:
+        def on_alert(al: Alert) -> None:  # responder thread, once the alert's answer is decoded
+            self._emit("alert", s, stream_time_s=al.at_s, condition=al.condition, probability=al.probability,
+                       answer=al.answer.text if al.answer is not None else None,
+                       evidence=[e.to_dict() for e in al.answer.evidence] if al.answer is not None else [])
+
+        return s.alerts.add(text, on_alert, threshold=threshold, cooldown_s=cooldown_s)
 
     def remove(self, stream_id: str) -> None:
         """Stop watching a stream: its reader and responder stop, its memory is flushed and closed."""
         s = self._get(stream_id)
-        with s.write_lock:  # perception is not inside this stream's step
+        with s.engine.write_lock:  # perception is not inside this stream's step
             with self._lock:
                 self._streams.pop(stream_id, None)
                 s.removed = True
@@ -247,7 +265,7 @@ class Fleet:
                     logger.exception("fleet perception step failed")
             self._housekeeping()
             if not picked:
-                self._wake.wait(0.05)
+                self._wake.wait(0.02)  # readers fill their queues meanwhile
                 self._wake.clear()
 
     def _pick(self) -> list[tuple[FleetStream, Any]]:
@@ -276,13 +294,13 @@ class Fleet:
         for s, ch in picked:  # temporal positions (Qwen2.5-VL) depend on the sampling rate: one rate per batch
             groups.setdefault(s.fps, []).append((s, ch))
         for fps, items in groups.items():
-            locks = [s.write_lock for s, _ in items]
+            locks = [s.engine.write_lock for s, _ in items]
             for lk in locks:
                 lk.acquire()
             try:
                 items = [(s, ch) for s, ch in items if not s.removed]
                 for s, _ in items:
-                    s.apply_pending_text()
+                    s.engine.apply_inbox()  # questions and answers enter the window before the chunk
                 self.adapter.configure_sampling(fps)
                 t0 = time.perf_counter()
                 done = []
@@ -301,7 +319,7 @@ class Fleet:
                             rep = s.engine.ingest_prefilled(ch, t, st, r.keys, r.values, r.key_summary, t0=t0)
                         done.append(((s, ch), rep))
                     except Exception as e1:  # this stream's memory is broken; the others go on
-                        s.error = f"perception failed: {one_line(e1)}"
+                        s.fail(f"perception failed: {one_line(e1)}")
                         logger.exception("stream %s: perception failed", s.id)
                         self._down(s)
                 self.batches += 1
@@ -319,24 +337,7 @@ class Fleet:
             s.state = UP
             self._emit("up", s)
         s.enforce_retention()
-        if s.notifier.conditions:
-            self._check_alerts(s, ch.end_s)
-
-    def _check_alerts(self, s: FleetStream, now_s: float) -> None:
-        for cond, p in s.notifier.check(now_s):
-            def done(f, cond=cond, p=p) -> None:
-                ans = f.result() if not f.cancelled() and f.exception() is None else None
-                self._emit("alert", s, stream_time_s=now_s, condition=cond.text, probability=p,
-                           answer=ans.text if ans is not None else None,
-                           evidence=[e.to_dict() for e in ans.evidence] if ans else [])
-            try:
-                fut = s.ask_async(f"Describe what happened: {cond.text}", history=False)
-            except (ValueError, RuntimeError):  # queue full or closing: the alert goes out without an answer
-                logger.warning("stream %s: alert %r reported without an answer (query queue full)", s.id, cond.text)
-                done_now = _DoneFuture()
-                done(done_now)
-                continue
-            fut.add_done_callback(done)
+        s.alerts.check(ch.end_s)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -347,19 +348,18 @@ class Fleet:
                 continue
             if s.exhausted:
                 self._down(s)
-            elif s.state == UP and s.queue.empty() and now - s.last_chunk_wall > self.gap_s:
+            elif s.state == UP and not s.waiting and now - s.last_chunk_wall > self.gap_s:
                 s.state = STALLED
                 self._emit("gap", s, silent_s=round(now - s.last_chunk_wall, 3))
 
     def _down(self, s: FleetStream) -> None:
         if s.state == DOWN:
             return
-        s.state = DOWN
+        s.mark_down()
         self._emit("down", s, error=s.error)
-        s.mark_done()
 
     def _emit(self, type: str, s: FleetStream, **fields) -> None:
-        fields.setdefault("stream_time_s", s.engine.memory.stream_time_s)
+        fields.setdefault("stream_time_s", s.engine.stream_time_s)
         try:
             ev = self.log.emit(type, s.id, **fields)
         except Exception as e:  # a broken log disk must not stop perception; it is loud in the log
@@ -410,13 +410,6 @@ class Fleet:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class _DoneFuture:
-    """A finished future without a result (an alert reported without an answer)."""
-
-    def cancelled(self) -> bool:
-        return True
 
 
 def _condition(c, cfg: AgentConfig) -> tuple[str, float, float]:

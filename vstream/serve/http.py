@@ -58,18 +58,22 @@ def configure(fleet, *, token: str | None = None, allow_dir: str | Path | None =
 
 def check_source(source: Any, allow_dir: Path | None) -> str:
     """The source to open, or APIError: network URLs, ``synthetic:...`` and files under ``allow_dir`` only."""
-    from vstream.sources import SourceError, _parse_synthetic, is_device, is_url
+    from vstream.sources import SourceError, is_device, is_url, split_synthetic_events, synthetic_kwargs
 
     if not isinstance(source, str) or not source.strip():
         raise APIError(400, "'source' must be a non-empty string: a network URL, 'synthetic:...' or a file name "
                             "inside the server's allowed directory", "bad_source")
     source = source.strip()
     if source == "synthetic" or source.startswith("synthetic:"):
+        spec, events = split_synthetic_events(source)
         try:
-            _parse_synthetic(source)
+            synthetic_kwargs(spec)
         except SourceError as e:
             raise APIError(400, str(e), "bad_source") from None
-        return source
+        if events is None:
+            return spec
+        path = _allowed_file(events, allow_dir, "synthetic events file")  # a server file like any other
+        return f"{spec},events={path}" if ":" in spec else f"{spec}:events={path}"
     if is_url(source):
         return source
     if is_device(source):
@@ -78,16 +82,21 @@ def check_source(source: Any, allow_dir: Path | None) -> str:
     if "://" in source:
         raise APIError(400, f"unsupported URL scheme in {source!r}; use rtsp, rtmp, srt, udp, tcp, http or https",
                        "bad_source")
+    return _allowed_file(source, allow_dir, "file source")
+
+
+def _allowed_file(name: str, allow_dir: Path | None, what: str) -> str:
+    """``name`` resolved (symlinks, ``..``) inside ``allow_dir``, or APIError 403 / 400."""
     if allow_dir is None:
-        raise APIError(403, f"file source {source!r} refused: this server opens no files (start it with "
+        raise APIError(403, f"{what} {name!r} refused: this server opens no files (start it with "
                             "--allow-dir DIR to allow files inside DIR)", "source_not_allowed")
-    p = Path(source)
+    p = Path(name)
     real = (p if p.is_absolute() else allow_dir / p).resolve()
     if real != allow_dir and allow_dir not in real.parents:
-        raise APIError(403, f"file source {source!r} is outside the allowed directory {allow_dir}; give a path "
+        raise APIError(403, f"{what} {name!r} is outside the allowed directory {allow_dir}; give a path "
                             "inside it", "source_not_allowed")
     if not real.is_file():
-        raise APIError(400, f"file source {source!r} does not exist in the allowed directory", "bad_source")
+        raise APIError(400, f"{what} {name!r} does not exist in the allowed directory", "bad_source")
     return str(real)
 
 

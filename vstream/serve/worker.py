@@ -155,7 +155,7 @@ class FleetWorker:
         if resume_at > 0:
             mm = s.engine.memory
             mm.set_stream_time(max(mm.stream_time_s, resume_at))
-        for c in s.notifier.conditions.values():  # carry what the log knows: fired once, still "on"
+        for c in s.alerts.notifier.conditions.values():  # carry what the log knows: fired once, still "on"
             if alert_state and c.text in alert_state:
                 c.last_fired_s = float(alert_state[c.text])
                 c.active = True
@@ -252,7 +252,7 @@ def _latest_end_s(memory_dir: str | Path) -> float:
     """End of the newest chunk stored in a memory directory (0 when none)."""
     from memory.store import LongTermStore
 
-    store = LongTermStore.open(Path(memory_dir), expected=None, ram_bytes=0, device="cpu")
+    store = LongTermStore.open(Path(memory_dir), expected=None, ram_bytes=0, device="cpu", verify="size")
     try:
         return max((i.end_s for i in store.infos()), default=0.0)
     finally:

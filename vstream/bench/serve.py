@@ -130,7 +130,7 @@ def bench_serve(model: str = "tiny-smolvlm", streams: int = 4, chunks: int = 40,
 
     import ray
 
-    from vstream.bench import environment
+    from vstream.bench.common import environment
     from vstream.serve.client import _worker_env
 
     ray.init(num_cpus=ray_cpus or max(2, int(2 * num_cpus)), include_dashboard=False, log_to_driver=False,

@@ -25,6 +25,9 @@ TOKEN = "test-token-5f1c"
 CONDITIONS = ["a person enters", "a red car stops"]
 
 
+env_state: dict = {}  # what one test leaves for the next (the module shares one cluster)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,6 +149,8 @@ def test_killed_actor_streams_resume_elsewhere_and_alerts_are_logged_once(env):
     survivor = placed["live-b"]["worker"]
     t_kill = fleet.stats()["streams"]["live-a"]["stream_time_s"]
     ray.kill(victim, no_restart=True)
+    # a replacement loads meanwhile; the next test rebalances onto it (add_actor() does both at once)
+    env_state["adding"] = fleet.controller.add_worker.remote(rebalance=False)
     assert _wait(lambda: fleet.placement()["live-a"]["worker"] == survivor, 60)
     assert victim_name not in fleet.actors()
     # every ingested chunk was on disk: at most the one being committed when we looked is lost
@@ -167,8 +172,32 @@ def test_killed_actor_streams_resume_elsewhere_and_alerts_are_logged_once(env):
     st = fleet.stats()
     assert st["total"]["worker_deaths"] == 1
     assert st["total"]["events_deduplicated"] >= 3  # the dead placement's outbox was replayed: nothing twice
+
+
+def test_added_and_removed_actors_move_streams_with_their_memory(env):
+    from vstream.events import EventLog
+
+    fleet, _, _ = env
+    ids = ["live-a", "live-b"]
+    new = ray.get(env_state.pop("adding"), timeout=300)
+    assert fleet.rebalance() == 1  # one stream each now
+    placed = fleet.placement()
+    assert sorted(len(w["streams"]) for w in fleet.actors().values()) == [1, 1]
+    moved = next(sid for sid in ids if placed[sid]["worker"] == new)
+    assert placed[moved]["moves"] == 1 and placed[moved]["resumed_at_s"] > 0
+    assert fleet.wait_chunks(moved, 2, timeout=60)
+    ans = fleet.ask(moved, "What happened at the start?", history=False, timeout=60)
+    assert any(e.source == "long_term" and e.start_s < placed[moved]["resumed_at_s"] for e in ans.evidence)
+    assert fleet.remove_actor(new) == new  # graceful: its stream moves back first
+    assert new not in fleet.actors() and {p["worker"] for p in fleet.placement().values()} == set(fleet.actors())
+    assert fleet.placement()[moved]["moves"] == 2
+    assert fleet.wait_chunks(moved, 1, timeout=60)
     for sid in ids:
         fleet.remove(sid)
+    logged = [e for e in EventLog.read(fleet.event_log) if e["stream"] in ids]
+    alerts = sorted((e["stream"], e["condition"]) for e in logged if e["type"] == "alert")
+    assert alerts == sorted((s, c) for s in ids for c in CONDITIONS)  # moves raise no alert again
+    assert sorted(e["stream"] for e in logged if e["type"] == "removed") == ids  # a move is not a removal
 
 
 def test_http_api_end_to_end(env):

@@ -136,6 +136,10 @@ class RayFleet:
         """Move a worker's streams to the others and stop it (default: the newest)."""
         return self._call("remove_worker", name)
 
+    def rebalance(self) -> int:
+        """Move streams until the live actors' loads differ by at most one; returns how many moved."""
+        return self._call("rebalance")
+
     def actors(self) -> dict[str, dict[str, Any]]:
         """``{worker name: {"alive", "pid", "streams"}}``."""
         return self._call("workers")

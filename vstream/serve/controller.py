@@ -61,7 +61,6 @@ class Controller:
     """Holds the workers and the placement; see the module docstring. All public methods are actor calls."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        logging.basicConfig(level=logging.INFO)
         self.spec = dict(spec)
         self.storage = Path(spec["storage"])
         self.storage.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,8 @@ class MemoryConfig:
         if not 0 < self.query_layers <= 1:
             raise ValueError(f"query_layers must be in (0, 1], got {self.query_layers}")
         if not isinstance(self.max_disk_bytes, int) or self.max_disk_bytes < 0:
-            raise ValueError(f"max_disk_bytes must be a whole number of bytes >= 0 (0 = no cap), got {self.max_disk_bytes!r}")
+            raise ValueError(f"max_disk_bytes must be a whole number of bytes >= 0 (0 = no cap), "
+                             f"got {self.max_disk_bytes!r}")
         if not self.max_age_s >= 0:
             raise ValueError(f"max_age_s must be >= 0 seconds (0 = keep forever), got {self.max_age_s!r}")
 
@@ -148,6 +149,17 @@ PRESETS: dict[str, AgentConfig] = {
     # Small and fast, for tests and CPU smoke runs.
     "tiny": _preset(**{"memory.window_chunks": 4, "memory.text_window_tokens": 64, "memory.prev_text_head": 32,
                        "memory.prev_text_tail": 32, "generation.max_new_tokens": 8, "sampler.fps": 2.0}),
+    # Simple baselines (SimpleStream: the last N frames, no memory; uniform offline sampling of all seen):
+    # 1 frame per 1-s chunk, only the recent window, nothing kept after eviction. The uniform-* presets
+    # answer from N frames re-sampled over everything seen (vstream.uniform.UniformAgent).
+    "last-4-frames": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 4,
+                                "memory.long_term": False}),
+    "last-8-frames": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 8,
+                                "memory.long_term": False}),
+    "uniform-16": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 16,
+                             "memory.long_term": False}),
+    "uniform-32": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 32,
+                             "memory.long_term": False}),
 }
 
 

@@ -301,11 +301,11 @@ class Controller:
         """Pull a worker's new events into the log; False when the worker is dead."""
         try:
             res = ray.get(w.handle.poll.remote(w.cursor), timeout=self.spec.get("health_timeout_s", 5.0))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-            return False
-        except ray.exceptions.GetTimeoutError:
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):  # hung or unreachable now
             w.missed += 1
             return w.missed < self.spec.get("max_missed", 3)
+        except ray.exceptions.RayActorError:  # the actor died (killed, crashed, its node lost)
+            return False
         w.missed = 0
         for n, ev in res["events"]:
             self.journal.record(ev)

@@ -19,6 +19,7 @@ from eval.cli import add_eval_parser
 from vstream import bench
 from vstream.cliargs import agent_from_args
 from vstream.fleet_cli import add_parser as add_fleet_parser
+from vstream.serve.cli import add_parser as add_serve_parser
 
 logger = logging.getLogger(__name__)
 
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(sub)
     add_fleet_parser(sub)
+    add_serve_parser(sub)
     add_eval_parser(sub)
     return ap
 

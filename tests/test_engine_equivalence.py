@@ -36,8 +36,8 @@ class Recorder:
         self.records: list[tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = []
         self._orig = adapter.forward
 
-        def forward(inputs_embeds, position_ids, cache, logits="last"):
-            out = self._orig(inputs_embeds, position_ids, cache, logits)
+        def forward(inputs_embeds, position_ids, cache, logits="last", **lm_inputs):
+            out = self._orig(inputs_embeds, position_ids, cache, logits, **lm_inputs)
             n = inputs_embeds.shape[1]
             self.records.append(([l.keys[:, :, -n:].clone() for l in cache.layers],
                                  [l.values[:, :, -n:].clone() for l in cache.layers], position_ids.clone()))

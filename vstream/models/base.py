@@ -14,14 +14,19 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
+import math
+import os
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
@@ -36,6 +41,10 @@ class Tokens:
     inputs_embeds: torch.Tensor  # [1, S, D] model dtype, on the model's device
     rel_pos: torch.Tensor  # [P, S] int64, relative to the segment's first position
     n_vision: int = 0  # vision tokens among the S
+    #: Extra keyword inputs of the language model for exactly these S tokens, passed to every forward that
+    #: prefills them (Qwen3-VL: ``visual_pos_masks`` [1, S] bool and ``deepstack_visual_embeds``, a list of
+    #: [n_vision, D] per injected layer). Empty for text and for families without such inputs.
+    lm_inputs: dict = field(default_factory=dict)
 
     @property
     def n_tokens(self) -> int:
@@ -125,7 +134,7 @@ class ModelAdapter(ABC):
 
     # ---- family hooks -------------------------------------------------------------------------
     def language_model(self) -> nn.Module:
-        """The decoder stack (takes inputs_embeds, position_ids, past_key_values)."""
+        """The decoder stack (takes inputs_embeds, position_ids, cache)."""
         return self.model.model.language_model
 
     def lm_head(self) -> nn.Module:
@@ -220,19 +229,21 @@ class ModelAdapter(ABC):
 
     @torch.inference_mode()
     def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
-                logits: str = "last") -> torch.Tensor | None:
+                logits: str = "last", **lm_inputs: Any) -> torch.Tensor | None:
         """Run the LM over inputs_embeds [1, S, D] at position_ids, appending to cache.
 
-        logits: "last" -> [1, V] fp32, "all" -> [1, S, V] fp32, "none" -> None.
+        logits: "last" -> [1, V] fp32, "all" -> [1, S, V] fp32, "none" -> None. ``lm_inputs`` are the
+        segment's extra language-model inputs (``Tokens.lm_inputs``; DeepStack features for Qwen3-VL).
         """
         out = self.language_model()(inputs_embeds=inputs_embeds, position_ids=position_ids,
-                                    past_key_values=cache, use_cache=True)
+                                    cache=cache, use_cache=True, **lm_inputs)
         h = out.last_hidden_state  # [1, S, D]
         if logits == "none":
             return None
         if logits == "last":
             h = h[:, -1]
-        return self.lm_head()(h).float()
+        head = self.lm_head()
+        return head(h.to(head.weight.device)).float()
 
     def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
         """Move keys [B, H, S, D] computed at positions p to positions p + delta."""
@@ -291,9 +302,183 @@ class ModelAdapter(ABC):
         self._hooks_installed = True
 
 
+def fit_to_grid(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen-VL's resize rule: both sides multiples of ``factor``, area within [min_pixels, max_pixels].
+
+    The rule of HF's Qwen2-VL ``smart_resize``: round each side to the nearest multiple (Python's
+    round, ties to even); if the area is above the budget scale both sides down by the same factor and
+    floor them, if below scale up and ceil them. The aspect ratio is kept as closely as the grid allows.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"frames must have a positive size, got {height}x{width}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"frame aspect ratio {height}x{width} is above 200; crop the video")
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+#: PIL's resample codes as written in preprocessor configs ("resample": 1 = LANCZOS, 3 = BICUBIC).
+PIL_RESAMPLE = {1: "lanczos", 2: "bilinear", 3: "bicubic"}
+
+
+def _kernel(name: str) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
+    """(filter, support) of PIL's resampling filters."""
+    if name == "bicubic":  # Keys cubic, a = -0.5
+        def f(x):
+            x = np.abs(x)
+            a = -0.5
+            return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                            np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+        return f, 2.0
+    if name == "lanczos":  # sinc(x) sinc(x / 3) on |x| < 3
+        def f(x):
+            return np.where(np.abs(x) < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
+        return f, 3.0
+    if name == "bilinear":
+        def f(x):
+            return np.clip(1 - np.abs(x), 0, None)
+        return f, 1.0
+    raise ValueError(f"unknown resample filter {name!r}; use bicubic, lanczos or bilinear")
+
+
+#: PIL's fixed-point precision for 8-bit resampling (Resample.c: PRECISION_BITS = 32 - 8 - 2).
+_PRECISION_BITS = 22
+
+
+@functools.lru_cache(maxsize=64)
+def _resample_matrix(n_in: int, n_out: int, name: str) -> torch.Tensor:
+    """[n_out, n_in] float64 fixed-point weights (integers, scale 2**22) of one 8-bit resampling pass.
+
+    PIL's coefficient rule: the filter is centred on each output pixel's centre in input coordinates,
+    stretched by the downscale factor (antialiasing), cut to the image, normalised to sum 1, then
+    rounded half away from zero to 22-bit fixed point.
+    """
+    f, support = _kernel(name)
+    scale = n_in / n_out
+    fscale = max(scale, 1.0)
+    support *= fscale
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        center = (o + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        w = f((np.arange(lo, hi) - center + 0.5) / fscale)
+        total = w.sum()
+        if total != 0:
+            w = w / total
+        m[o, lo:hi] = np.trunc(w * (1 << _PRECISION_BITS) + np.where(w < 0, -0.5, 0.5))
+    return torch.from_numpy(m)
+
+
+def _pass(levels: torch.Tensor, m: torch.Tensor, dim: int) -> torch.Tensor:
+    """One fixed-point pass over ``dim`` (-1 or -2) of integer levels held in float64 (exact: < 2**53)."""
+    if dim == -1:
+        acc = levels @ m.T  # [..., H, W] @ [W, w]
+    else:
+        acc = m @ levels  # [h, H] @ [..., H, w]
+    return torch.floor((acc + (1 << (_PRECISION_BITS - 1))) / (1 << _PRECISION_BITS)).clamp_(0, 255)
+
+
+def resize_like_pil(x: torch.Tensor, size: tuple[int, int], resample: str = "bicubic") -> torch.Tensor:
+    """Resize [N, 3, H, W] floats on 8-bit levels (k / 255) exactly the way PIL resizes a uint8 RGB image.
+
+    PIL resamples separably, horizontal pass first, each pass in 22-bit fixed point rounded and clipped
+    to 8 bits. This repeats that arithmetic on the tensor's device in float64 (every intermediate is an
+    integer below 2**53, so the sums are exact): the result equals PIL's to the level. A side that keeps
+    its size is not resampled (PIL copies it). Returns float32 levels / 255.
+    """
+    h, w = int(size[0]), int(size[1])
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    y = (x.double() * 255.0).round_()
+    if y.shape[-1] != w:
+        y = _pass(y, _resample_matrix(int(y.shape[-1]), w, resample).to(y.device), -1)
+    if y.shape[-2] != h:
+        y = _pass(y, _resample_matrix(int(y.shape[-2]), h, resample).to(y.device), -2)
+    return (y / 255.0).to(x.dtype)
+
+
 def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """[N, H, W, 3] uint8 numpy -> [N, 3, H, W] float32 in 0..1 on device."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
     t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# ---- helpers shared by the adapters -------------------------------------------------------------
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type name."""
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else type(e).__name__
+
+
+def read_checkpoint_json(name_or_path: str, filename: str) -> dict | None:
+    """A JSON file of a local checkpoint directory or hub repo; None when the checkpoint has no such file.
+
+    Raises ValueError when the file exists but cannot be read or parsed (the user must fix it).
+    """
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, filename)
+        if not os.path.isfile(path):
+            return None
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(name_or_path, filename)
+        except Exception as e:  # absent file, no network, offline mode: treated as absent
+            logger.debug("no %s for %s (%s)", filename, name_or_path, one_line(e))
+            return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {one_line(e)}; fix or remove the file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds {type(data).__name__}, not a JSON object; fix or remove the file")
+    return data
+
+
+def read_preprocessor_config(name_or_path: str, filename: str = "preprocessor_config.json") -> dict:
+    """The checkpoint's (pre)processor config as a dict; {} (family defaults, with a warning) when absent."""
+    data = read_checkpoint_json(name_or_path, filename)
+    if data is None:
+        logger.warning("no %s for %s; using the family's default preprocessing", filename, name_or_path)
+        return {}
+    return data
+
+
+def default_side(pp: dict, fallback: int, *, factor: int = 1, cap: int | None = None) -> int:
+    """Default frame side from a preprocessor config, rounded down to a multiple of ``factor``.
+
+    A side budget (``max_image_size``: SmolVLM) is used as is; a pixel budget (``max_pixels`` or
+    ``size.longest_edge`` with ``size.shortest_edge``: Qwen) becomes the side of the square with that
+    area. The result is capped at ``cap`` (when given); ``fallback`` when the config names no budget.
+    """
+    side: int | None = None
+    mx = pp.get("max_image_size")
+    if isinstance(mx, dict) and isinstance(mx.get("longest_edge"), int):
+        side = int(mx["longest_edge"])
+    elif isinstance(mx, int):
+        side = mx
+    else:
+        size = pp.get("size") if isinstance(pp.get("size"), dict) else {}
+        area = pp.get("max_pixels") or size.get("max_pixels") or (
+            size.get("longest_edge") if "shortest_edge" in size else None)
+        if area:
+            side = int(math.isqrt(int(area)))
+    if side is None:
+        side = fallback
+    if cap is not None:
+        side = min(side, cap)
+    return max(factor, side // factor * factor)

@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 #: family name -> "module:Class" of its adapter (imported lazily).
 FAMILIES: dict[str, str] = {
     "qwen2.5-vl": "vstream.models.qwen2_5_vl:Qwen25VLAdapter",
+    "qwen3-vl": "vstream.models.qwen3_vl:Qwen3VLAdapter",
     "llava-onevision": "vstream.models.llava_onevision:LlavaOneVisionAdapter",
     "smolvlm": "vstream.models.smolvlm:SmolVLMAdapter",
 }
@@ -22,6 +23,7 @@ FAMILIES: dict[str, str] = {
 #: Hugging Face config.model_type -> family.
 MODEL_TYPES: dict[str, str] = {
     "qwen2_5_vl": "qwen2.5-vl",
+    "qwen3_vl": "qwen3-vl",
     "llava_onevision": "llava-onevision",
     "smolvlm": "smolvlm",
     "idefics3": "smolvlm",
@@ -40,12 +42,16 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny-qwen2.5-vl", "qwen2.5-vl", "tiny", "tiny random Qwen2.5-VL (M-RoPE), for tests"),
+    Preset("tiny-qwen3-vl", "qwen3-vl", "tiny", "tiny random Qwen3-VL (interleaved M-RoPE, DeepStack), for tests"),
     Preset("tiny-llava-onevision", "llava-onevision", "tiny", "tiny random LLaVA-OneVision (Qwen2 LM), for tests"),
     Preset("tiny-smolvlm", "smolvlm", "tiny", "tiny random SmolVLM (Llama LM), for tests"),
     Preset("small-llava-onevision", "llava-onevision", "small",
            "small random LLaVA-OneVision (8 layers, hidden 512), for CPU benchmarks"),
     Preset("qwen2.5-vl-3b-random", "qwen2.5-vl", "3b", "Qwen2.5-VL-3B published config, random weights (timing)"),
     Preset("qwen2.5-vl-7b-random", "qwen2.5-vl", "7b", "Qwen2.5-VL-7B published config, random weights (timing)"),
+    Preset("qwen3-vl-2b-random", "qwen3-vl", "2b", "Qwen3-VL-2B published config, random weights (timing)"),
+    Preset("qwen3-vl-4b-random", "qwen3-vl", "4b", "Qwen3-VL-4B published config, random weights (timing)"),
+    Preset("qwen3-vl-8b-random", "qwen3-vl", "8b", "Qwen3-VL-8B published config, random weights (timing)"),
     Preset("llava-onevision-0.5b-random", "llava-onevision", "0.5b",
            "LLaVA-OneVision-0.5B published config, random weights (timing)"),
     Preset("llava-onevision-7b-random", "llava-onevision", "7b",
@@ -57,7 +63,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 #: Real checkpoints chosen when no model is named.
 DEFAULT_CPU_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 DEFAULT_GPU_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-OFFLINE_HINT = "offline presets: tiny-qwen2.5-vl, tiny-llava-onevision, tiny-smolvlm (see `vstream models`)"
+OFFLINE_HINT = ("offline presets: tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-llava-onevision, tiny-smolvlm "
+                "(see `vstream models`)")
 
 
 def adapter_class(family: str) -> type[ModelAdapter]:

@@ -111,7 +111,17 @@ class ModelAdapter(ABC):
     # ---- properties -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the input embeddings' execution device (accelerate placement) or the weights'."""
+        hook = getattr(self.language_model().embed_tokens, "_hf_hook", None)
+        dev = getattr(hook, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
         return next(self.model.parameters()).device
+
+    @property
+    def placed(self) -> bool:
+        """True when accelerate spread the model over several devices or offloaded part of it."""
+        return bool(getattr(self.model, "hf_device_map", None)) and len(set(self.model.hf_device_map.values())) > 1
 
     @property
     def dtype(self) -> torch.dtype:
@@ -242,8 +252,7 @@ class ModelAdapter(ABC):
             return None
         if logits == "last":
             h = h[:, -1]
-        head = self.lm_head()
-        return head(h.to(head.weight.device)).float()
+        return self.lm_head()(h).float()  # with accelerate placement, the head's hook moves h to its device
 
     def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
         """Move keys [B, H, S, D] computed at positions p to positions p + delta."""
@@ -416,6 +425,19 @@ def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ---- helpers shared by the adapters -------------------------------------------------------------
+def placement_kwargs(device_map: Any = None, max_memory: dict | None = None,
+                     offload_folder: str | None = None) -> dict:
+    """``from_pretrained`` keyword arguments for accelerate's placement; {} = load on one device."""
+    if device_map is None:
+        return {}
+    out: dict[str, Any] = {"device_map": device_map}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
 def one_line(e: BaseException) -> str:
     """The first line of an exception's message (at most 200 characters), or its type name."""
     s = str(e).strip()

@@ -22,7 +22,8 @@ from transformers import (AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionFor
                           SiglipVisionConfig)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from vstream.models.base import ModelAdapter, Tokens, frames_to_tensor, one_line, read_checkpoint_json, resize_like_pil
+from vstream.models.base import (ModelAdapter, Tokens, frames_to_tensor, one_line, placement_kwargs,
+                                 read_checkpoint_json, resize_like_pil)
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -222,8 +223,12 @@ class LlavaOneVisionAdapter(ModelAdapter):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, frame_size: int | None = None) -> "LlavaOneVisionAdapter":
-        """Load a real checkpoint (hub id or local directory); mean/std from its preprocessor config."""
+                        dtype: torch.dtype = torch.float32, frame_size: int | None = None, device_map: Any = None,
+                        max_memory: dict | None = None, offload_folder: str | None = None) -> "LlavaOneVisionAdapter":
+        """Load a real checkpoint (hub id or local directory); mean/std from its preprocessor config.
+
+        ``device_map`` / ``max_memory`` / ``offload_folder``: accelerate's placement; else the model goes to ``device``.
+        """
         path = str(name_or_path)
         if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
             raise ValueError(f"LLaVA-OneVision checkpoint directory {path!r} does not exist; give a hub id or a "
@@ -232,10 +237,12 @@ class LlavaOneVisionAdapter(ModelAdapter):
             raise ValueError(f"{path!r} holds no config.json; point to a saved LLaVA-OneVision checkpoint directory")
         try:
             tok = AutoTokenizer.from_pretrained(path)
-            model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype)
+            model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, **placement_kwargs(device_map, max_memory, offload_folder))
         except Exception as e:  # missing files, bad json, network: one line for the user
             raise ValueError(f"cannot load LLaVA-OneVision checkpoint {path!r}: {one_line(e)}") from None
-        model.to(device)
+        if device_map is None:
+            model.to(device)
         mean, std = _read_norm(path)
         return cls(model, tok, name=path, frame_size=frame_size, image_mean=mean, image_std=std)
 

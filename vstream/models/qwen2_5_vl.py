@@ -29,7 +29,7 @@ from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from vstream.models.base import (ModelAdapter, Tokens, default_side, fit_to_grid, frames_to_tensor, one_line,
-                                 read_preprocessor_config, resize_like_pil)
+                                 placement_kwargs, read_preprocessor_config, resize_like_pil)
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -301,13 +301,19 @@ class Qwen25VLAdapter(ModelAdapter):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: torch.device | str, dtype: torch.dtype,
-                        frame_size: int | None = None) -> "Qwen25VLAdapter":
-        """Load a real checkpoint (hub id or local directory); mean/std from its preprocessor_config.json."""
+                        frame_size: int | None = None, device_map: Any = None, max_memory: dict | None = None,
+                        offload_folder: str | None = None) -> "Qwen25VLAdapter":
+        """Load a real checkpoint (hub id or local directory); mean/std from its preprocessor_config.json.
+
+        ``device_map`` / ``max_memory`` / ``offload_folder``: accelerate's placement (several GPUs, CPU or
+        disk offload); without them the model goes to ``device``.
+        """
         from transformers import AutoTokenizer
 
+        placement = placement_kwargs(device_map, max_memory, offload_folder)
         try:
             tok = AutoTokenizer.from_pretrained(name_or_path)
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype, **placement)
         except Exception as e:  # missing dir, no network, bad files: one line for the user
             raise ValueError(f"cannot load Qwen2.5-VL checkpoint {name_or_path!r}: {one_line(e)}; give a hub id "
                              f"or a local checkpoint directory, or use the tiny-qwen2.5-vl preset") from None

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-from vstream.models.base import Tokens, default_side, one_line, read_checkpoint_json, read_preprocessor_config
+from vstream.models.base import (Tokens, default_side, one_line, placement_kwargs, read_checkpoint_json,
+                                 read_preprocessor_config)
 from vstream.models.qwen2_5_vl import (QWEN_FIRST_SPECIAL_ID, QWEN_SPECIAL_TOKENS, Qwen25VLAdapter, _min_pixels,
                                        real_id_tokenizer)
 from vstream.models.tokenizer import build_offline_tokenizer
@@ -215,7 +216,7 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         """Load a real checkpoint; preprocessing values from its video_preprocessor_config.json."""
         from transformers import AutoTokenizer
 
-        placement = _placement(device_map, max_memory, offload_folder)
+        placement = placement_kwargs(device_map, max_memory, offload_folder)
         try:
             tok = AutoTokenizer.from_pretrained(name_or_path)
             model = Qwen3VLForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype, **placement)
@@ -233,18 +234,6 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
                    default_frame_size=default_side(pp, DEFAULT_FRAME_SIZE, factor=factor, cap=DEFAULT_FRAME_SIZE),
                    image_mean=pp.get("image_mean", QWEN3_MEAN), image_std=pp.get("image_std", QWEN3_STD),
                    min_pixels=_min_pixels(pp, QWEN3_MIN_PIXELS))
-
-
-def _placement(device_map: Any, max_memory: dict | None, offload_folder: str | None) -> dict:
-    """from_pretrained keyword arguments for accelerate's placement ({} = load on one device)."""
-    if device_map is None:
-        return {}
-    out: dict[str, Any] = {"device_map": device_map}
-    if max_memory is not None:
-        out["max_memory"] = max_memory
-    if offload_folder is not None:
-        out["offload_folder"] = offload_folder
-    return out
 
 
 def _tiny_config(tok) -> Qwen3VLConfig:

@@ -101,9 +101,14 @@ def default_model_name(device: torch.device) -> str:
     return DEFAULT_GPU_MODEL if device.type == "cuda" else DEFAULT_CPU_MODEL
 
 
-def load_model(name_or_path: str | None, device: str = "auto", dtype: str = "auto", seed: int = 0) -> ModelAdapter:
+def load_model(name_or_path: str | None, device: str = "auto", dtype: str = "auto", seed: int = 0,
+               max_memory: dict | None = None, offload_folder: str | None = None) -> ModelAdapter:
     """Load a preset (random weights) or a real checkpoint (hub id or local directory).
 
+    Placement: ``device="auto"`` with CUDA loads checkpoints with accelerate's ``device_map="auto"``
+    (one GPU when the model fits, else spread over the GPUs and CPU; presets are spread when there are
+    several GPUs). ``max_memory`` (accelerate's {device: bytes or "10GiB"}, "cpu" included) forces a
+    placement within those budgets on any device; what fits nowhere goes to ``offload_folder`` on disk.
     Raises ValueError with a one-line message naming the problem and the fix.
     """
     dev = resolve_device(device)
@@ -111,12 +116,38 @@ def load_model(name_or_path: str | None, device: str = "auto", dtype: str = "aut
     if name_or_path is None:
         name_or_path = default_model_name(dev)
         logger.info("no model named; using %s for %s", name_or_path, dev.type)
+    spread = max_memory is not None or (device == "auto" and torch.cuda.device_count() > 1)
     if name_or_path in PRESETS:
         p = PRESETS[name_or_path]
         cls = adapter_class(p.family)
-        return cls.random(size=p.size, device=dev, dtype=dt, seed=seed, name=p.name)
+        if not spread:
+            return cls.random(size=p.size, device=dev, dtype=dt, seed=seed, name=p.name)
+        adapter = cls.random(size=p.size, device="cpu", dtype=dt, seed=seed, name=p.name)
+        return place(adapter, max_memory, offload_folder)
     family = _family_of_checkpoint(name_or_path)
-    return adapter_class(family).from_pretrained(name_or_path, device=dev, dtype=dt)
+    auto = spread or (device == "auto" and dev.type == "cuda")
+    kwargs = dict(device_map="auto", max_memory=max_memory, offload_folder=offload_folder) if auto else {}
+    return adapter_class(family).from_pretrained(name_or_path, device=dev, dtype=dt, **kwargs)
+
+
+def place(adapter: ModelAdapter, max_memory: dict | None = None, offload_folder: str | None = None) -> ModelAdapter:
+    """Spread an adapter's model with accelerate: whole decoder/vision blocks per device within ``max_memory``
+    (None: accelerate's view of the free memory), the rest offloaded to ``offload_folder`` on disk.
+
+    The KV caches follow: a DynamicCache layer lives where its decoder layer runs.
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    model = adapter.model
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                       dtype=adapter.dtype)
+    if "disk" in device_map.values() and offload_folder is None:
+        raise ValueError(f"{adapter.name} does not fit in max_memory={max_memory}; give an offload folder for the "
+                         f"rest or raise max_memory")
+    adapter.model = dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
+    logger.info("placed %s: %s", adapter.name, dict(device_map))
+    return adapter
 
 
 def _family_of_checkpoint(name_or_path: str) -> str:

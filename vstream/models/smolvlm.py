@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vstream.models.base import (PIL_RESAMPLE, ModelAdapter, Tokens, default_side, frames_to_tensor, one_line,
-                                 read_preprocessor_config, resize_like_pil)
+                                 placement_kwargs, read_preprocessor_config, resize_like_pil)
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -299,8 +299,12 @@ class SmolVLMAdapter(ModelAdapter):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, frame_size: int | None = None) -> "SmolVLMAdapter":
-        """Load a real SmolVLM2 / SmolVLM / Idefics3 checkpoint (hub id or local directory)."""
+                        dtype: torch.dtype = torch.float32, frame_size: int | None = None, device_map: Any = None,
+                        max_memory: dict | None = None, offload_folder: str | None = None) -> "SmolVLMAdapter":
+        """Load a real SmolVLM2 / SmolVLM / Idefics3 checkpoint (hub id or local directory).
+
+        ``device_map`` / ``max_memory`` / ``offload_folder``: accelerate's placement; else the model goes to ``device``.
+        """
         name_or_path = str(name_or_path)
         local = os.path.isdir(name_or_path)
         if not local and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
@@ -320,11 +324,12 @@ class SmolVLMAdapter(ModelAdapter):
         model_cls = _model_classes(model_type)[0]
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            model = model_cls.from_pretrained(name_or_path, dtype=dtype)
+            model = model_cls.from_pretrained(name_or_path, dtype=dtype,
+                                              **placement_kwargs(device_map, max_memory, offload_folder))
         except Exception as e:
             raise ValueError(f"cannot load SmolVLM weights or tokenizer from {name_or_path!r} ({one_line(e)}); "
                              "check the checkpoint files") from None
-        model = model.to(device).eval()
+        model = (model if device_map is not None else model.to(device)).eval()
         pre = read_preprocessor_config(name_or_path)
         mean = pre.get("image_mean") or DEFAULT_MEAN
         std = pre.get("image_std") or DEFAULT_STD

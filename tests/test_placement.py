@@ -1,0 +1,50 @@
+"""accelerate placement on CPU: a tiny preset with part of the model offloaded to disk still streams exactly."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_chunks
+from vstream.config import from_name
+from vstream.engine import Engine
+from vstream.models.registry import load_model
+
+TOL = 1e-4
+QUESTION = "What happened in the video?"
+
+
+def _model_bytes(name: str) -> int:
+    a = load_model(name, device="cpu", dtype="float32", seed=0)
+    return sum(p.numel() * p.element_size() for p in a.model.parameters())
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_disk_offload_streams_like_one_full_forward(name, tmp_path):
+    budget = _model_bytes(name) // 2  # half the weights fit in "CPU memory": the rest must go to disk
+    a = load_model(name, device="cpu", dtype="float32", seed=0, max_memory={"cpu": budget},
+                   offload_folder=str(tmp_path / "offload"))
+    placed = set(a.model.hf_device_map.values())
+    assert "disk" in placed and a.placed, a.model.hf_device_map
+    assert any((tmp_path / "offload").iterdir())  # accelerate really wrote the offloaded weights there
+    assert a.device == torch.device("cpu")
+    eng = Engine(a, from_name("tiny").replace(**{"memory.window_chunks": 100, "memory.long_term": False}))
+    eng.start()
+    chunks = make_chunks(3, frames=2, seed=1)
+    for ch in chunks:
+        eng.ingest(ch)
+    _, _, logits, _, _ = eng.prepare(QUESTION, eng.snapshot())
+    for layer in eng.memory.cache.layers:  # each cache layer lives where its decoder layer ran
+        assert layer.keys.device.type == "cpu"
+    pieces = [a.system_text(eng.config.system_prompt)] + [(c.marker, c.frames) for c in chunks] \
+        + [a.question_text(QUESTION)]
+    ref = a.reference_logits(pieces)
+    assert (logits[0] - ref).abs().max().item() <= TOL
+    # the same weights loaded on one device give the same logits: offloading changed nothing
+    plain = load_model(name, device="cpu", dtype="float32", seed=0)
+    assert (plain.reference_logits(pieces) - ref).abs().max().item() <= TOL
+
+
+def test_placement_needs_a_folder_when_it_overflows():
+    with pytest.raises(ValueError) as e:
+        load_model("tiny-qwen2.5-vl", device="cpu", dtype="float32", max_memory={"cpu": 10_000})
+    assert "offload" in str(e.value) and "\n" not in str(e.value)

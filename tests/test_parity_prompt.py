@@ -83,6 +83,13 @@ SMOLVLM_TEMPLATE = (
 )
 
 
+def test_library_templates_are_the_published_ones():
+    from vstream.models import chat_templates as ct
+
+    assert (ct.QWEN25_TEMPLATE, ct.QWEN3_TEMPLATE, ct.LLAVA_TEMPLATE, ct.SMOLVLM_TEMPLATE) == (
+        QWEN25_TEMPLATE, QWEN3_TEMPLATE, LLAVA_TEMPLATE, SMOLVLM_TEMPLATE)
+
+
 def _engine_ids(adapter, chunks) -> list[int]:
     """Token ids the engine has fed for the second question: sinks, chunks, kept answer turn, chunk, question."""
     cfg = from_name("tiny").replace(**{"memory.window_chunks": 100, "memory.long_term": False,

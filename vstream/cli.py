@@ -1,4 +1,4 @@
-"""`vstream ...`: watch, ask, models, bench, eval. Errors are one line on stderr and a non-zero exit."""
+"""`vstream ...`: watch, ask, models, bench, doctor, eval. Errors are one line on stderr and a non-zero exit."""
 from __future__ import annotations
 
 import argparse
@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
 
-    from vstream import bench
+    from vstream import bench, doctor
 
     bench.add_parser(sub)
+    doctor.add_parser(sub)
     try:
         from eval.cli import add_eval_parser
     except ImportError as e:  # the harness is optional at import time; say why when asked for

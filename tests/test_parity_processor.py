@@ -4,7 +4,7 @@ Each HF processor is built with the values of the published checkpoint's preproc
 here as facts with their source, and fed the same uint8 frames. Compared: pixel values after
 normalisation, patch order (row for row), grid sizes and token counts.
 
-Bound: the adapters resize with PIL's own arithmetic (``vstream.models.base.resize_like_pil``: separable
+Bound: the adapters resize with PIL's own arithmetic (``vstream.models.resize.resize_like_pil``: separable
 passes, 22-bit fixed-point weights, 8-bit rounding after each pass), so the resized pixels are PIL's to
 the level; what is left is float32 rounding in the normalisation, below 1e-6 after dividing by std.
 (The adapters' previous resize, torch's antialiased bicubic in float, was measured at up to 18.6 levels
@@ -137,8 +137,6 @@ def test_llava_onevision_matches_hf_processor():
     from transformers import LlavaOnevisionImageProcessorPil
     from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
 
-    from vstream.models.llava_onevision import _TEXT  # noqa: F401  (module import before the monkeypatch)
-
     a = _llava_384()
     pinpoints = [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)]  # published, 6 x 6
     hf = LlavaOnevisionImageProcessorPil(**LLAVA_PP, image_grid_pinpoints=pinpoints)
@@ -190,9 +188,6 @@ def test_smolvlm_matches_hf_processor():
 
 def test_tiny_presets_follow_the_same_rules():
     """The tiny presets use the same code path: their frames also equal HF's processors at their sizes."""
-    from transformers import Qwen2VLImageProcessorPil
-
     a = tiny_adapter("tiny-qwen2.5-vl")
     frames = _frames(11, 2, 32, 48)
     _qwen_case(a, {**QWEN25_PP, "min_pixels": a.min_pixels}, frames, a.target_side ** 2, "tiny-qwen2.5-vl")
-    assert Qwen2VLImageProcessorPil is not None

@@ -115,7 +115,8 @@ def check_processor(a, pp: dict | None = None) -> Row:
         ours = a.preprocess(frames).float().cpu().numpy()
         worst = max(float(np.abs(ours[i] - hf(images=[[f]], return_tensors="np")["pixel_values"][0][0]).max())
                     for i, f in enumerate(frames))
-        detail = f"{a.frame_size}x{a.frame_size} ({a.resample}), {a.image_seq_len} tokens/frame, max |dpixel| {worst:.2g}"
+        detail = (f"{a.frame_size}x{a.frame_size} ({a.resample}), {a.image_seq_len} tokens/frame, "
+                  f"max |dpixel| {worst:.2g}")
     else:
         return Row("processor", False, f"no reference processor known for family {fam!r}")
     return Row("processor", worst <= PIX_TOL, detail)
@@ -229,10 +230,10 @@ def _check_prompt_smolvlm(a, cfg) -> Row:
         text = text.replace("User: <video>", "User:" + stream + "\n\n", 1)
     text = text.replace("Assistant: " + ans, "Assistant:" + ans, 1)
     theirs = a.tokenizer(text, add_special_tokens=False)["input_ids"]
-    ok = ours == theirs
-    return Row("prompt", ok, f"{len(ours)} tokens, " + ("equal after the documented differences (no video intro, "
-                                                         "one time marker per chunk, no space after 'User:')"
-                                                         if ok else f"differs from the template ({len(theirs)} tokens)"))
+    if ours == theirs:
+        return Row("prompt", True, f"{len(ours)} tokens, equal after the documented differences (no video intro, "
+                                   f"one time marker per chunk, no space after 'User:')")
+    return Row("prompt", False, f"{len(ours)} tokens, differs from the template ({len(theirs)} tokens)")
 
 
 # ---- 3. streaming --------------------------------------------------------------------------------
@@ -299,8 +300,10 @@ def run(model: str, device: str = "auto", dtype: str = "auto", video: Path = SAM
                               f"{time.perf_counter() - t0:.1f}s")]
     cfg = from_name("tiny" if a.name.startswith("tiny-") else "default").replace(model=a.name)
     stats: dict = {}
-    for name, fn in (("processor", lambda: (check_processor(a, checkpoint_config(a)), {})), ("prompt", lambda: (check_prompt(a, cfg), {})),
-                     ("streaming", lambda: check_streaming(a, cfg)), ("answer", lambda: check_answer(a, cfg, video))):
+    checks = (("processor", lambda: (check_processor(a, checkpoint_config(a)), {})),
+              ("prompt", lambda: (check_prompt(a, cfg), {})), ("streaming", lambda: check_streaming(a, cfg)),
+              ("answer", lambda: check_answer(a, cfg, video)))
+    for name, fn in checks:
         try:
             row, extra = fn()
         except Exception as e:  # a check that crashes fails; the others still run

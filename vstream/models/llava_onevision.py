@@ -23,7 +23,8 @@ from transformers import (AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionFor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vstream.models.base import (ModelAdapter, Tokens, frames_to_tensor, one_line, placement_kwargs,
-                                 read_checkpoint_json, resize_like_pil)
+                                 read_checkpoint_json)
+from vstream.models.resize import resize_like_pil
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -7,14 +7,14 @@ patchified the way Qwen2-VL's video processor does; an odd frame count repeats t
 (temporal patch size 2). Positions come from the HF model's own ``get_rope_index`` on the chunk's ids
 alone, so a chunk placed at ``start`` gets exactly the positions HF gives it in the whole sequence.
 
-Frames are resized with the Qwen-VL rule (HF's ``smart_resize``, see ``base.fit_to_grid``) under a
+Frames are resized with the Qwen-VL rule (HF's ``smart_resize``, see ``resize.fit_to_grid``) under a
 per-frame pixel budget of ``frame_size ** 2`` and the checkpoint's ``min_pixels``: a frame that the
 HF processor would give grid (t, h, w) under that budget gets exactly that grid here (tests/
 test_parity_processor.py). ``frame_size`` (constructor / ``random`` / ``from_pretrained`` argument) is
 the side of the square with that area. Default: 448 for the published configs and real checkpoints
 (16 x 16 = 256 merged tokens per 2 frames of a square video; less when a checkpoint's ``max_pixels`` is
 smaller), 56 for the tiny preset. The resize is bicubic, antialiased, rounded to 8-bit levels
-(``base.resize_like_pil``): pixel values stay within one 8-bit level of HF's PIL processor.
+(``resize.resize_like_pil``): pixel values stay within one 8-bit level of HF's PIL processor.
 ``fps`` (attribute, default 2.0) is the sampling rate of the frames; it sets the temporal position
 spacing (``second_per_grid_ts = temporal_patch_size / fps``).
 """
@@ -28,8 +28,9 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from vstream.models.base import (ModelAdapter, Tokens, default_side, fit_to_grid, frames_to_tensor, one_line,
-                                 placement_kwargs, read_preprocessor_config, resize_like_pil)
+from vstream.models.base import (ModelAdapter, Tokens, default_side, frames_to_tensor, one_line, placement_kwargs,
+                                 read_preprocessor_config)
+from vstream.models.resize import fit_to_grid, resize_like_pil
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)

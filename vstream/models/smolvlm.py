@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vstream.models.base import (PIL_RESAMPLE, ModelAdapter, Tokens, default_side, frames_to_tensor, one_line,
-                                 placement_kwargs, read_preprocessor_config, resize_like_pil)
+from vstream.models.base import (ModelAdapter, Tokens, default_side, frames_to_tensor, one_line, placement_kwargs,
+                                 read_preprocessor_config)
+from vstream.models.resize import PIL_RESAMPLE, resize_like_pil
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -117,8 +118,8 @@ class SmolVLMAdapter(ModelAdapter):
         side = int(frame_size if frame_size is not None else cfg.vision_config.image_size)
         per_side = side // self.patch_size
         if per_side < self.scale_factor or per_side % self.scale_factor:
-            raise ValueError(f"frame_size {side} gives {per_side} patches of {self.patch_size}px per side, which must be "
-                             f"a positive multiple of scale_factor {self.scale_factor}; use e.g. "
+            raise ValueError(f"frame_size {side} gives {per_side} patches of {self.patch_size}px per side, which must "
+                             f"be a positive multiple of scale_factor {self.scale_factor}; use e.g. "
                              f"{self.patch_size * self.scale_factor * max(1, per_side // self.scale_factor)}")
         self.frame_size = side  # effective square side every frame is resized to
         self.resample = resample  # PIL filter of the checkpoint's processor ("resample": 1 = LANCZOS)

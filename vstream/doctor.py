@@ -2,8 +2,9 @@
 
 Checks, each a row of the printed table (non-zero exit when one fails):
 1. processor  - the adapter's on-device preprocessing vs the family's HF PIL image processor built from
-                the checkpoint's own preprocessor config (presets: the adapter's values); pixels, patch
-                order, grids. Bound: 1e-6 (the adapters resize with PIL's arithmetic, exact to the level).
+                the checkpoint's own preprocessor config (presets: the adapter's values); pixels (both cast
+                to the model's dtype, as the model sees them), patch order, grids. Bound: 1e-6 (the
+                adapters resize with PIL's arithmetic, exact to the level).
 2. prompt     - the ids the engine feeds (system, chunks, kept answer turn, question) vs the checkpoint's
                 chat template (its own, else the family's published one) rendered by transformers, with
                 the HF processor's placeholder expansion; equal, or equal after the family's documented
@@ -62,6 +63,11 @@ def checkpoint_config(a) -> dict:
     return {}
 
 
+def _in_dtype(x, dtype: torch.dtype) -> np.ndarray:
+    """Values as the model sees them: cast to its dtype (HF's processors return fp32, the model casts)."""
+    return torch.as_tensor(np.asarray(x)).to(dtype).float().numpy()
+
+
 def check_processor(a, pp: dict | None = None) -> Row:
     """Adapter preprocessing vs the family's HF PIL image processor on two 240 x 320 frames.
 
@@ -83,13 +89,13 @@ def check_processor(a, pp: dict | None = None) -> Row:
         pix, grid = a.preprocess(frames)
         gt, gh, gw = grid.tolist()
         p, tp = a.patch_size, a.temporal_patch_size
-        ours = pix.reshape(gt, gh * gw, 3, tp, p, p).float().cpu().numpy()
+        ours = _in_dtype(pix.reshape(gt, gh * gw, 3, tp, p, p).cpu(), a.dtype)
         worst = 0.0
         for i, f in enumerate(frames):
             out = hf(images=[f], return_tensors="np")
             if out["image_grid_thw"].tolist() != [[1, gh, gw]]:
                 return Row("processor", False, f"grid {out['image_grid_thw'].tolist()} vs ours {[1, gh, gw]}")
-            theirs = out["pixel_values"].reshape(gh * gw, 3, tp, p, p)[:, :, 0]
+            theirs = _in_dtype(out["pixel_values"].reshape(gh * gw, 3, tp, p, p)[:, :, 0], a.dtype)
             worst = max(worst, float(np.abs(ours[i // tp, :, :, i % tp] - theirs).max()))
         detail = f"grid {gt}x{gh}x{gw}, {gt * gh * gw // a.merge_size ** 2} tokens, max |dpixel| {worst:.2g}"
     elif fam == "llava-onevision":
@@ -100,9 +106,9 @@ def check_processor(a, pp: dict | None = None) -> Row:
                                              image_mean=pp.get("image_mean", list(a.image_mean)),
                                              image_std=pp.get("image_std", list(a.image_std)),
                                              image_grid_pinpoints=[[s, s]])
-        ours = a.preprocess(frames).float().cpu().numpy()
-        worst = max(float(np.abs(ours[i] - hf(images=[f], return_tensors="np")["pixel_values"][0][0]).max())
-                    for i, f in enumerate(frames))
+        ours = _in_dtype(a.preprocess(frames).cpu(), a.dtype)
+        worst = max(float(np.abs(ours[i] - _in_dtype(hf(images=[f], return_tensors="np")["pixel_values"][0][0],
+                                                     a.dtype)).max()) for i, f in enumerate(frames))
         detail = f"{s}x{s}, {a.vision_tokens(len(frames))} tokens, max |dpixel| {worst:.2g}"
     elif fam == "smolvlm":
         from transformers import SmolVLMImageProcessorPil
@@ -112,9 +118,9 @@ def check_processor(a, pp: dict | None = None) -> Row:
                                       max_image_size={"longest_edge": a.frame_size}, resample=code,
                                       image_mean=pp.get("image_mean", a.image_mean.flatten().tolist()),
                                       image_std=pp.get("image_std", a.image_std.flatten().tolist()))
-        ours = a.preprocess(frames).float().cpu().numpy()
-        worst = max(float(np.abs(ours[i] - hf(images=[[f]], return_tensors="np")["pixel_values"][0][0]).max())
-                    for i, f in enumerate(frames))
+        ours = _in_dtype(a.preprocess(frames).cpu(), a.dtype)
+        worst = max(float(np.abs(ours[i] - _in_dtype(hf(images=[[f]], return_tensors="np")["pixel_values"][0][0],
+                                                     a.dtype)).max()) for i, f in enumerate(frames))
         detail = (f"{a.frame_size}x{a.frame_size} ({a.resample}), {a.image_seq_len} tokens/frame, "
                   f"max |dpixel| {worst:.2g}")
     else:

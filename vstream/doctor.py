@@ -65,7 +65,8 @@ def checkpoint_config(a) -> dict:
 
 def _in_dtype(x, dtype: torch.dtype) -> np.ndarray:
     """Values as the model sees them: cast to its dtype (HF's processors return fp32, the model casts)."""
-    return torch.as_tensor(np.asarray(x)).to(dtype).float().numpy()
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.to(dtype).float().numpy()
 
 
 def check_processor(a, pp: dict | None = None) -> Row:

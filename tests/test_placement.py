@@ -48,3 +48,35 @@ def test_placement_needs_a_folder_when_it_overflows():
     with pytest.raises(ValueError) as e:
         load_model("tiny-qwen2.5-vl", device="cpu", dtype="float32", max_memory={"cpu": 10_000})
     assert "offload" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_device_auto_uses_accelerate_for_checkpoints_on_gpus(monkeypatch):
+    """--device auto on CUDA loads checkpoints with device_map="auto"; several GPUs spread presets too."""
+    from vstream.models import registry
+
+    seen = {}
+
+    class Fake:
+        @classmethod
+        def from_pretrained(cls, name, device, dtype, **kwargs):
+            seen["checkpoint"] = (str(device), kwargs)
+            return "adapter"
+
+        @classmethod
+        def random(cls, size, device, dtype, seed, name):
+            seen["preset_device"] = str(device)
+            return "preset"
+
+    monkeypatch.setattr(registry, "_family_of_checkpoint", lambda name: "qwen2.5-vl")
+    monkeypatch.setattr(registry, "adapter_class", lambda family: Fake)
+    monkeypatch.setattr(registry, "place", lambda adapter, max_memory, folder: ("placed", adapter, max_memory))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert registry.load_model("org/some-checkpoint", device="auto") == "adapter"
+    assert seen["checkpoint"] == ("cuda", {"device_map": "auto", "max_memory": None, "offload_folder": None})
+    assert registry.load_model("org/some-checkpoint", device="cuda:0") == "adapter"
+    assert seen["checkpoint"] == ("cuda:0", {})  # an explicit device: one device, no accelerate
+    assert registry.load_model("tiny-qwen2.5-vl", device="auto") == "preset"  # one GPU: presets stay whole
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert registry.load_model("tiny-qwen2.5-vl", device="auto") == ("placed", "preset", None)
+    assert seen["preset_device"] == "cpu"  # built on the CPU, then dispatched

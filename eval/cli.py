@@ -130,21 +130,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def agent_from_args(args: argparse.Namespace) -> Any:
     """Agent.from_pretrained with the model/config options of an eval sub-command."""
-    from vstream.api import Agent
+    from vstream.cliargs import agent_from_args as build
 
-    overrides: dict[str, Any] = {}
-    for kv in getattr(args, "set", None) or []:
-        key, sep, value = kv.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {kv!r} is not KEY=VALUE; write e.g. --set memory.retrieve_k=8")
-        overrides[key.strip()] = _value(value.strip())
-    if getattr(args, "window", None):
-        overrides["memory.window_chunks"] = args.window
-    if getattr(args, "no_long_term", False):
-        overrides["memory.long_term"] = False
-    if getattr(args, "commentary_tokens", None):
-        overrides["responder.commentary_tokens"] = args.commentary_tokens
-    return Agent.from_pretrained(args.model, config=args.config, device=args.device, dtype=args.dtype, **overrides)
+    return build(args)
 
 
 def judge_from_args(args: argparse.Namespace, *, required: bool, default_offline: bool = False) -> Any:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from vstream.sources import split_synthetic_events
+
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -95,22 +97,6 @@ def parse_time(value: Any, where: str = "time") -> float:
             h = int(m.group(1) or 0)
             return h * 3600 + int(m.group(2)) * 60 + float(m.group(3))
     raise FormatError(f"{where}: bad time value {value!r} (use seconds or HH:MM:SS)")
-
-
-def split_synthetic_events(spec: str) -> tuple[str, str | None]:
-    """``"synthetic:seed=1,events=e.json,fps=2"`` -> (``"synthetic:seed=1,fps=2"``, ``"e.json"``).
-
-    ``events=FILE`` is the harness's extension of the synthetic spec: a JSON file with the scripted
-    events (a list, or ``{"events": [...], ...SyntheticSource keyword arguments}``).
-    """
-    head, _, rest = spec.partition(":")
-    keep, events = [], None
-    for item in (s.strip() for s in rest.split(",")):
-        if item.startswith("events="):
-            events = item[len("events="):]
-        elif item:
-            keep.append(item)
-    return f"{head}:{','.join(keep)}" if keep else head, events
 
 
 def resolve_video(path: str, root: str | os.PathLike | None) -> str:

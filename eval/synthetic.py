@@ -7,20 +7,19 @@ the StreamingBench, OVO-Bench, RVS and Inf-Streams formats, so every protocol ru
 
 Short videos are written as MP4 files; long-stream variants (an hour or more at low resolution) are
 ``synthetic:...,events=FILE`` specs rendered on the fly (``events=`` names a small JSON file with the
-script; the harness builds the source, see ``open_synthetic``).
+script; ``vstream.sources.open_source`` reads it).
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from eval.formats import split_synthetic_events
+from vstream.sources import open_synthetic  # noqa: F401 - lives in vstream.sources; importable here
 
 logger = logging.getLogger(__name__)
 
@@ -34,67 +33,6 @@ MIN_DURATION_S = 10
 FILES = {"streamingbench": "streamingbench.json", "ovobench": "ovobench.json", "rvs": "rvs.json",
          "infstreams_metadata": "infstreams_metadata.jsonl", "infstreams_windows": "infstreams_windows.jsonl",
          "manifest": "manifest.json"}
-
-
-# ---- sources ------------------------------------------------------------------------------------
-
-def open_synthetic(spec: str, start_s: float = 0.0, end_s: float | None = None) -> Any:
-    """A VideoSource for ``"synthetic:...[,events=FILE]"``, restricted to [start_s, end_s) when given.
-
-    The events file holds a list of SyntheticSource events, or ``{"events": [...], **kwargs}`` with
-    further SyntheticSource keyword arguments (caption, n_shapes, clock).
-    """
-    from vstream.sources import SyntheticSource, open_source
-
-    base, events_path = split_synthetic_events(spec)
-    plain = open_source(base)
-    kwargs: dict[str, Any] = dict(seed=plain.seed, duration_s=plain.duration_s, fps=plain.fps, size=plain.size,
-                                  caption=plain.caption, max_side=plain.max_side)
-    if events_path:
-        p = Path(events_path)
-        if not p.is_file():
-            raise ValueError(f"synthetic events file not found: {p}; regenerate the benchmark "
-                             "(data/make_synthetic_bench.py)")
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e.msg})") from None
-        if isinstance(data, dict):
-            data = dict(data)
-            kwargs["events"] = data.pop("events", [])
-            kwargs.update(data)
-        else:
-            kwargs["events"] = data
-    src = SyntheticSource(**kwargs)
-    if start_s > 0 or end_s is not None:
-        return TimeWindow(src, start_s, end_s)
-    return src
-
-
-class TimeWindow:
-    """The frames of a SyntheticSource in [start_s, end_s), rendered directly (no frames before start)."""
-
-    def __init__(self, src: Any, start_s: float, end_s: float | None) -> None:
-        if start_s < 0 or (end_s is not None and end_s <= start_s):
-            raise ValueError(f"need 0 <= start_s < end_s, got start_s={start_s}, end_s={end_s}")
-        self.src, self.start_s, self.end_s = src, float(start_s), end_s
-        self.fps = src.fps
-        stop = src.duration_s if end_s is None else min(src.duration_s, float(end_s))
-        self.duration = None if math.isinf(stop) else stop
-        self.name = f"{src.name}[{start_s:g}s-]"
-
-    def __iter__(self) -> Iterator[Any]:
-        from vstream.sources import Frame, resize_max_side
-
-        stop = self.src.duration_s if self.end_s is None else min(self.src.duration_s, float(self.end_s))
-        for k in itertools.count(math.ceil(self.start_s * self.fps - 1e-9)):
-            t = k / self.fps
-            if t >= stop - 1e-9:
-                return
-            yield Frame(t, resize_max_side(self.src.frame_at(t), self.src.max_side))
-
-    def close(self) -> None:
-        self.src.close()
 
 
 # ---- scripts ------------------------------------------------------------------------------------

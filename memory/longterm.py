@@ -2,36 +2,47 @@
 
 Evicted vision chunks go in through ``on_evict``; questions get entries back through ``retrieve``.
 The store and index live in ``memory.store`` / ``memory.index``; this module only wires them to the
-engine and to a session's memory directory.
+engine and to a session's memory directory. It knows tensors and plain values, not models: the caller
+describes its model as a ``StoreMeta`` and its settings as a ``LongTermConfig``.
 """
 from __future__ import annotations
 
 import logging
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from memory.segment import Segment
-from memory.store import StoreMeta
-from vstream.config import MemoryConfig
+from memory.types import Retrieved, StoreMeta
+
+__all__ = ["LongTerm", "LongTermConfig", "Retrieved", "StoreMeta"]
 
 logger = logging.getLogger(__name__)
 
 
-def store_meta(adapter) -> StoreMeta:
-    dtype = str(adapter.dtype).replace("torch.", "")
-    return StoreMeta(model=adapter.name, family=adapter.family, num_layers=adapter.num_layers,
-                     num_kv_heads=adapter.num_kv_heads, head_dim=adapter.head_dim, pos_dims=adapter.pos_dims,
-                     dtype=dtype)
+@dataclass(frozen=True)
+class LongTermConfig:
+    """Settings of one long-term memory (the store's tiers, its index and what fills entry texts).
+
+    Checked where they are used: the store checks ``quantize`` and ``ram_bytes``, the index ``retriever``.
+    """
+
+    ram_bytes: int = 2 << 30  # RAM tier budget for K/V (LRU, bytes)
+    quantize: str = "none"  # cold-tier K/V: "none" | "int8" | "int4" | "k4v2"
+    retriever: str = "internal"  # "internal" (key summaries) | "text" (entry texts) | "both"
+    per_layer: bool = False  # internal retriever: layers vote with their own top entries
+    exact_index_max: int = 50_000  # exact FAISS index up to this many entries, HNSW above
+    ocr: bool = False  # OCR a keyframe per chunk into the entry's text
 
 
 class LongTerm:
     """Long-term memory for one session."""
 
-    def __init__(self, store, index, cfg: MemoryConfig, directory: Path | None, ocr=None) -> None:
+    def __init__(self, store, index, cfg: LongTermConfig, directory: Path | None, ocr=None) -> None:
         self.store = store
         self.index = index
         self.cfg = cfg
@@ -41,13 +52,16 @@ class LongTerm:
         self._lock = threading.Lock()
 
     @classmethod
-    def create(cls, adapter, cfg: MemoryConfig, directory: str | Path | None = None, *,
+    def create(cls, meta: StoreMeta, cfg: LongTermConfig, directory: str | Path | None = None, *,
                load_existing: bool = False) -> "LongTerm":
-        """Open (load_existing) or start a long-term memory, in ``directory`` or a private temp dir."""
+        """Open (load_existing) or start a long-term memory for the model ``meta`` describes, in
+        ``directory`` or a private temp dir."""
         from memory.index import MemoryIndex
         from memory.store import LongTermStore
 
-        meta = store_meta(adapter)
+        if not isinstance(meta, StoreMeta):
+            raise ValueError(f"LongTerm.create needs a StoreMeta describing the model (layers, kv heads, head_dim, "
+                             f"pos_dims, dtype), got {type(meta).__name__}; build one from the model first")
         d = Path(directory) if directory is not None else None
         embedder = None
         if cfg.retriever in ("text", "both"):
@@ -105,10 +119,8 @@ class LongTerm:
         return seg.to("cpu", dtype=self.store.meta.torch_dtype)
 
     def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
-                 device: torch.device, dtype: torch.dtype | None = None) -> list:
+                 device: torch.device, dtype: torch.dtype | None = None) -> list[Retrieved]:
         """Top-k entries that started before ``before_s`` (causality), best first, K/V on ``device``."""
-        from vstream.engine import Retrieved
-
         if k <= 0 or len(self.store) == 0:
             return []
         if self.cfg.retriever == "internal" and query_means is None:

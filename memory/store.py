@@ -11,24 +11,26 @@ Crash safety: an entry's segment is written to a temp file, fsynced, renamed int
 fsynced; only then is its journal line appended and fsynced. A crash at any moment therefore leaves either
 the old state or the old state plus the new entry. On open, a truncated last journal line is dropped with a
 warning and entries whose segment file is missing or fails its sha256 are skipped with a warning.
-No pickle anywhere: json, base64 and safetensors only.
+No pickle anywhere: json, base64 and safetensors only. The durable-write, journal and lock primitives
+are in ``memory.journal``; ``StoreMeta`` and ``EntryInfo`` in ``memory.types``.
+
+(Over 500 lines: one class whose RAM and disk tiers share one entry table and two locks; splitting the
+tiers across files would spread that locking protocol over them.)
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 import errno
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import threading
-import warnings
 import weakref
-import zlib
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors
@@ -36,95 +38,24 @@ import safetensors.torch
 import torch
 
 from memory import quant
+from memory.journal import DirLock, Journal, atomic_write, encode_line, read_journal, warn
 from memory.segment import KINDS, VISION, Segment
+from memory.types import FORMAT_VERSION, EntryInfo, StoreMeta
 
-try:  # advisory lock so that two writers never share one journal (POSIX only)
-    import fcntl
-except ImportError:  # pragma: no cover - non-POSIX
-    fcntl = None  # type: ignore[assignment]
+__all__ = ["LongTermStore", "StoreMeta", "EntryInfo", "UnknownEntryError", "atomic_write"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 JOURNAL_NAME = "journal.jsonl"
 SEGMENT_DIR = "segments"
 LOCK_NAME = ".lock"
 #: cold-tier formats: (key bits, value bits); 0 = stored as is. "k4v2": int4 keys, ternary values (VidKV-like)
 _QUANT_BITS = {"none": (0, 0), "int8": (8, 8), "int4": (4, 4), "k4v2": (4, 2)}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------------
-# metadata
-
-
-@dataclass(frozen=True)
-class StoreMeta:
-    """What a memory directory was written by; entries only make sense for the same model."""
-
-    model: str
-    family: str
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    pos_dims: int
-    dtype: str  # "float32" | "bfloat16" | "float16": the dtype K/V are stored and returned in
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"StoreMeta.dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
-        for name in ("num_layers", "num_kv_heads", "head_dim", "pos_dims"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"StoreMeta.{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
-
-    def describe(self) -> str:
-        return (f"{self.model!r} ({self.family}, {self.num_layers} layers, {self.num_kv_heads} kv heads, "
-                f"head_dim {self.head_dim}, pos_dims {self.pos_dims}, format {self.format_version})")
-
-    def check_compatible(self, other: "StoreMeta", where: str) -> None:
-        """Raise ValueError (one line, naming both models) when ``other`` (found at ``where``) cannot be used.
-
-        The dtype is not compared: K/V of the same model in another dtype are cast by ``get(dtype=...)``.
-        """
-        if other.format_version > FORMAT_VERSION:
-            raise ValueError(f"memory at {where} has format version {other.format_version}, newer than this "
-                             f"vstream supports ({FORMAT_VERSION}); upgrade vstream or use another memory directory")
-        keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims", "format_version")
-        if any(getattr(self, k) != getattr(other, k) for k in keys):
-            raise ValueError(f"memory at {where} was written by model {other.describe()}, but this run uses "
-                             f"{self.describe()}; use a fresh memory directory for this model")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict, where: str = "config.json") -> "StoreMeta":
-        try:
-            return cls(model=str(d["model"]), family=str(d["family"]), num_layers=int(d["num_layers"]),
-                       num_kv_heads=int(d["num_kv_heads"]), head_dim=int(d["head_dim"]), pos_dims=int(d["pos_dims"]),
-                       dtype=str(d["dtype"]), format_version=int(d.get("format_version", 1)))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{where} is not a vstream memory config (bad or missing field {e})") from None
-
-
-@dataclass(frozen=True)
-class EntryInfo:
-    """Everything about an entry except its K/V (cheap: held in RAM)."""
-
-    entry_id: int
-    start_s: float
-    end_s: float
-    n_tokens: int
-    span: int
-    text: str
-    thumbnail: bytes | None
-    nbytes: int  # K/V bytes as stored (after quantisation)
+# entries
 
 
 class UnknownEntryError(KeyError, ValueError):
@@ -136,93 +67,15 @@ class UnknownEntryError(KeyError, ValueError):
 
 @dataclass
 class _Entry:
-    entry_id: int
+    """The store's record of an entry: its public info plus where and how its K/V lie on disk."""
+
+    info: EntryInfo
     kind: str
-    start_s: float
-    end_s: float
-    n_tokens: int
-    span: int
-    text: str
-    thumbnail: bytes | None
-    nbytes: int
     file: str
     sha256: str
     size: int
     quant: str
     chunk_index: int | None
-
-    def info(self) -> EntryInfo:
-        return EntryInfo(self.entry_id, self.start_s, self.end_s, self.n_tokens, self.span, self.text,
-                         self.thumbnail, self.nbytes)
-
-
-# ---------------------------------------------------------------------------------------------------
-# durable file helpers (module level so that tests can simulate a full disk)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write every byte of ``data`` to ``fd`` (the one place that writes store bytes)."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, durable: bool) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename (+ directory fsync). Cleans up on error."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        try:
-            _write_all(fd, data)
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def _line_crc(body: dict) -> str:
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    return f"{zlib.crc32(raw):08x}"
-
-
-def _encode_line(body: dict) -> bytes:
-    return (json.dumps({**body, "crc": _line_crc(body)}, sort_keys=True, separators=(",", ":"),
-                       ensure_ascii=True) + "\n").encode()
-
-
-def _decode_line(raw: bytes) -> dict | None:
-    """A journal line's body, or None when it does not parse or fails its crc."""
-    try:
-        d = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(d, dict) or "crc" not in d:
-        return None
-    crc = d.pop("crc")
-    return d if crc == _line_crc(d) else None
 
 
 def _io_error(action: str, directory: Path, e: OSError) -> RuntimeError:
@@ -272,9 +125,8 @@ class LongTermStore:
         self._ram_used = 0
         self._next_id = 0
         self._closed = False
-        self._lock_fd: int | None = None
-        self._journal_fd: int | None = None
-        self._fd_finalizers: list[weakref.finalize] = []  # close fds (and so the flock) if never closed
+        self._dir_lock: DirLock | None = None
+        self._journal: Journal | None = None
         self._temp = directory is None
         if directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="vstream-mem-"))
@@ -332,31 +184,19 @@ class LongTermStore:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def _acquire_lock(self) -> None:
-        if fcntl is None:
-            return
-        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise RuntimeError(f"memory directory {self.directory} is in use by another open store; "
-                               f"close that one first") from None
-        self._lock_fd = fd
-        self._fd_finalizers.append(weakref.finalize(self, _close_quietly, fd))
+        self._dir_lock = DirLock(self.directory, LOCK_NAME)
 
     def _open_journal(self) -> None:
-        path = self.directory / JOURNAL_NAME
-        self._journal_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        self._fd_finalizers.append(weakref.finalize(self, _close_quietly, self._journal_fd))
-        self._journal_size = os.lseek(self._journal_fd, 0, os.SEEK_END)
-        if self._durable:
-            _fsync_dir(self.directory)
+        self._journal = Journal(self.directory / JOURNAL_NAME, self._durable)
 
     def _release(self) -> None:
-        for fin in getattr(self, "_fd_finalizers", []):
-            fin()  # closes each fd once (closing the lock fd releases the flock)
-        self._fd_finalizers = []
-        self._journal_fd = self._lock_fd = None
+        """Close the journal and release the lock (their fds are also closed if the store is forgotten).
+        The closed journal stays referenced: ``disk_bytes_used`` still counts its size."""
+        if getattr(self, "_journal", None) is not None:
+            self._journal.close()
+        if getattr(self, "_dir_lock", None) is not None:
+            self._dir_lock.release()
+        self._dir_lock = None
         if getattr(self, "_cleanup", None) is not None:
             self._cleanup()
 
@@ -391,47 +231,29 @@ class LongTermStore:
             except OSError:
                 pass
         jpath = self.directory / JOURNAL_NAME
-        data = jpath.read_bytes() if jpath.exists() else b""
-        pieces = data.split(b"\n")
-        pos, max_id = 0, -1
+        max_id = -1
         entries: dict[int, _Entry] = {}
-        for i, raw in enumerate(pieces):
-            last = i == len(pieces) - 1
-            if last:
-                if raw:  # no newline: the append was cut short by a crash
-                    _warn(f"{jpath}: truncated last journal line ({len(raw)} bytes) ignored")
-                    with open(jpath, "r+b") as f:
-                        f.truncate(pos)
-                        if self._durable:
-                            os.fsync(f.fileno())
-                break
-            pos += len(raw) + 1
-            if not raw.strip():
-                continue
-            body = _decode_line(raw)
-            if body is None:
-                _warn(f"{jpath}: journal line {i + 1} is corrupt (bad JSON or checksum); skipped")
-                continue
+        for line_no, body in read_journal(jpath, self._durable):
             op = body.get("op")
             if op == "add":
                 try:
                     e = _entry_from_line(body)
                 except (KeyError, TypeError, ValueError) as err:
-                    _warn(f"{jpath}: journal line {i + 1} has a bad entry ({err}); skipped")
+                    warn(f"{jpath}: journal line {line_no} has a bad entry ({err}); skipped")
                     continue
-                max_id = max(max_id, e.entry_id)
-                entries[e.entry_id] = e
+                max_id = max(max_id, e.info.entry_id)
+                entries[e.info.entry_id] = e
             elif op == "text":
                 e = entries.get(int(body.get("id", -1)))
                 if e is not None:
-                    e.text = str(body.get("text", ""))
+                    e.info = dataclasses.replace(e.info, text=str(body.get("text", "")))
             else:
-                _warn(f"{jpath}: journal line {i + 1} has unknown op {op!r}; skipped")
+                warn(f"{jpath}: journal line {line_no} has unknown op {op!r}; skipped")
         for eid in sorted(entries):
             e = entries[eid]
             problem = self._check_segment(e, full=verify == "full")
             if problem:
-                _warn(f"memory entry {eid} skipped: {problem}")
+                warn(f"memory entry {eid} skipped: {problem}")
                 continue
             self._entries[eid] = e
         self._next_id = max_id + 1
@@ -513,10 +335,10 @@ class LongTermStore:
             blob = safetensors.torch.save(tensors, metadata={"entry_id": str(eid), "quant": self.quantize,
                                                              "format_version": str(FORMAT_VERSION)})
             rel = f"{SEGMENT_DIR}/{eid:08d}.safetensors"
-            entry = _Entry(entry_id=eid, kind=seg.kind, start_s=start, end_s=end, n_tokens=seg.n_tokens,
-                           span=seg.span, text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes, file=rel,
-                           sha256=hashlib.sha256(blob).hexdigest(), size=len(blob), quant=self.quantize,
-                           chunk_index=seg.chunk_index)
+            info = EntryInfo(entry_id=eid, start_s=start, end_s=end, n_tokens=seg.n_tokens, span=seg.span,
+                             text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes)
+            entry = _Entry(info, kind=seg.kind, file=rel, sha256=hashlib.sha256(blob).hexdigest(), size=len(blob),
+                           quant=self.quantize, chunk_index=seg.chunk_index)
             path = self.directory / rel
             try:
                 atomic_write(path, blob, self._durable)
@@ -537,29 +359,9 @@ class LongTermStore:
         return eid
 
     def _append_journal(self, line: bytes) -> None:
-        """Append one line and fsync; on failure cut the journal back to its last good size."""
-        fd = self._journal_fd
-        assert fd is not None
-        try:
-            os.lseek(fd, self._journal_size, os.SEEK_SET)
-            _write_all(fd, line)
-            if self._durable:
-                os.fsync(fd)
-        except OSError:
-            try:
-                os.ftruncate(fd, self._journal_size)
-                if self._durable:
-                    os.fsync(fd)
-            except OSError as e2:  # the partial line stays; the next append starts a fresh line after it
-                logger.error("could not cut back the journal after a failed append: %s", e2)
-                try:
-                    self._journal_size = os.lseek(fd, 0, os.SEEK_END)
-                    _write_all(fd, b"\n")
-                    self._journal_size += 1
-                except OSError:
-                    pass
-            raise
-        self._journal_size += len(line)
+        """Append one journal line durably (the journal cuts itself back on failure)."""
+        assert self._journal is not None
+        self._journal.append(line)
 
     def set_text(self, entry_id: int, text: str) -> None:
         """Replace an entry's text (commentary arrives after the chunk was stored); journaled."""
@@ -568,11 +370,12 @@ class LongTermStore:
             with self._lock:
                 self._entry(entry_id)
             try:
-                self._append_journal(_encode_line({"op": "text", "id": int(entry_id), "text": str(text)}))
+                self._append_journal(encode_line({"op": "text", "id": int(entry_id), "text": str(text)}))
             except OSError as e:
                 raise _io_error(f"updating the text of entry {entry_id}", self.directory, e) from None
             with self._lock:
-                self._entries[entry_id].text = str(text)
+                e = self._entries[entry_id]
+                e.info = dataclasses.replace(e.info, text=str(text))
 
     # ---- RAM tier -------------------------------------------------------------------------------
 
@@ -597,10 +400,10 @@ class LongTermStore:
         try:
             blob = path.read_bytes()
         except OSError as err:
-            raise RuntimeError(f"memory entry {e.entry_id}: cannot read {path} ({err.strerror or err}); "
+            raise RuntimeError(f"memory entry {e.info.entry_id}: cannot read {path} ({err.strerror or err}); "
                                f"reopen the store to skip damaged entries") from None
         if len(blob) != e.size or hashlib.sha256(blob).hexdigest() != e.sha256:
-            raise RuntimeError(f"memory entry {e.entry_id}: {path} fails its checksum (changed on disk); "
+            raise RuntimeError(f"memory entry {e.info.entry_id}: {path} fails its checksum (changed on disk); "
                                f"reopen the store to skip damaged entries")
         return safetensors.torch.load(blob)
 
@@ -647,8 +450,8 @@ class LongTermStore:
         summary = tensors.get("key_summary")
         return Segment(kind=e.kind, keys=tuple(layer("k", i) for i in range(n)),
                        values=tuple(layer("v", i) for i in range(n)), rel_pos=tensors["rel_pos"].to(dev),
-                       start_s=e.start_s, end_s=e.end_s, text=e.text, key_summary=summary,
-                       thumbnail=e.thumbnail, chunk_index=e.chunk_index)
+                       start_s=e.info.start_s, end_s=e.info.end_s, text=e.info.text, key_summary=summary,
+                       thumbnail=e.info.thumbnail, chunk_index=e.chunk_index)
 
     def key_summary(self, entry_id: int) -> torch.Tensor | None:
         """The entry's key summary [L, H_kv * D] fp32 (None if it had none); reads only that tensor from disk."""
@@ -662,12 +465,12 @@ class LongTermStore:
 
     def info(self, entry_id: int) -> EntryInfo:
         with self._lock:
-            return self._entry(entry_id).info()
+            return self._entry(entry_id).info
 
     def infos(self) -> list[EntryInfo]:
         """All entries' infos in id (= insertion) order."""
         with self._lock:
-            return [self._entries[i].info() for i in sorted(self._entries)]
+            return [self._entries[i].info for i in sorted(self._entries)]
 
     @property
     def next_id(self) -> int:
@@ -699,23 +502,12 @@ class LongTermStore:
     def disk_bytes_used(self) -> int:
         """Bytes of the live entries' segment files plus the journal."""
         with self._lock:
-            return sum(e.size for e in self._entries.values()) + int(getattr(self, "_journal_size", 0))
+            journal = self._journal.size if self._journal is not None else 0
+            return sum(e.size for e in self._entries.values()) + journal
 
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _close_quietly(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _warn(msg: str) -> None:
-    logger.warning(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 def _leftover_of_creation(p: Path) -> bool:
@@ -737,11 +529,13 @@ def _read_config(directory: Path) -> StoreMeta:
 
 
 def _entry_line(e: _Entry) -> bytes:
-    return _encode_line({
-        "op": "add", "id": e.entry_id, "kind": e.kind, "start_s": e.start_s, "end_s": e.end_s,
-        "n_tokens": e.n_tokens, "span": e.span, "text": e.text, "nbytes": e.nbytes, "file": e.file,
+    """The journal's "add" line of an entry (field names are the on-disk format: keep them)."""
+    i = e.info
+    return encode_line({
+        "op": "add", "id": i.entry_id, "kind": e.kind, "start_s": i.start_s, "end_s": i.end_s,
+        "n_tokens": i.n_tokens, "span": i.span, "text": i.text, "nbytes": i.nbytes, "file": e.file,
         "sha256": e.sha256, "size": e.size, "quant": e.quant, "chunk_index": e.chunk_index,
-        "thumb": base64.b64encode(e.thumbnail).decode("ascii") if e.thumbnail is not None else None,
+        "thumb": base64.b64encode(i.thumbnail).decode("ascii") if i.thumbnail is not None else None,
     })
 
 
@@ -753,8 +547,9 @@ def _entry_from_line(d: dict) -> _Entry:
     if "/" in file.replace(f"{SEGMENT_DIR}/", "", 1) or ".." in file:
         raise ValueError(f"bad segment path {file!r}")
     thumb = d.get("thumb")
-    return _Entry(entry_id=int(d["id"]), kind=kind, start_s=float(d["start_s"]), end_s=float(d["end_s"]),
-                  n_tokens=int(d["n_tokens"]), span=int(d["span"]), text=str(d.get("text", "")),
-                  thumbnail=base64.b64decode(thumb) if thumb is not None else None, nbytes=int(d["nbytes"]),
-                  file=file, sha256=str(d["sha256"]), size=int(d["size"]), quant=str(d.get("quant", "none")),
+    info = EntryInfo(entry_id=int(d["id"]), start_s=float(d["start_s"]), end_s=float(d["end_s"]),
+                     n_tokens=int(d["n_tokens"]), span=int(d["span"]), text=str(d.get("text", "")),
+                     thumbnail=base64.b64decode(thumb) if thumb is not None else None, nbytes=int(d["nbytes"]))
+    return _Entry(info, kind=kind, file=file, sha256=str(d["sha256"]), size=int(d["size"]),
+                  quant=str(d.get("quant", "none")),
                   chunk_index=None if d.get("chunk_index") is None else int(d["chunk_index"]))

@@ -172,12 +172,12 @@ def test_retrieved_context_equals_reference(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_retrieved_from_store_equals_reference(name, tmp_path):
     """Entries go to the real long-term store (disk + RAM tiers) and come back by id, exactly."""
-    from memory.longterm import LongTerm
+    from vstream.memory_wiring import open_long_term
 
     adapter = tiny_adapter(name)
     W = 2
     cfg = from_name("tiny").replace(**{"memory.window_chunks": W, "memory.ram_bytes": 0})  # force the disk tier
-    lt = LongTerm.create(adapter, cfg.memory, tmp_path / "mem")
+    lt = open_long_term(adapter, cfg.memory, tmp_path / "mem")
     eng = Engine(adapter, cfg, lt)
     records = ingest_recorded(adapter, eng, make_chunks(6, frames=2, seed=6))
     assert len(lt) == 4

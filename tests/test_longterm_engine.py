@@ -8,11 +8,11 @@ import numpy as np
 import psutil
 
 from conftest import REPO, make_chunks, tiny_adapter
-from memory.longterm import LongTerm
 from vstream.api import Agent
 from vstream.cli import main
 from vstream.config import from_name
 from vstream.engine import Engine
+from vstream.memory_wiring import open_long_term
 
 SAMPLE = str(REPO / "data" / "sample.mp4")
 
@@ -22,7 +22,7 @@ def test_5000_chunks_bounded_memory(tmp_path):
     adapter = tiny_adapter("tiny-smolvlm")
     ram_budget = 2 << 20
     cfg = from_name("tiny").replace(**{"memory.window_chunks": 4, "memory.ram_bytes": ram_budget})
-    lt = LongTerm.create(adapter, cfg.memory, tmp_path / "mem")
+    lt = open_long_term(adapter, cfg.memory, tmp_path / "mem")
     eng = Engine(adapter, cfg, lt)
     eng.start()
     proc = psutil.Process()
@@ -94,7 +94,7 @@ def test_retrieval_is_causal(tmp_path):
     """Entries that started at or after the oldest chunk of the question's window are never retrieved."""
     adapter = tiny_adapter("tiny-llava-onevision")
     cfg = from_name("tiny").replace(**{"memory.window_chunks": 2, "memory.retrieve_k": 8})
-    lt = LongTerm.create(adapter, cfg.memory, None)
+    lt = open_long_term(adapter, cfg.memory, None)
     eng = Engine(adapter, cfg, lt)
     eng.start()
     for ch in make_chunks(6, size=16, seed=9):
@@ -133,7 +133,7 @@ def test_per_layer_selection_votes_across_layers():
     adapter = tiny_adapter("tiny-llava-onevision")
     cfg = from_name("tiny").replace(**{"memory.window_chunks": 2, "memory.per_layer": True,
                                        "memory.query_layers": 1.0, "memory.retrieve_k": 2})
-    lt = LongTerm.create(adapter, cfg.memory, None)
+    lt = open_long_term(adapter, cfg.memory, None)
     eng = Engine(adapter, cfg, lt)
     eng.start()
     for ch in make_chunks(8, size=16, seed=11):

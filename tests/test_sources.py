@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -13,8 +14,10 @@ import numpy as np
 import pytest
 
 from vstream import sources
+from vstream.sources import live as live_module
 from vstream.sources import (Chunk, Chunker, FileSource, Frame, LiveSource, PushSource, Sampler, SourceError,
-                             SyntheticSource, VideoSource, open_source, probe, time_marker, write_video)
+                             SyntheticSource, VideoSource, open_source, open_synthetic, probe, time_marker,
+                             write_video)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"
@@ -259,6 +262,36 @@ def test_synthetic_is_deterministic_and_scripted():
         SyntheticSource(events=[{"kind": "sound", "start_s": 0}])
 
 
+def test_open_source_reads_a_synthetic_events_file(tmp_path):
+    events = [{"start_s": 1.0, "end_s": 2.0, "kind": "shape", "shape": "square", "color": "red",
+               "pos": [0.5, 0.5], "size": 0.3}]
+    (tmp_path / "ev.json").write_text(json.dumps(events))  # a plain list of events
+    (tmp_path / "kw.json").write_text(json.dumps({"events": events, "caption": "", "n_shapes": 0}))  # + kwargs
+    spec = f"synthetic:seed=3,duration=2.5,fps=4,size=64x48,events={tmp_path / 'ev.json'}"
+    got = list(open_source(spec))
+    want = list(SyntheticSource(seed=3, duration_s=2.5, fps=4, size=(64, 48), events=events))
+    assert [f.t for f in got] == [f.t for f in want] == [k / 4 for k in range(10)]
+    assert all(np.array_equal(x.rgb, y.rgb) for x, y in zip(got, want))
+    centre = lambda f: tuple(int(v) for v in f.rgb[24, 32])  # noqa: E731
+    assert centre(got[4]) == sources.COLORS["red"] and centre(got[3]) != sources.COLORS["red"]  # t=1.0 vs 0.75
+    # the option may come first; the file's keyword arguments apply; constructor kwargs still override
+    first = open_source(f"synthetic:events={tmp_path / 'kw.json'},seed=3,duration=2.5,fps=4,size=64x48",
+                        start_s=1.0, end_s=2.0)
+    assert (first.caption, len(first.events)) == ("", 1)
+    bare = SyntheticSource(seed=3, duration_s=2.5, fps=4, size=(64, 48), events=events, caption="", n_shapes=0,
+                           start_s=1.0, end_s=2.0)
+    window = list(first)
+    assert [f.t for f in window] == [1.0, 1.25, 1.5, 1.75]
+    assert all(np.array_equal(x.rgb, y.rgb) for x, y in zip(window, bare, strict=True))
+    assert not np.array_equal(window[0].rgb, got[4].rgb)  # no caption, no moving shapes
+    # open_synthetic renders the same window directly
+    assert all(np.array_equal(x.rgb, y.rgb) and x.t == y.t
+               for x, y in zip(open_synthetic(spec, 1.0, 2.0), got[4:8], strict=True))
+    with pytest.raises(SourceError, match="events file not found") as info:
+        open_source(f"synthetic:seed=3,events={tmp_path / 'missing.json'}")
+    _assert_one_line(info.value, "missing.json")
+
+
 def test_synthetic_endless_is_lazy():
     src = SyntheticSource(duration_s=float("inf"), fps=10, size=(32, 32))
     assert src.duration is None
@@ -452,7 +485,7 @@ def test_live_source_reconnects_and_records_gaps(monkeypatch):
             raise item
         return item
 
-    monkeypatch.setattr(sources, "_open_container", fake_open)
+    monkeypatch.setattr(live_module, "_open_container", fake_open)  # LiveSource opens through it
     clock = FakeClock()
     src = LiveSource("rtsp://camera.invalid/stream", max_retries=2, backoff_s=0.5, clock=clock, sleep=clock.sleep)
     assert src.duration is None and src.fps == 10.0

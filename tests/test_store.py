@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-import memory.store as store_mod
+import memory.journal as journal_mod
 from memory import quant
 from memory.index import MemoryIndex
 from memory.store import LongTermStore, StoreMeta
@@ -257,7 +257,7 @@ def test_temp_directory_is_deleted_on_close():
 
 
 class _FailOn:
-    """Replacement for memory.store._write_all that raises ENOSPC on chosen calls."""
+    """Replacement for memory.journal.write_all that raises ENOSPC on chosen calls."""
 
     def __init__(self, fail_calls: set[int]) -> None:
         self.fail_calls, self.n = fail_calls, 0
@@ -270,7 +270,7 @@ class _FailOn:
         _REAL_WRITE(fd, data)
 
 
-_REAL_WRITE = store_mod._write_all
+_REAL_WRITE = journal_mod.write_all
 
 
 @pytest.mark.parametrize("which", ["segment", "journal"])
@@ -281,18 +281,18 @@ def test_disk_full_loses_nothing(tmp_path, monkeypatch, which):
     journal_before = (d / "journal.jsonl").read_bytes()
     files_before = sorted(p.name for p in (d / "segments").iterdir())
     # add() writes the segment (call 1) then the journal line (call 2)
-    monkeypatch.setattr(store_mod, "_write_all", _FailOn({1} if which == "segment" else {2}))
+    monkeypatch.setattr(journal_mod, "write_all", _FailOn({1} if which == "segment" else {2}))
     with pytest.raises(RuntimeError) as e:
         s.add(make_segment(3))
     msg = str(e.value)
     assert "disk full" in msg and "\n" not in msg
     assert (d / "journal.jsonl").read_bytes() == journal_before  # journal intact
     assert sorted(p.name for p in (d / "segments").iterdir()) == files_before  # temp file / orphan cleaned
-    monkeypatch.setattr(store_mod, "_write_all", _FailOn({1}))
+    monkeypatch.setattr(journal_mod, "write_all", _FailOn({1}))
     with pytest.raises(RuntimeError, match="disk full"):
         s.set_text(0, "new text")
     assert s.info(0).text == "chunk 0" and (d / "journal.jsonl").read_bytes() == journal_before
-    monkeypatch.setattr(store_mod, "_write_all", _REAL_WRITE)
+    monkeypatch.setattr(journal_mod, "write_all", _REAL_WRITE)
     assert len(s) == 3 and all(same_kv(s.get(i), make_segment(i)) for i in range(3))
     assert s.add(make_segment(3)) == 3  # the store is still usable
     s.close()

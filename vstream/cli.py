@@ -1,4 +1,8 @@
-"""`vstream ...`: watch, ask, models, bench, doctor, eval. Errors are one line on stderr and a non-zero exit."""
+"""`vstream ...`: watch, ask, models, bench, doctor, eval. Errors are one line on stderr and a non-zero exit.
+
+The top layer: it may import everything below it (``vstream.api``, ``vstream.bench``, ``eval.cli``);
+nothing imports it but ``vstream.__main__``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +10,10 @@ import json
 import logging
 import sys
 from typing import Any, Sequence
+
+from eval.cli import add_eval_parser
+from vstream import bench, doctor
+from vstream.cliargs import agent_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -42,24 +50,6 @@ class Emitter:
         self.out.flush()
 
 
-def _agent_from_args(args):
-    from vstream.api import Agent
-
-    overrides: dict[str, Any] = {}
-    if getattr(args, "window", None):
-        overrides["memory.window_chunks"] = args.window
-    if getattr(args, "max_new_tokens", None):
-        overrides["generation.max_new_tokens"] = args.max_new_tokens
-    if getattr(args, "ocr", False):
-        overrides["memory.ocr"] = True
-        overrides["memory.retriever"] = "both"  # OCR text is only useful to the text retriever
-    if getattr(args, "retriever", None):
-        overrides["memory.retriever"] = args.retriever
-    if getattr(args, "top_k", None) is not None:
-        overrides["memory.retrieve_k"] = args.top_k
-    return Agent.from_pretrained(args.model, config=args.config, device=args.device, dtype=args.dtype, **overrides)
-
-
 def _answer_fields(ans) -> dict:
     return {"t": round(ans.asked_at_s, 3), "question": ans.question, "text": ans.text,
             "evidence": [e.to_dict() for e in ans.evidence], "ttft_s": round(ans.ttft_s, 4),
@@ -69,7 +59,7 @@ def _answer_fields(ans) -> dict:
 def cmd_watch(args) -> int:
     asks = sorted((_parse_ask(a) for a in args.ask), key=lambda x: x[0])
     em = Emitter(args.json)
-    agent = _agent_from_args(args)
+    agent = agent_from_args(args)
     session = agent.watch(args.source, background=args.realtime, realtime=args.realtime, fps=args.fps,
                           memory_dir=args.memory_dir, commentary=args.commentary,
                           progress=not args.json and not args.realtime and sys.stderr.isatty())
@@ -108,7 +98,7 @@ def cmd_ask(args) -> int:
         from memory.index import MemoryIndex
 
         args.retriever = MemoryIndex.saved_retriever(args.memory_dir) or "both"
-    agent = _agent_from_args(args)
+    agent = agent_from_args(args)
     with agent.load(args.memory_dir) as session:
         for q in args.question:
             ans = session.ask(q)
@@ -130,12 +120,6 @@ def cmd_models(args) -> int:
         print(f"{r['name']:<{w}}  {r['family']:<16} {r['description']}")
     print(f"\nwithout --model: {DEFAULT_CPU_MODEL} on CPU, {DEFAULT_GPU_MODEL} on GPU (downloaded from the hub)")
     return 0
-
-
-def cmd_bench(args) -> int:
-    from vstream import bench
-
-    return bench.run_cli(args)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -181,22 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
 
-    from vstream import bench, doctor
-
     bench.add_parser(sub)
     doctor.add_parser(sub)
-    try:
-        from eval.cli import add_eval_parser
-    except ImportError as e:  # the harness is optional at import time; say why when asked for
-        e_msg = str(e)
-        ev = sub.add_parser("eval", help="benchmark runs (unavailable: " + e_msg + ")")
-
-        def unavailable(_args) -> int:
-            raise CLIError(f"eval harness unavailable: {e_msg}")
-
-        ev.set_defaults(func=unavailable)
-    else:
-        add_eval_parser(sub)
+    add_eval_parser(sub)
     return ap
 
 

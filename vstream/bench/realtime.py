@@ -19,12 +19,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import statistics
 import time
 from concurrent.futures import Future
 from typing import Any, Iterator, Sequence
 
-from vstream.bench import _device_mem, _sync
+from vstream.bench.common import device_mem, median_or_none, new_figure, save_png, sync
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +95,6 @@ def cap_visual_tokens(adapter, sample, cap: int | None):
     return adapter, info
 
 
-def _median(xs: Sequence[float]) -> float | None:
-    return statistics.median(xs) if xs else None
-
-
 def measure_sustained(adapter, config, chunks: Sequence, commentary_tokens: int, progress: bool = True
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Ingest + commentary chunk after chunk on one engine; per-chunk rows and the summary."""
@@ -118,32 +113,32 @@ def measure_sustained(adapter, config, chunks: Sequence, commentary_tokens: int,
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     for ch in tqdm(chunks, desc=f"realtime [{adapter.name}]", disable=None if progress else True, leave=False):
-        _sync()
+        sync()
         t0 = time.perf_counter()
         rep = eng.ingest(ch)
-        _sync()
+        sync()
         t1 = time.perf_counter()
         item = eng.commentary(ch, commentary_tokens)
-        _sync()
+        sync()
         t2 = time.perf_counter()
         n_out = len(item.token_ids)  # == commentary_tokens: stop tokens are off during the benchmark
         rows.append({"chunk": ch.index, "frames": len(ch), "tokens_in": rep.n_tokens, "ingest_s": t1 - t0,
                      "commentary_s": t2 - t1, "chunk_s": t2 - t0, "tokens_out": n_out,
                      "per_token_s": (t2 - t0) / max(1, n_out), "context_tokens": eng.memory.context_tokens,
-                     "device_bytes": _device_mem()})
+                     "device_bytes": device_mem()})
     wall = time.perf_counter() - t_start
     frames = sum(r["frames"] for r in rows)
     k = max(3, len(rows) // 10)
     w = config.memory.window_chunks  # early = just after the vision window filled (when the run is long enough)
     e0 = w if len(rows) >= w + 2 * k else 0
-    early = _median([r["per_token_s"] for r in rows[e0:e0 + k]])
-    late = _median([r["per_token_s"] for r in rows[-k:]])
+    early = median_or_none([r["per_token_s"] for r in rows[e0:e0 + k]])
+    late = median_or_none([r["per_token_s"] for r in rows[-k:]])
     summary = {
         "frames_per_chunk": rows[0]["frames"], "chunks": len(rows), "wall_s": wall,
         "sustained_fps": frames / wall if wall > 0 else None,
-        "chunk_s_p50": _median([r["chunk_s"] for r in rows]),
-        "ingest_s_p50": _median([r["ingest_s"] for r in rows]),
-        "commentary_s_p50": _median([r["commentary_s"] for r in rows]),
+        "chunk_s_p50": median_or_none([r["chunk_s"] for r in rows]),
+        "ingest_s_p50": median_or_none([r["ingest_s"] for r in rows]),
+        "commentary_s_p50": median_or_none([r["commentary_s"] for r in rows]),
         "early_chunks": [rows[e0]["chunk"], rows[min(e0 + k, len(rows)) - 1]["chunk"]],
         "late_chunks": [rows[max(0, len(rows) - k)]["chunk"], rows[-1]["chunk"]],
         "per_token_latency_early_s": early, "per_token_latency_late_s": late,
@@ -196,7 +191,7 @@ def measure_ttft(adapter, config, fps: float, chunk_seconds: float, size: tuple[
                 idle.append(ans.ttft_s)
     finally:
         idle_responder.close(timeout_s)
-    m, i_ = _median(mid), _median(idle)
+    m, i_ = median_or_none(mid), median_or_none(idle)
     return {"ttft_mid_stream_s": mid, "ttft_idle_s": idle, "chunks_ingested_while_answering": ingested,
             "context_tokens": [s.context_tokens for s in snaps],
             "ttft_mid_stream_p50_s": m, "ttft_idle_p50_s": i_, "ttft_mid_over_idle": m / i_ if i_ else None}
@@ -249,12 +244,7 @@ def bench_realtime(models: Sequence[str] = DEFAULT_MODELS, chunks: int = 60, fps
 
 def plot_realtime(result: dict[str, Any], path) -> None:
     """Per-token latency against stream position, one line per model (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = new_figure(figsize=(8, 4.5))
     for name in result["summary"]:
         rs = [r for r in result["rows"] if r["model"] == name]
         s = result["summary"][name]
@@ -265,6 +255,4 @@ def plot_realtime(result: dict[str, Any], path) -> None:
     ax.set_ylabel("per-token latency (ms): chunk time / tokens")
     ax.set_title(f"ingest + {st['commentary_tokens']}-token commentary at {st['fps']:g} fps")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)

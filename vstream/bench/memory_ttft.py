@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from vstream.bench.common import random_chunks
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,11 +34,10 @@ def bench_ttft_entries(model: str = "small-llava-onevision", n_entries: int = 10
     """Median TTFT of a question with an empty long-term store and with ``n_entries`` stored."""
     from tqdm import tqdm
 
-    from memory.longterm import LongTerm
     from memory.segment import Segment
-    from vstream.bench import random_chunks
     from vstream.config import from_name
     from vstream.engine import Engine
+    from vstream.memory_wiring import open_long_term
     from vstream.models.registry import load_model
 
     adapter = load_model(model, device=device)
@@ -45,7 +46,7 @@ def bench_ttft_entries(model: str = "small-llava-onevision", n_entries: int = 10
     side = int(getattr(adapter, "frame_size", None) or 64)
     question = "What happened at the start of the stream?"
     with tempfile.TemporaryDirectory(prefix="vstream-bench-") as tmp:
-        lt = LongTerm.create(adapter, cfg.memory, tmp)
+        lt = open_long_term(adapter, cfg.memory, tmp)
         eng = Engine(adapter, cfg, lt)
         eng.start()
         for ch in random_chunks(window, 2, side):

@@ -1,0 +1,99 @@
+"""The ``vstream bench`` sub-parser and its three commands; each writes JSON (and a PNG) under ``--out``
+and prints where, with the headline numbers, as JSON on stdout.
+
+The benchmark modules are imported when a command runs, so building the parser stays cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``bench`` with ``ingest``, ``memory`` and ``realtime`` to ``sub`` (argparse sub-parsers)."""
+    b = sub.add_parser("bench", help="efficiency benchmarks -> JSON + PNG")
+    bs = b.add_subparsers(dest="bench", required=True)
+    i = bs.add_parser("ingest", help="per-chunk latency/memory: engine vs full attention vs recompute")
+    i.add_argument("--model", default="small-llava-onevision")
+    i.add_argument("--chunks", type=int, default=1000)
+    i.add_argument("--recompute-chunks", type=int, default=200,
+                   help="chunks for the recompute baseline (its per-chunk cost is flat once the window is full)")
+    i.add_argument("--window", type=int, default=16)
+    i.add_argument("--frames", type=int, default=2, help="frames per chunk")
+    i.add_argument("--size", type=int, default=None, help="frame side in pixels (default: the model's)")
+    i.add_argument("--modes", default="engine,full,recompute")
+    i.add_argument("--full-max-chunks", type=int, default=None, help="stop full attention early (it grows)")
+    i.add_argument("--device", default="auto")
+    i.add_argument("--out", default="bench_out")
+    i.set_defaults(func=_cli_ingest)
+    m = bs.add_parser("memory", help="FAISS latency, KV bytes per hour, TTFT with 0 vs N stored entries")
+    m.add_argument("--model", default="small-llava-onevision", help="model for the TTFT comparison")
+    m.add_argument("--sizes", default="10000,100000", help="index sizes; add 1000000 for the 1M figure (slow build)")
+    m.add_argument("--entries", type=int, default=10_000, help="stored entries for the TTFT comparison")
+    m.add_argument("--device", default="auto")
+    m.add_argument("--out", default="bench_out")
+    m.set_defaults(func=_cli_memory)
+    r = bs.add_parser("realtime", help="sustained FPS with commentary; TTFT mid-stream vs idle")
+    r.add_argument("--models", default="tiny-qwen2.5-vl,tiny-llava-onevision,tiny-smolvlm")
+    r.add_argument("--chunks", type=int, default=60)
+    r.add_argument("--fps", type=float, default=2.0)
+    r.add_argument("--commentary-tokens", type=int, default=20)
+    r.add_argument("--max-visual-tokens", type=int, default=None, help="cap visual tokens per chunk (frame size)")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--out", default="bench_out")
+    r.set_defaults(func=_cli_realtime)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run the parsed ``vstream bench`` command; returns the exit code."""
+    return int(args.func(args) or 0)
+
+
+def _report(fields: dict[str, Any]) -> None:
+    print(json.dumps(fields, indent=1))  # the command's output (this is the CLI layer)
+
+
+def _cli_ingest(args: argparse.Namespace) -> int:
+    from vstream.bench.common import write_json
+    from vstream.bench.ingest import bench_ingest, plot_ingest
+
+    res = bench_ingest(args.model, args.chunks, args.window, args.frames, args.size,
+                       tuple(m for m in args.modes.split(",") if m), args.device, args.full_max_chunks,
+                       args.recompute_chunks)
+    out = Path(args.out)
+    p = write_json(res, out, "ingest")
+    plot_ingest(res, out / "ingest.png")
+    _report({"json": str(p), "png": str(out / "ingest.png"), "summary": res["summary"]})
+    return 0
+
+
+def _cli_memory(args: argparse.Namespace) -> int:
+    from eval import bench_memory
+    from vstream.bench.common import environment, write_json
+    from vstream.bench.memory_ttft import bench_ttft_entries
+
+    res: dict[str, Any] = {"bench": "memory", "env": environment()}
+    sizes = tuple(int(s) for s in args.sizes.split(",") if s)
+    res["faiss"] = bench_memory.faiss_latency(sizes=sizes)
+    res["kv_bytes_per_hour"] = bench_memory.kv_table()
+    res["ttft"] = bench_ttft_entries(args.model, n_entries=args.entries, device=args.device)
+    p = write_json(res, Path(args.out), "memory")
+    _report({"json": str(p), "ttft": res["ttft"]["summary"]})
+    return 0
+
+
+def _cli_realtime(args: argparse.Namespace) -> int:
+    from vstream.bench.common import environment, write_json
+    from vstream.bench.realtime import bench_realtime, plot_realtime
+
+    res = bench_realtime([m for m in args.models.split(",") if m], chunks=args.chunks, fps=args.fps,
+                         commentary_tokens=args.commentary_tokens, device=args.device,
+                         max_visual_tokens=args.max_visual_tokens)
+    res["env"] = environment()
+    out = Path(args.out)
+    p = write_json(res, out, "realtime")
+    plot_realtime(res, out / "realtime.png")
+    _report({"json": str(p), "png": str(out / "realtime.png"), "summary": res["summary"]})
+    return 0

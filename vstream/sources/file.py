@@ -1,0 +1,156 @@
+"""Video files: ``FileSource`` decodes with decord in batches and falls back to PyAV.
+
+Timestamps come from the container (variable frame rate is safe); a truncated or damaged file
+yields what is readable, then logs a warning naming where decoding stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+import numpy as np
+
+from vstream.frames import Frame, check_max_side, resize_max_side
+from vstream.sources.errors import _check_file, _container_error, _exc_text, _file_error
+from vstream.sources.pyav import _open_container, _pyav_frames, _stream_facts
+
+logger = logging.getLogger(__name__)
+
+
+class FileSource:
+    """A video file decoded with decord in batches; timestamps from the container (VFR-safe).
+
+    Frames with ``start_s <= t < end_s`` are yielded. ``backend="auto"`` uses decord and falls back to
+    PyAV when decord cannot open the file (other codecs, truncated files); ``"pyav"`` forces PyAV.
+    A truncated file yields what is readable, logs a warning with the time where decoding stopped,
+    then ends. Re-iterating starts again at ``start_s``.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, start_s: float = 0.0, end_s: float | None = None,
+                 max_side: int | None = None, batch: int = 16, backend: str = "auto", threads: int = 0):
+        check_max_side(max_side)
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if start_s < 0 or (end_s is not None and end_s <= start_s):
+            raise ValueError(f"need 0 <= start_s < end_s, got start_s={start_s}, end_s={end_s}")
+        if backend not in ("auto", "decord", "pyav"):
+            raise ValueError(f"backend must be auto, decord or pyav, got {backend!r}")
+        self.path = _check_file(path)
+        self.name = str(path)
+        self.start_s, self.end_s, self.max_side, self.batch = float(start_s), end_s, max_side, batch
+        self._vr = None
+        self._ts: np.ndarray | None = None  # [N] frame start times (decord)
+        self.backend = backend
+        if backend in ("auto", "decord"):
+            try:
+                self._open_decord(threads)
+                self.backend = "decord"
+            except Exception as exc:  # noqa: BLE001 - decord raises RuntimeError/DECORDError
+                if backend == "decord":
+                    raise _container_error(self.name, exc, is_file=True) from exc
+                logger.info("decord cannot open %r (%s); decoding with PyAV", self.name, _exc_text(exc))
+                self.backend = "pyav"
+        if self.backend == "pyav":
+            self._open_pyav()
+        if self.duration is not None and self.start_s >= self.duration:
+            raise _file_error(self.name, f"start_s={self.start_s:g} is past its end ({self.duration:.2f} s)",
+                              "give a start time inside the video")
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def _open_decord(self, threads: int) -> None:
+        import decord
+
+        vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=threads)
+        n = len(vr)
+        if n == 0:
+            raise RuntimeError("no frames")
+        ts = np.asarray(vr.get_frame_timestamp(list(range(n))), dtype=np.float64)  # [N, 2] start, end
+        self._vr, self._ts = vr, ts[:, 0]
+        self.fps = float(vr.get_avg_fps()) or None
+        self.duration = float(ts[-1, 1]) if ts[-1, 1] > 0 else None
+        self.n_frames = n
+        if np.any(np.diff(self._ts) <= 0):
+            logger.warning("video %r has non-increasing timestamps; frames are sorted by time", self.name)
+
+    def _open_pyav(self) -> None:
+        try:
+            container = _open_container(str(self.path))
+        except Exception as exc:  # noqa: BLE001
+            raise _container_error(self.name, exc, is_file=True) from exc
+        try:
+            if not container.streams.video:
+                raise _file_error(self.name, "it has no video stream", "give a file with a video track")
+            facts = _stream_facts(container)
+            first = next(_pyav_frames(container, path=self.name), None)
+        finally:
+            container.close()
+        if first is None:
+            raise _file_error(self.name, "no frame could be decoded (corrupt or truncated)")
+        self.fps, self.duration = facts["fps"], facts["duration"]
+        self.n_frames = facts["frames"]
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.backend == "pyav":
+            yield from self._iter_pyav()
+        else:
+            yield from self._iter_decord()
+
+    def _iter_pyav(self) -> Iterator[Frame]:
+        container = _open_container(str(self.path))
+        try:
+            yield from _pyav_frames(container, path=self.name, start_s=self.start_s, end_s=self.end_s,
+                                    max_side=self.max_side)
+        finally:
+            container.close()
+
+    def _iter_decord(self) -> Iterator[Frame]:
+        if self._vr is None:
+            raise RuntimeError(f"FileSource {self.name!r} is closed; open a new one")
+        vr, ts = self._vr, self._ts
+        keep = ts >= self.start_s - 1e-6
+        if self.end_s is not None:
+            keep &= ts < self.end_s
+        order = np.flatnonzero(keep)
+        order = order[np.argsort(ts[order], kind="stable")]
+        for lo in range(0, len(order), self.batch):
+            if self._vr is None:  # closed while iterating
+                return
+            idx = [int(i) for i in order[lo:lo + self.batch]]
+            try:
+                frames = vr.get_batch(idx).asnumpy()  # [B, H, W, 3] uint8
+            except Exception as exc:  # noqa: BLE001 - decode error inside the file
+                yield from self._decord_one_by_one(vr, idx, exc)
+                return
+            for i, rgb in zip(idx, frames):
+                yield Frame(float(ts[i]), resize_max_side(rgb, self.max_side))
+
+    def _decord_one_by_one(self, vr, idx: list[int], exc: BaseException) -> Iterator[Frame]:
+        """A batch failed: decode its frames singly up to the broken one, warn, and end."""
+        last = None
+        for i in idx:
+            try:
+                rgb = vr.get_batch([i]).asnumpy()[0]
+            except Exception as exc2:  # noqa: BLE001
+                exc = exc2
+                break
+            last = float(self._ts[i])
+            yield Frame(last, resize_max_side(rgb, self.max_side))
+        where = f"after t={last:.2f}s" if last is not None else f"at t={float(self._ts[idx[0]]):.2f}s"
+        logger.warning("video %r is truncated or damaged: decoding stopped %s (%s)", self.name, where, _exc_text(exc))
+
+    def close(self) -> None:
+        """Release the decoder; iterating afterwards raises RuntimeError."""
+        self._vr = None
+
+    def __enter__(self) -> "FileSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FileSource({self.name!r}, backend={self.backend!r}, fps={self.fps}, duration={self.duration})"

@@ -1,0 +1,171 @@
+"""PyAV plumbing shared by ``probe``, ``FileSource`` (its fallback) and ``LiveSource``.
+
+Opening a container (``_open_container``: one place; a test replaces it in the module that opens
+through it, e.g. ``vstream.sources.live``), the facts of its first video stream, ``probe``, and
+tolerant decoding: undecodable packets are skipped and counted, and a file that ends before its
+index says it should is reported as truncated.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+from vstream.frames import Frame, resize_max_side
+from vstream.sources.errors import (LIVE_SCHEMES, _check_file, _container_error, _exc_text, _file_error,
+                                    _stream_error, is_device, is_url)
+
+logger = logging.getLogger(__name__)
+
+
+def _open_container(target: str, *, timeout: float | tuple[float, float] | None = None,
+                    options: dict | None = None, fmt: str | None = None):
+    """Open ``target`` with PyAV for reading (one place, so tests can replace it)."""
+    import av
+
+    return av.open(target, mode="r", format=fmt, options=options or {}, timeout=timeout)
+
+
+def _stream_facts(container) -> dict:
+    """{"duration", "fps", "width", "height", "codec", "frames"} of the first video stream."""
+    vs = container.streams.video[0]
+    rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+    fps = float(rate) if rate else None
+    duration = None
+    if vs.duration is not None and vs.time_base is not None and vs.duration > 0:
+        duration = float(vs.duration * vs.time_base)
+    elif container.duration is not None and container.duration > 0:
+        duration = container.duration / 1_000_000
+    cc = vs.codec_context
+    return {"duration": duration, "fps": fps, "width": int(cc.width or vs.width or 0),
+            "height": int(cc.height or vs.height or 0), "codec": cc.name, "frames": int(vs.frames or 0) or None}
+
+
+def probe(path_or_url: str | os.PathLike, *, timeout_s: float = 10.0) -> dict:
+    """Return ``{"duration", "fps", "width", "height", "codec", "frames"}`` of a file, URL or device.
+
+    Values that the container does not know are None (``duration`` is None for live streams).
+    Raises SourceError with a one-line message when the target cannot be opened.
+    """
+    target = str(path_or_url)
+    is_file = not (is_url(target) or is_device(target))
+    if is_file:
+        _check_file(target)
+    try:
+        container = _open_container(target, timeout=timeout_s, fmt="v4l2" if is_device(target) else None)
+    except Exception as exc:  # noqa: BLE001 - PyAV raises many error types; all mean "cannot open"
+        raise _container_error(target, exc, is_file=is_file) from exc
+    try:
+        if not container.streams.video:
+            raise (_file_error(target, "it has no video stream", "give a file with a video track") if is_file
+                   else _stream_error(target, "it has no video stream", "check that the URL serves video"))
+        facts = _stream_facts(container)
+    finally:
+        container.close()
+    if is_device(target) or (is_url(target) and urlsplit(target).scheme.lower() in LIVE_SCHEMES):
+        facts["duration"] = None  # live: the container's duration means nothing
+    return facts
+
+
+class _DecodeLog:
+    """What went wrong while decoding one container (for the truncation warning)."""
+
+    def __init__(self, container=None, *, whole: bool = True, end_s: float | None = None):
+        self.bad_packets = 0
+        self.last_error: BaseException | None = None
+        self.frames = 0  # frames decoded
+        self.last_t: float | None = None  # time of the last frame decoded
+        # what the container's index promises (for files): frame count and end time
+        self.expected_frames: int | None = None
+        self.expected_end: float | None = None
+        self.frame_s = 0.0
+        if container is not None and container.streams.video:
+            facts = _stream_facts(container)
+            self.expected_frames = facts["frames"] if whole else None
+            self.frame_s = 1.0 / facts["fps"] if facts["fps"] else 0.0
+            ends = [e for e in (facts["duration"], end_s) if e is not None]
+            self.expected_end = min(ends) if ends and facts["duration"] is not None else None
+
+    def add(self, t: float) -> None:
+        self.frames += 1
+        self.last_t = t
+
+    def warn_if_damaged(self, path: str, error: BaseException | None = None) -> None:
+        """Log a warning when decoding hit errors or ended before the index says the video ends."""
+        short = self.expected_frames is not None and self.frames < self.expected_frames
+        if self.expected_end is not None:
+            short = short or self.last_t is None or self.last_t + 1.5 * self.frame_s < self.expected_end - 0.05
+        if error is None and not self.bad_packets and not short:
+            return
+        where = "before the first frame" if self.last_t is None else f"after t={self.last_t:.2f}s"
+        of = f" of {self.expected_end:.2f}s" if self.expected_end is not None else ""
+        bad = f"; {self.bad_packets} undecodable packet(s)" if self.bad_packets else ""
+        why = error or self.last_error
+        why = f" ({_exc_text(why)})" if why is not None else ""
+        logger.warning("video %r is truncated or damaged: decoding stopped %s%s%s%s", path, where, of, bad, why)
+
+
+#: Undecodable packets in a row after which decoding gives up.
+MAX_BAD_PACKETS = 50
+
+
+def _decode_video(container, vs, log: _DecodeLog) -> Iterator[Any]:
+    """Demux and decode ``vs``; skip undecodable packets (counted in ``log``); demux errors propagate.
+
+    Frames still held by the decoder are drained before a demux error is raised.
+    """
+    import av
+
+    in_a_row = 0
+    try:
+        for packet in container.demux(vs):
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as exc:
+                log.bad_packets += 1
+                log.last_error = exc
+                in_a_row += 1
+                if in_a_row >= MAX_BAD_PACKETS:
+                    raise
+                continue
+            in_a_row = 0
+            yield from decoded
+    except (av.FFmpegError, EOFError, OSError):
+        try:
+            yield from vs.codec_context.decode(None)
+        except Exception:  # noqa: BLE001 - draining a broken decoder
+            pass
+        raise
+
+
+def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | None = None,
+                 max_side: int | None = None) -> Iterator[Frame]:
+    """Decode the first video stream of an open PyAV container (a file): what is readable, then a warning."""
+    import av
+
+    vs = container.streams.video[0]
+    vs.thread_type = "AUTO"
+    facts_fps = float(vs.average_rate) if vs.average_rate else None
+    if start_s > 0 and vs.time_base:
+        try:
+            container.seek(int(start_s / vs.time_base), stream=vs, backward=True, any_frame=False)
+        except av.FFmpegError as exc:
+            logger.debug("seek to %.2fs failed in %s (%s); decoding from the start", start_s, path, _exc_text(exc))
+    log = _DecodeLog(container, whole=start_s <= 0, end_s=end_s)
+    error: BaseException | None = None
+    try:
+        for frame in _decode_video(container, vs, log):
+            t = frame.time
+            if t is None:  # no pts: continue from the last time at the nominal rate
+                t = 0.0 if log.last_t is None else log.last_t + 1.0 / (facts_fps or 25.0)
+            t = float(t)
+            if t < start_s - 1e-6:
+                continue
+            if end_s is not None and t >= end_s:
+                return
+            log.add(t)
+            yield Frame(t, resize_max_side(frame.to_ndarray(format="rgb24"), max_side))
+    except (av.FFmpegError, EOFError, OSError) as exc:
+        error = exc
+    log.warn_if_damaged(path, error)

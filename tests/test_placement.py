@@ -33,8 +33,9 @@ def test_disk_offload_streams_like_one_full_forward(name, tmp_path):
     for ch in chunks:
         eng.ingest(ch)
     _, _, logits, _, _ = eng.prepare(QUESTION, eng.snapshot())
-    for layer in eng.memory.cache.layers:  # each cache layer lives where its decoder layer ran
-        assert layer.keys.device.type == "cpu"
+    assert a.layer_devices() == [torch.device("cpu")] * a.num_layers  # disk layers execute on the CPU
+    for layer, dev in zip(eng.memory.cache.layers, a.layer_devices()):  # each cache layer lives where its layer ran
+        assert layer.keys.device == dev
     pieces = [a.system_text(eng.config.system_prompt)] + [(c.marker, c.frames) for c in chunks] \
         + [a.question_text(QUESTION)]
     ref = a.reference_logits(pieces)

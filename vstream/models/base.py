@@ -116,6 +116,19 @@ class ModelAdapter(ABC):
             return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
         return next(self.model.parameters()).device
 
+    def layer_devices(self) -> list[torch.device]:
+        """Device each decoder layer runs on (its cache layer lives there); one device unless placed by accelerate.
+
+        Code that moves K/V into a cache (retrieved long-term entries) should put layer i on ``layer_devices()[i]``.
+        """
+        out = []
+        for layer in self.decoder_layers():
+            dev = getattr(getattr(layer, "_hf_hook", None), "execution_device", None)
+            if dev is None:
+                dev = next(layer.parameters()).device
+            out.append(torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev))
+        return out
+
     @property
     def placed(self) -> bool:
         """True when accelerate spread the model over several devices or offloaded part of it."""

@@ -6,6 +6,11 @@ placeholder token repeated once per pooled vision feature. Per frame the SigLIP 
 LM width and 2x bilinear pooling shrinks it to ceil(G/2)^2 tokens (14 x 14 = 196). After the last
 frame HF appends one ``image_newline`` token per video, so a chunk of N frames carries
 N * ceil(G/2)^2 + 1 vision tokens. Positions are plain 1-D: appending a chunk to a cache is exact.
+
+Frames are resized straight to ``image_size`` squared with PIL's bicubic reproduced exactly on the device
+(``resize.resize_like_pil``), so pixel values equal HF's PIL processor's. Deliberate prompt differences
+from the chat template (each chunk's marker before its video tokens, no newline after them) are listed
+and measured in tests/test_parity_prompt.py.
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ HF processor would give grid (t, h, w) under that budget gets exactly that grid 
 test_parity_processor.py). ``frame_size`` (constructor / ``random`` / ``from_pretrained`` argument) is
 the side of the square with that area. Default: 448 for the published configs and real checkpoints
 (16 x 16 = 256 merged tokens per 2 frames of a square video; less when a checkpoint's ``max_pixels`` is
-smaller), 56 for the tiny preset. The resize is bicubic, antialiased, rounded to 8-bit levels
-(``resize.resize_like_pil``): pixel values stay within one 8-bit level of HF's PIL processor.
+smaller), 56 for the tiny preset. The resize is PIL's bicubic reproduced exactly on the device
+(``resize.resize_like_pil``): pixel values equal HF's PIL processor's (measured difference 0).
 ``fps`` (attribute, default 2.0) is the sampling rate of the frames; it sets the temporal position
 spacing (``second_per_grid_ts = temporal_patch_size / fps``).
 """

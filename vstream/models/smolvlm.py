@@ -5,9 +5,13 @@ prompt lays out frames (``"\\nFrame from 00:01:"`` + image tokens, never split i
 
     "\\n" + marker + ":" + N x (<fake_token_around_image><global-img> + <image> * L + <fake_token_around_image>)
 
-Frames are resized to a square of ``frame_size`` pixels (default: the checkpoint's ``max_image_size``,
-i.e. the vision tower's image size: 512 for SmolVLM2-256M/500M, 384 for 2.2B) and normalised with the
-checkpoint's mean/std (0.5). The tower sees ``(frame_size // patch)^2`` patches and the connector's pixel
+Frames are resized as SmolVLM's video processor does: longest edge to the checkpoint's
+``video_sampling.video_size`` (aspect kept), then to a square of ``frame_size`` pixels (default: the
+checkpoint's ``max_image_size``, i.e. the vision tower's image size: 512 for SmolVLM2-256M/500M, 384 for
+2.2B), both with the checkpoint's filter (``resample`` 1 = LANCZOS) in PIL's exact arithmetic, then
+normalised with the checkpoint's mean/std (0.5). Pixel values equal HF's PIL processor's
+(tests/test_parity_processor.py). Deliberate prompt differences from HF's video prompt (no intro line,
+one time marker per chunk instead of one timestamp per frame) are listed in tests/test_parity_prompt.py. The tower sees ``(frame_size // patch)^2`` patches and the connector's pixel
 shuffle folds ``scale_factor^2`` of them into one LM token, so L = (frame_size // patch)^2 / scale_factor^2
 (64 for 256M at 512, 81 for 2.2B at 384). The LM uses 1-D RoPE: a chunk's positions are 0..S-1.
 

@@ -164,7 +164,7 @@ def check_prompt(a, cfg) -> Row:
 
     from vstream.engine import Engine
     from vstream.models.chat_templates import TEMPLATES
-    from vstream.sources import Chunk
+    from vstream.chunking import Chunk
 
     if a.family == "smolvlm":
         return _check_prompt_smolvlm(a, cfg)
@@ -217,7 +217,7 @@ def _check_prompt_smolvlm(a, cfg) -> Row:
     from vstream.models.chat_templates import SMOLVLM_TEMPLATE
 
     from vstream.engine import Engine
-    from vstream.sources import Chunk
+    from vstream.chunking import Chunk
 
     rng = np.random.default_rng(1)
     chunks = [Chunk(index=i, start_s=float(i), end_s=i + 1.0, frames=rng.integers(0, 256, (2, 64, 64, 3), np.uint8),
@@ -254,7 +254,7 @@ def streaming_tolerance(dtype: torch.dtype, ref: torch.Tensor) -> float:
 def check_streaming(a, cfg) -> tuple[Row, dict]:
     """Streaming prefill of 4 chunks vs one full HF forward over the same sequence; also times ingest."""
     from vstream.engine import Engine
-    from vstream.sources import Chunk
+    from vstream.chunking import Chunk
 
     side = 64 if a.name.startswith("tiny-") else 224
     chunks = [Chunk(index=i, start_s=float(i), end_s=i + 1.0, frames=_frames(2, side, side, seed=i),

@@ -136,3 +136,29 @@ def test_from_pretrained_roundtrip(adapter, tmp_path):
     with pytest.raises(ValueError) as e:
         Qwen3VLAdapter.from_pretrained(str(tmp_path / "missing"), device="cpu", dtype=torch.float32)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("ragged", [True, False])
+def test_batched_prefill_carries_deepstack(ragged):
+    """Several streams prefilled in one batch (vstream.batching) equal each stream ingested alone."""
+    from conftest import make_chunks
+    from vstream.batching import perceive_batch
+    from vstream.config import from_name
+    from vstream.engine import Engine
+
+    a = Qwen3VLAdapter.random("tiny", device="cpu", dtype=torch.float32, seed=0)  # its own: ragged changes attn
+    cfg = from_name("tiny").replace(**{"memory.window_chunks": 100, "memory.long_term": False})
+    streams = [make_chunks(2, frames=2, seed=s) for s in (1, 2, 3)]
+    streams[1][1] = make_chunks(1, frames=4, seed=9, start_index=1)[0]  # rows of different lengths
+    alone, batched = [Engine(a, cfg) for _ in streams], [Engine(a, cfg) for _ in streams]
+    for e in alone + batched:
+        e.start()
+    for step in range(2):
+        for e, s in zip(alone, streams):
+            e.ingest(s[step])
+        perceive_batch(batched, [s[step] for s in streams], ragged=ragged)
+    for e1, e2 in zip(alone, batched):
+        for l1, l2 in zip(e1.memory.cache.layers, e2.memory.cache.layers):
+            assert l1.keys.shape == l2.keys.shape
+            assert (l1.keys - l2.keys).abs().max().item() <= TOL and (l1.values - l2.values).abs().max() <= TOL
+    assert a.batch_lm_inputs([], torch.zeros(0, 0, dtype=torch.bool)) == {}  # text-only batches: nothing to add

@@ -146,6 +146,27 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         return Tokens(input_ids=ids, inputs_embeds=emb, rel_pos=rel, n_vision=int(mask.sum().item()),
                       lm_inputs={"visual_pos_masks": mask, "deepstack_visual_embeds": deep})
 
+    def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
+        """One chunk at a time (Qwen2.5-VL's batched tower pass would give Qwen2.5-VL's layout)."""
+        return [self.embed_chunk(marker, frames) for marker, frames in chunks]
+
+    def batch_lm_inputs(self, tokens: Sequence[Tokens], rows: torch.Tensor) -> dict:
+        """DeepStack for a right-padded batch: the rows' visual masks padded to [B, S], their features
+        concatenated row after row (HF indexes ``hidden[mask]`` in that order)."""
+        b, s = rows.shape
+        mask = torch.zeros(b, s, dtype=torch.bool, device=rows.device)  # [B, S]
+        levels: list[list[torch.Tensor]] = [[] for _ in range(self.deepstack_layers)]
+        for i, t in enumerate(tokens):
+            extra = t.lm_inputs
+            if not extra:
+                continue
+            mask[i, :t.n_tokens] = extra["visual_pos_masks"][0].to(rows.device)
+            for lvl, feat in enumerate(extra["deepstack_visual_embeds"]):
+                levels[lvl].append(feat)
+        if not bool(mask.any()):
+            return {}
+        return {"visual_pos_masks": mask, "deepstack_visual_embeds": [torch.cat(f, dim=0) for f in levels]}
+
     def _chunk_positions(self, ids: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """[3, S] positions HF gives this chunk alone, shifted to start at 0."""
         types = (ids == self.video_token_id).to(torch.int) * 2  # [1, S] 0 text, 2 video

@@ -5,6 +5,7 @@
 - ``place`` puts spans back to back from a start position, re-rotating every key with the model's own
   RoPE tables (the HF rotary module's cos/sin: undo at the recorded positions, apply at the new ones);
   never with the engine's rotation function.
+- ``expected_layout`` says which tokens the active context must hold, from the configuration alone.
 - ``full_forward`` is the HF model's own forward over a whole sequence (logits and its cache);
   ``ids_as_text`` lets token ids (decoded or replayed commentary) be one of its pieces.
 """
@@ -147,6 +148,32 @@ def full_forward(adapter, pieces: list):
     finally:
         del model.forward
     return logits, got["cache"]
+
+
+def expected_layout(prev_first: Span, items: list, W: int, TW: int, HEAD: int, TAIL: int):
+    """The expected active context, computed from the configuration alone.
+
+    prev_first: the caller's previous text (may be an empty span); items: ("vision" | "text", Span) in
+    stream order. Returns (head, tail, live [(Span, "text" | "vision")], evicted vision item indices, all
+    text that left). Vision: the last W chunks stay. Text: the newest turns whose
+    tokens fit in TW stay; all older text left, in stream order, after the caller's previous text; the
+    previous-text block is its first HEAD tokens and the last TAIL tokens of the rest.
+    """
+    vision = [i for i, (k, _) in enumerate(items) if k == "vision"]
+    texts = [i for i, (k, _) in enumerate(items) if k == "text"]
+    keep_v = set(vision[-W:])
+    keep_t, used = set(), 0
+    for i in reversed(texts):
+        if used + items[i][1].n > TW:
+            break
+        used += items[i][1].n
+        keep_t.add(i)
+    left = cat([prev_first] + [items[i][1] for i in texts if i not in keep_t])
+    head, rest = left[:HEAD], left[HEAD:]
+    tail = rest[max(0, rest.n - TAIL):]
+    live = [(items[i][1], items[i][0]) for i in range(len(items)) if i in keep_v or i in keep_t]
+    evicted_vision = [i for i in vision if i not in keep_v]
+    return head, tail, live, evicted_vision, left
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

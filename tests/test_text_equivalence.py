@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _kv_reference import TOL, Recorder, cat, full_forward, ids_as_text, max_diff, place, question_on
+from _kv_reference import TOL, Recorder, expected_layout, full_forward, ids_as_text, max_diff, place, question_on
 from conftest import TINY_PRESETS, make_chunks, tiny_adapter
 from memory.segment import TEXT, VISION
 from vstream.config import from_name
@@ -96,31 +96,6 @@ def test_text_turns_equal_full_forward(name, monkeypatch):
     assert max_diff(other, ref) > 100 * TOL
 
 
-def _layout_reference(a, sinks, prev_first, items, W, TW, HEAD, TAIL):
-    """The expected active context, computed from the configuration alone.
-
-    items: (kind, Span) in stream order. Vision: the last W chunks stay. Text: the newest turns whose
-    tokens fit in TW stay; all older text left, in stream order, after the caller's previous text; the
-    previous-text block is its first HEAD tokens and the last TAIL tokens of the rest.
-    """
-    vision = [i for i, (k, _) in enumerate(items) if k == VISION]
-    texts = [i for i, (k, _) in enumerate(items) if k == TEXT]
-    keep_v = set(vision[-W:])
-    keep_t, used = set(), 0
-    for i in reversed(texts):
-        if used + items[i][1].n > TW:
-            break
-        used += items[i][1].n
-        keep_t.add(i)
-    left = cat([prev_first] + [items[i][1] for i in texts if i not in keep_t])
-    head, rest = left[:HEAD], left[HEAD:]
-    tail = rest[max(0, rest.n - TAIL):]
-    live = [(items[i][1], "text" if items[i][0] == TEXT else "vision") for i in range(len(items))
-            if i in keep_v or i in keep_t]
-    evicted_vision = [i for i in vision if i not in keep_v]
-    return head, tail, live, evicted_vision, left
-
-
 @pytest.mark.parametrize("name", TINY_PRESETS)
 def test_previous_text_and_retrieval_equal_reference(name, monkeypatch):
     a = tiny_adapter(name)
@@ -151,11 +126,11 @@ def test_previous_text_and_retrieval_equal_reference(name, monkeypatch):
             items.append((TEXT, spans[0]))
     finally:
         rec.close()
-    head, tail, live, ev_idx, left = _layout_reference(a, sinks, prev_first, items, W, TW, HEAD, TAIL)
+    head, tail, live, ev_idx, left = expected_layout(prev_first, items, W, TW, HEAD, TAIL)
     mm = eng.memory
     # the case is the interesting one: both ends of the block are cut inside a turn
     assert left.n > HEAD + TAIL and mm.prev_head.n_tokens == HEAD and mm.prev_tail.n_tokens == TAIL
-    assert [s.kind for s in mm.live] == [("vision" if h == "vision" else TEXT) for _, h in live]
+    assert [s.kind for s in mm.live] == [how for _, how in live]
     ref_parts = [(sinks, "text"), (head, "text"), (tail, "text")] + live
     keys, values, next_pos = place(a, ref_parts)
     assert mm.next_pos == next_pos

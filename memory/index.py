@@ -186,6 +186,9 @@ class MemoryIndex:
         if use_i:
             q = pool_layers(self._per_layer(query_means, "query_means"))
             ids, scores = self.pooled.search(q, fetch)
+            # VectorIndex scores the unit query; the pooled inner product itself is the mean per-layer
+            # cosine (layers without a query add 0), the score the window evidence uses too
+            scores = scores * float(np.linalg.norm(q))
             results.append(list(zip(ids.tolist(), scores.tolist())))
         if use_t:
             q = self.embedder.encode([query_text])[0]

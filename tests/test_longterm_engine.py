@@ -54,19 +54,50 @@ def test_5000_chunks_bounded_memory(tmp_path):
 
 
 def test_save_load_same_entries_and_answers(tmp_path):
+    """What was saved comes back exactly, and the loaded memory answers from the right entries.
+
+    References: the live session's own entries and window chunks at save time (bytes, times, text), and
+    a hand-computed retrieval score (mean per-layer cosine between the question's query means and each
+    entry's key summary) for which entries the answer must cite, in order, with those scores.
+    """
+    import torch
+
     agent = Agent.from_pretrained("tiny-llava-onevision", **{"memory.window_chunks": 2})
     with agent.watch(SAMPLE, background=False) as s:
         s.advance_to(9)
-        before = s.ask("What is moving?", history=False)
+        s.ask("What is moving?", history=False)
+        lt = s.long_term
+        want = {seg.start_s: seg for seg in [lt.store.get(i) for i in lt.store.ids()]
+                + [x for x in s.engine.memory.live if x.kind == "vision"]}
         s.save(tmp_path / "lec.vmem")
-        n_stored = len(s.long_term) + sum(1 for x in s.engine.memory.live if x.kind == "vision")
+    assert sorted(want) == [float(i) for i in range(9)]
+    question = "What is moving?"
     with agent.load(tmp_path / "lec.vmem") as loaded:
-        assert len(loaded.long_term) == n_stored == 9
-        ans = loaded.ask("What is moving?", history=False)
-        assert ans.evidence and all(e.source == "long_term" for e in ans.evidence)
-        assert {e.entry_id for e in ans.evidence} <= set(range(9))
-    # the long-term part of the live answer came from the same entries
-    assert {e.start_s for e in before.evidence if e.source == "long_term"} <= {float(i) for i in range(9)}
+        store = loaded.long_term.store
+        assert sorted(i.start_s for i in store.infos()) == sorted(want)
+        for i in store.ids():
+            got = store.get(i)
+            ref = want[got.start_s]
+            assert (got.end_s, got.text, got.n_tokens, got.thumbnail) == (ref.end_s, ref.text, ref.n_tokens,
+                                                                          ref.thumbnail)
+            assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got.keys + got.values, ref.keys + ref.values))
+            assert torch.equal(got.key_summary.cpu(), ref.key_summary.cpu())
+        # which entries the answer must use: the top-k by the hand-computed score
+        _, _, _, _, qmeans = loaded.engine.prepare(question, loaded.engine.snapshot())
+        q = qmeans.double()
+        scores = {}
+        for i in store.ids():
+            ks = store.get(i).key_summary.double()  # [L, H_kv*D]
+            cos = [float(q[l] @ ks[l] / (q[l].norm() * ks[l].norm())) if q[l].norm() > 0 else 0.0
+                   for l in range(q.shape[0])]
+            scores[i] = sum(cos) / len(cos)
+        k = agent.config.memory.retrieve_k
+        top = sorted(scores, key=lambda i: -scores[i])[:k]
+        ans = loaded.ask(question, history=False)
+        lt_ev = [e for e in ans.evidence if e.source == "long_term"]
+        assert [e.entry_id for e in lt_ev] == top
+        assert all(abs(e.score - scores[e.entry_id]) < 1e-4 for e in lt_ev)
+        assert [e.start_s for e in lt_ev] == [store.info(i).start_s for i in top]
 
 
 def test_memory_dir_then_cli_ask(tmp_path, capsys):

@@ -374,7 +374,8 @@ class Engine:
                              source="long_term", entry_id=r.entry_id, thumbnail=r.segment.thumbnail)
                     for r in retrieved]
         evidence += self._window_evidence([s for s in snap.live if s.kind == VISION], qmeans)
-        return Answer(question=question, text=text, asked_at_s=snap.stream_time_s, evidence=evidence,
+        return Answer(question=question, text=text, asked_at_s=snap.stream_time_s, memory_s=snap.stream_time_s,
+                      evidence=evidence,
                       ttft_s=ttft[0] if ttft else latency, latency_s=latency, tokens=len(res.token_ids),
                       cancelled=res.stopped == "cancelled")
 

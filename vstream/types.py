@@ -34,6 +34,7 @@ class Answer:
     latency_s: float = 0.0  # wall time from the question's turn to the last token
     tokens: int = 0
     cancelled: bool = False
+    memory_s: float | None = None  # stream time the memory it was answered on reaches (end of its last chunk)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -48,7 +48,7 @@ class Query:
     asked_at_s: float | None = None  # stream time when it was asked (default: the snapshot's)
 
     def __post_init__(self) -> None:
-        if self.asked_at_s is None:
+        if self.asked_at_s is None and self.snapshot is not None:
             self.asked_at_s = self.snapshot.stream_time_s
 
 
@@ -161,7 +161,8 @@ class Responder:
                 logger.warning("answering %r failed: %s", item.question[:60], e)
                 item.future.set_exception(e)
             else:
-                ans.asked_at_s = item.asked_at_s  # the caller's clock, recorded before the question was queued
+                if item.asked_at_s is not None:  # the caller's clock, recorded before the question was queued
+                    ans.asked_at_s = item.asked_at_s
                 self._record(ans)
                 self.answered += 1
                 if item.history and not ans.cancelled and self._on_history is not None:

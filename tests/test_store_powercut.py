@@ -184,3 +184,26 @@ def test_the_double_loses_what_was_not_made_durable(tmp_path):
     assert {p.name: p.read_bytes() for p in root2.iterdir()} == {"x": b"0123456789ab"}
     with pytest.raises(PowerCut):
         fs.write(fd, b"more")
+
+
+def test_the_real_file_ops_reach_the_disk(tmp_path, monkeypatch):
+    """The default layer really fsyncs: one add fsyncs its segment file, the segments directory and the journal."""
+    import stat as stat_mod
+
+    import memory.fsops as fsops_mod
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append("dir" if stat_mod.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsops_mod.os, "fsync", fsync)
+    with LongTermStore(M, tmp_path / "mem", ram_bytes=0) as s:
+        synced.clear()
+        s.add(make_segment(0, M, tokens=TOKENS))
+        assert synced == ["file", "dir", "file"]  # segment data, its name, the journal line
+        synced.clear()
+        s.set_text(0, "x")
+        assert synced == ["file"]

@@ -203,12 +203,12 @@ MUTANTS: list[Mutant] = [
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "bench_out", ".whl", ".gl"}
 
 
-def scratch_copy(dest: Path) -> Path:
+def scratch_copy(dest: Path, src: Path = REPO) -> Path:
     """Copy the working tree (no .git, no venv, no caches) to ``dest``."""
     def ignore(d, names):
         return [n for n in names if n in SKIP_DIRS or n.endswith(".pyc") or n.endswith(".vmem")]
 
-    shutil.copytree(REPO, dest, ignore=ignore, symlinks=True)
+    shutil.copytree(src, dest, ignore=ignore, symlinks=True)
     return dest
 
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vstream-mut-") as tmp:
         base = scratch_copy(Path(tmp) / "base")
         for m in chosen:  # every mutant's line must be there before anything runs
-            apply(scratch_copy(Path(tmp) / "probe"), m)
+            apply(scratch_copy(Path(tmp) / "probe", base), m)
             shutil.rmtree(Path(tmp) / "probe")
         groups = sorted({t for m in chosen for t in m.tests}) if not args.suite else ["tests"]
         rc, secs, last = run_tests(base, groups, args.timeout)
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         rows, survived = [], 0
         for m in chosen:
-            root = scratch_copy(Path(tmp) / m.name)
+            root = scratch_copy(Path(tmp) / m.name, base)  # from the one copy: later edits do not leak in
             apply(root, m)
             rc, secs, last = run_tests(root, ["tests"] if args.suite else list(m.tests), args.timeout)
             killed = rc != 0

@@ -141,7 +141,12 @@ def test_retrieval_is_causal(tmp_path):
 
 
 def test_partial_question_pass_matches_the_full_one():
-    """query_layers < 1 stops the question pass early: the layers it ran equal a full pass, the rest are 0."""
+    """query_layers < 1 stops the question pass early: the layers it ran equal the model's own, the rest are 0.
+
+    Reference: the HF language model's forward over the sinks and the question (its hidden states), each
+    layer's own input norm and q projection applied to them, averaged over the question's tokens and
+    within each key-value group.
+    """
     import torch
 
     adapter = tiny_adapter("tiny-qwen2.5-vl")
@@ -153,8 +158,20 @@ def test_partial_question_pass_matches_the_full_one():
     a = full._query_means(q, full.snapshot())
     b = half._query_means(q, half.snapshot())
     assert a.shape == b.shape == (adapter.num_layers, adapter.num_kv_heads * adapter.head_dim)
-    assert torch.allclose(a[:1], b[:1], atol=1e-6)
-    assert b[1:].abs().sum() == 0 and a[1:].abs().sum() > 0
+    sink_ids = adapter.tokenize(adapter.system_text(full.config.system_prompt))
+    ids = torch.tensor([sink_ids + q.input_ids[0].tolist()])
+    lm = adapter.language_model()
+    with torch.no_grad():
+        hidden = lm(input_ids=ids, output_hidden_states=True).hidden_states  # [L + 1] x [1, S, hidden]
+        ref = []
+        group = adapter.num_heads // adapter.num_kv_heads
+        for li, layer in enumerate(adapter.decoder_layers()):
+            qp = layer.self_attn.q_proj(layer.input_layernorm(hidden[li]))[0, len(sink_ids):].mean(0)  # [H*D]
+            ref.append(qp.view(adapter.num_kv_heads, group, adapter.head_dim).mean(1).reshape(-1))
+        ref = torch.stack(ref)
+    assert torch.allclose(a, ref, atol=1e-5), (a - ref).abs().max()
+    assert torch.allclose(b[:1], ref[:1], atol=1e-5)
+    assert b[1:].abs().sum() == 0 and ref[1:].abs().sum() > 0
 
 
 def test_per_layer_selection_votes_across_layers():

@@ -352,6 +352,23 @@ def test_ram_lru_order(tmp_path):
         assert s.ram_bytes_used() == 0 and same_kv(s.get(1), make_segment(1, m))
 
 
+def test_ram_tier_makes_room_for_a_large_entry(tmp_path):
+    """A large entry evicts as many least-recently-used small ones as it needs (hand-counted bytes)."""
+    m = meta()
+    small = [make_segment(i, m, tokens=4) for i in range(4)]
+    with LongTermStore(m, tmp_path / "m", ram_bytes=10 << 20) as probe:
+        probe.add(small[0])
+        one = probe.ram_bytes_used()  # bytes one 4-token entry takes in the RAM tier
+    limit = 4 * one
+    with LongTermStore(m, tmp_path / "r", ram_bytes=limit) as s:
+        for seg in small:
+            s.add(seg)
+        assert list(s._ram) == [0, 1, 2, 3] and s.ram_bytes_used() == limit
+        s.add(make_segment(4, m, tokens=10))  # about 2.5 small entries: the three oldest must go
+        assert s.ram_bytes_used() <= limit
+        assert list(s._ram) == [3, 4]
+
+
 def test_concurrent_add_and_get(tmp_path):
     m = meta()
     errors: list[BaseException] = []

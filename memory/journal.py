@@ -115,11 +115,13 @@ def decode_line(raw: bytes) -> dict | None:
     return d if crc == _line_crc(d) else None
 
 
-def read_journal(path: Path, durable: bool, fs: FileOps | None = None) -> list[tuple[int, dict]]:
+def read_journal(path: Path, durable: bool, fs: FileOps | None = None, *, repair: bool = True
+                 ) -> list[tuple[int, dict]]:
     """The good lines of a journal as (1-based line number, body), in file order.
 
-    A last line without its newline (an append cut short by a crash) is cut off the file with a warning;
-    a line that fails to parse or its crc is skipped with a warning. A missing file reads as empty.
+    A last line without its newline (an append cut short by a crash) is ignored with a warning and, with
+    ``repair`` (a writer opening the store), cut off the file; a reader leaves the file as it is. A line
+    that fails to parse or its crc is skipped with a warning. A missing file reads as empty.
     The cut is not fsynced: the next append's fsync makes it durable with that line, and a crash before
     that only brings back the same torn line, cut again on the next open (``durable`` is kept for callers).
     """
@@ -130,8 +132,10 @@ def read_journal(path: Path, durable: bool, fs: FileOps | None = None) -> list[t
     out: list[tuple[int, dict]] = []
     for i, raw in enumerate(pieces):
         if i == len(pieces) - 1:
-            if raw:  # no newline: the append was cut short by a crash
+            if raw:  # no newline: the append was cut short by a crash (or is being written right now)
                 warn(f"{path}: truncated last journal line ({len(raw)} bytes) ignored")
+                if not repair:
+                    break
                 fd = fs.open(path, os.O_WRONLY)
                 try:
                     fs.ftruncate(fd, pos)

@@ -32,6 +32,8 @@ class Acked:
     created: bool = False
     ids: set[int] = field(default_factory=set)
     texts: set[int] = field(default_factory=set)
+    deleted: set[int] = field(default_factory=set)
+    deleting: set[int] = field(default_factory=set)  # a deletion in flight: either outcome is fine
     index_ids: set[int] | None = None  # ids in the last acknowledged index save
     in_flight: int | None = None
 
@@ -56,6 +58,10 @@ def _sequence(d, fs, ack: Acked) -> None:
     ack.ids.add(store.add(make_segment(3, M, tokens=TOKENS)))
     store.set_text(0, "text 0 v2")
     ack.texts.add(0)
+    ack.deleting = {1}
+    store.delete([1])
+    ack.deleted, ack.deleting = {1}, set()
+    store.compact()
     store.close()
 
 
@@ -80,7 +86,8 @@ def _check(d, ack: Acked, where: str) -> None:
         damaged = [str(w.message) for w in rec if "skipped" in str(w.message)]
         assert not damaged, (where, damaged)
         have = set(store.ids())
-        assert ack.ids <= have, (where, sorted(ack.ids - have))
+        assert not (have & ack.deleted), (where, "an acknowledged deletion came back")
+        assert ack.ids - ack.deleted - ack.deleting <= have, (where, sorted(ack.ids - have))
         allowed = ack.ids | ({ack.in_flight} if ack.in_flight is not None else set())
         assert have <= allowed, (where, sorted(have - allowed))
         for i in have:
@@ -97,9 +104,10 @@ def _check(d, ack: Acked, where: str) -> None:
                 idx = MemoryIndex.load_or_rebuild(store, d, retriever="internal", per_layer=True)
             unusable = [str(w.message) for w in rec if "unusable" in str(w.message)]
             assert not unusable, (where, unusable)
-            assert set(idx.pooled.ids().tolist()) == have, where
+            assert set(idx.pooled.ids().tolist()) == have, where  # caught up with the store
             assert all(set(layer.ids().tolist()) == have for layer in idx.layers), where
-        nxt = max(have) + 1 if have else 0
+        nxt = store.next_id
+        assert nxt > max(ack.ids | have, default=-1), where  # ids are never reused, deleted ones included
         assert store.add(make_segment(nxt, M, tokens=TOKENS)) == nxt, where  # the directory still takes entries
 
 

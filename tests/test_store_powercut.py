@@ -2,11 +2,13 @@
 
 SIGKILL (tests/test_store_crash.py) keeps the page cache, so it cannot see a missing fsync. Here the store
 runs on ``tests/_fsdouble.PowerCutFS``, which keeps what was not fsynced apart and throws it away. The
-sequence (create, adds, text updates, an index save, close, reopen, one more add, close) is cut before
-its 1st, 2nd, ... last changing operation, in each crash mode; after every cut:
+sequence (create, adds, text updates, an index save, close, reopen, one more add, a deletion, a journal
+compaction, close) is cut before its 1st, 2nd, ... last changing operation, in each crash mode; after
+every cut:
 
 - the directory opens (once its creation was acknowledged) and takes new entries;
-- every acknowledged entry is there with its exact bytes, every acknowledged text update is there;
+- every acknowledged entry is there with its exact bytes, every acknowledged text update is there, and
+  an acknowledged deletion stays done (ids are never reused);
 - nothing half-written is visible: no damaged-entry warning, no entry beyond the one in flight;
 - an acknowledged index save loads as saved (not rebuilt because a file of it is missing or damaged).
 """

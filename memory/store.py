@@ -369,7 +369,10 @@ class LongTermStore(RetentionMixin):
                                                              "format_version": str(FORMAT_VERSION)})
             rel = f"{SEGMENT_DIR}/{eid:08d}.safetensors"
             info = EntryInfo(entry_id=eid, start_s=start, end_s=end, n_tokens=seg.n_tokens, span=seg.span,
-                             text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes)
+                             text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes, kind=seg.kind,
+                             source=seg.source)
+            if seg.kind != VISION and self.meta.format_version < FORMAT_VERSION:
+                self._upgrade_format()
             entry = _Entry(info, kind=seg.kind, file=rel, sha256=hashlib.sha256(blob).hexdigest(), size=len(blob),
                            quant=self.quantize, chunk_index=seg.chunk_index)
             path = self.directory / rel
@@ -391,6 +394,17 @@ class LongTermStore(RetentionMixin):
                 self._ram_put(eid, tensors)
         return eid
 
+    def _upgrade_format(self) -> None:
+        """Mark a format-1 store as the current format before its first text entry (caller holds _write_lock)."""
+        path = self.directory / CONFIG_NAME
+        try:
+            cfg = json.loads(path.read_text())
+            cfg["format_version"] = FORMAT_VERSION
+            atomic_write(path, json.dumps(cfg, indent=1).encode(), self._durable)
+        except (OSError, ValueError) as e:
+            raise _io_error("upgrading the memory format", self.directory, e if isinstance(e, OSError)
+                            else OSError(str(e))) from None
+        self.meta = dataclasses.replace(self.meta, format_version=FORMAT_VERSION)
     @staticmethod
     def _entry_line(e: _Entry) -> bytes:
         return _entry_line(e)
@@ -488,7 +502,7 @@ class LongTermStore(RetentionMixin):
         return Segment(kind=e.kind, keys=tuple(layer("k", i) for i in range(n)),
                        values=tuple(layer("v", i) for i in range(n)), rel_pos=tensors["rel_pos"].to(dev),
                        start_s=e.info.start_s, end_s=e.info.end_s, text=e.info.text, key_summary=summary,
-                       thumbnail=e.info.thumbnail, chunk_index=e.chunk_index)
+                       thumbnail=e.info.thumbnail, chunk_index=e.chunk_index, source=e.info.source)
 
     def key_summary(self, entry_id: int) -> torch.Tensor | None:
         """The entry's key summary [L, H_kv * D] fp32 (None if it had none); reads only that tensor from disk."""
@@ -553,6 +567,35 @@ class LongTermStore(RetentionMixin):
 # helpers
 
 
+def read_infos(directory: str | Path) -> list[EntryInfo]:
+    """The entries of a memory directory, read without writing anything (no lock, no repair, no checksum
+    pass): for read-only tools (search, export). Damaged journal lines and a cut-off last line are skipped."""
+    from memory.journal import decode_line
+
+    d = Path(directory)
+    _read_config(d)  # raises ValueError when it is not a memory directory
+    try:
+        data = (d / JOURNAL_NAME).read_bytes()
+    except FileNotFoundError:
+        data = b""
+    entries: dict[int, EntryInfo] = {}
+    for raw in data.split(b"\n")[:-1]:  # the piece after the last newline is cut off or empty
+        body = decode_line(raw) if raw.strip() else None
+        if not body:
+            continue
+        if body.get("op") == "add":
+            try:
+                info = _entry_from_line(body).info
+            except (KeyError, TypeError, ValueError):
+                continue
+            if (d / str(body["file"])).is_file():
+                entries[info.entry_id] = info
+        elif body.get("op") == "text" and int(body.get("id", -1)) in entries:
+            i = int(body["id"])
+            entries[i] = dataclasses.replace(entries[i], text=str(body.get("text", "")))
+    return [entries[i] for i in sorted(entries)]
+
+
 def _leftover_of_creation(p: Path) -> bool:
     """What a crash while creating a store can leave behind (the creation is simply redone)."""
     if p.name == LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp")):
@@ -579,6 +622,7 @@ def _entry_line(e: _Entry) -> bytes:
         "n_tokens": i.n_tokens, "span": i.span, "text": i.text, "nbytes": i.nbytes, "file": e.file,
         "sha256": e.sha256, "size": e.size, "quant": e.quant, "chunk_index": e.chunk_index,
         "thumb": base64.b64encode(i.thumbnail).decode("ascii") if i.thumbnail is not None else None,
+        **({"source": i.source} if i.source else {}),
     })
 
 
@@ -592,7 +636,8 @@ def _entry_from_line(d: dict) -> _Entry:
     thumb = d.get("thumb")
     info = EntryInfo(entry_id=int(d["id"]), start_s=float(d["start_s"]), end_s=float(d["end_s"]),
                      n_tokens=int(d["n_tokens"]), span=int(d["span"]), text=str(d.get("text", "")),
-                     thumbnail=base64.b64decode(thumb) if thumb is not None else None, nbytes=int(d["nbytes"]))
+                     thumbnail=base64.b64decode(thumb) if thumb is not None else None, nbytes=int(d["nbytes"]),
+                     kind=kind, source=str(d.get("source", "")))
     return _Entry(info, kind=kind, file=file, sha256=str(d["sha256"]), size=int(d["size"]),
                   quant=str(d.get("quant", "none")),
                   chunk_index=None if d.get("chunk_index") is None else int(d["chunk_index"]))

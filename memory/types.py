@@ -10,7 +10,10 @@ import torch
 
 from memory.segment import Segment
 
-FORMAT_VERSION = 1
+#: 1: vision entries only. 2: entries may also be text (``kind="text"``, e.g. ``source="speech"``): a reader of
+#: format 1 would take them for video chunks, so a store is marked 2 once it holds one; format 1 stores are
+#: read as they are (and upgraded in place when a text entry is first added).
+FORMAT_VERSION = 2
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,7 +53,7 @@ class StoreMeta:
         if other.format_version > FORMAT_VERSION:
             raise ValueError(f"memory at {where} has format version {other.format_version}, newer than this "
                              f"vstream supports ({FORMAT_VERSION}); upgrade vstream or use another memory directory")
-        keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims", "format_version")
+        keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims")  # older formats are read
         if any(getattr(self, k) != getattr(other, k) for k in keys):
             raise ValueError(f"memory at {where} was written by model {other.describe()}, but this run uses "
                              f"{self.describe()}; use a fresh memory directory for this model")
@@ -80,6 +83,8 @@ class EntryInfo:
     text: str
     thumbnail: bytes | None
     nbytes: int  # K/V bytes as stored (after quantisation)
+    kind: str = "vision"  # "vision" (a video chunk) | "text" (format 2: e.g. recognised speech)
+    source: str = ""  # text entries: "speech"
 
 
 @dataclass

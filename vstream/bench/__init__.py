@@ -4,9 +4,11 @@ ingest   per-chunk latency and process memory vs stream position for (a) this en
          (b) full attention (nothing evicted) and (c) a sliding window recomputed from scratch each chunk.
 memory   FAISS search latency, KV bytes per hour, time to first token with 0 vs N stored entries.
 realtime highest frame rate sustained with commentary on; TTFT mid-stream vs on an idle session.
+asr      speech recognition on a clip: real-time factor, WER, timestamp error, and per-chunk perception
+         latency with ASR on over off in one run.
 
 Modules: ``common`` (device sync and memory, random chunks, environment facts, JSON/PNG writing),
-``ingest``, ``memory_ttft``, ``realtime`` (one benchmark each) and ``commands`` (the argparse wiring).
+``ingest``, ``memory_ttft``, ``realtime``, ``asr`` (one benchmark each) and ``commands`` (the argparse wiring).
 
 Which way imports go: the benches are a top-layer command like the CLI. ``commands`` imports the three
 benchmark modules and ``eval.bench_memory`` (FAISS latency and KV bytes per hour); the benchmark modules

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memory import fsops
 from memory.journal import atomic_write, warn
 from memory.segment import Segment
 from memory.store import LongTermStore
@@ -186,6 +187,9 @@ class MemoryIndex:
         if use_i:
             q = pool_layers(self._per_layer(query_means, "query_means"))
             ids, scores = self.pooled.search(q, fetch)
+            # VectorIndex scores the unit query; the pooled inner product itself is the mean per-layer
+            # cosine (layers without a query add 0), the score the window evidence uses too
+            scores = scores * float(np.linalg.norm(q))
             results.append(list(zip(ids.tolist(), scores.tolist())))
         if use_t:
             q = self.embedder.encode([query_text])[0]
@@ -224,17 +228,18 @@ class MemoryIndex:
     def save(self, directory: str | Path) -> None:
         """Write the indexes under ``directory/index/`` (the memory directory); manifest last."""
         out = Path(directory) / INDEX_DIR
-        out.mkdir(parents=True, exist_ok=True)
+        fs = getattr(self.store, "fs", None) or fsops.DEFAULT
+        fsops.makedirs(fs, out, durable=True)
         tag = int.from_bytes(os.urandom(7), "little")
         with self._lock:
             if self.pooled is not None:
-                self.pooled.save(out / "pooled.npz", tag)
+                self.pooled.save(out / "pooled.npz", tag, fs=fs)
             for li, index in enumerate(self.layers):
-                index.save(out / f"layer_{li:03d}.npz", tag)
+                index.save(out / f"layer_{li:03d}.npz", tag, fs=fs)
             if self.text is not None:
-                self.text.save(out / "text.npz", tag)
+                self.text.save(out / "text.npz", tag, fs=fs)
             manifest = self._manifest(tag)
-        atomic_write(out / "manifest.json", json.dumps(manifest).encode(), durable=True)
+        atomic_write(out / "manifest.json", json.dumps(manifest).encode(), durable=True, fs=fs)
 
     @staticmethod
     def saved_retriever(directory: str | Path) -> str | None:

@@ -8,7 +8,8 @@
   skipped with a warning.
 - ``DirLock``: an advisory exclusive lock (POSIX ``flock``) so that two writers never share one journal.
 
-Every byte goes through ``write_all`` (module level, so that tests can simulate a full disk).
+Every change to the disk (write, fsync, rename, unlink, directory fsync) goes through a
+``memory.fsops.FileOps`` (default ``fsops.DEFAULT``), so that tests can simulate a full disk or a power cut.
 File descriptors are closed by ``weakref.finalize`` too, so a forgotten owner still releases the lock.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ import weakref
 import zlib
 from pathlib import Path
 
+from memory import fsops
+from memory.fsops import FileOps
+
 try:  # advisory lock so that two writers never share one journal (POSIX only)
     import fcntl
 except ImportError:  # pragma: no cover - non-POSIX
@@ -34,48 +38,41 @@ logger = logging.getLogger(__name__)
 # durable writes
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes, fs: FileOps | None = None) -> None:
     """Write every byte of ``data`` to ``fd`` (the one place that writes store bytes)."""
+    fs = fs or fsops.DEFAULT
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = fs.write(fd, view)
         view = view[n:]
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path, fs: FileOps | None = None) -> None:
     """fsync a directory so that a rename or a new file in it survives a crash (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    (fs or fsops.DEFAULT).fsync_dir(path)
 
 
-def atomic_write(path: Path, data: bytes, durable: bool) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool, fs: FileOps | None = None) -> None:
     """Write ``data`` to ``path`` via a temp file + fsync + rename (+ directory fsync). Cleans up on error."""
+    fs = fs or fsops.DEFAULT
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
-            write_all(fd, data)
+            write_all(fd, data, fs)
             if durable:
-                os.fsync(fd)
+                fs.fsync(fd)  # the data before the name: a crash never shows the new name with missing bytes
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fs.close(fd)
+        fs.rename(tmp, path)
     except BaseException:
         try:
-            os.unlink(tmp)
+            fs.unlink(tmp)
         except OSError:
             pass
         raise
     if durable:
-        fsync_dir(path.parent)
+        fs.fsync_dir(path.parent)  # the new name itself
 
 
 def warn(msg: str) -> None:
@@ -84,9 +81,9 @@ def warn(msg: str) -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def close_quietly(fd: int) -> None:
+def close_quietly(fd: int, fs: FileOps | None = None) -> None:
     try:
-        os.close(fd)
+        (fs or fsops.DEFAULT).close(fd)
     except OSError:
         pass
 
@@ -118,13 +115,17 @@ def decode_line(raw: bytes) -> dict | None:
     return d if crc == _line_crc(d) else None
 
 
-def read_journal(path: Path, durable: bool, *, repair: bool = True) -> list[tuple[int, dict]]:
+def read_journal(path: Path, durable: bool, fs: FileOps | None = None, *, repair: bool = True
+                 ) -> list[tuple[int, dict]]:
     """The good lines of a journal as (1-based line number, body), in file order.
 
     A last line without its newline (an append cut short by a crash) is ignored with a warning and, with
     ``repair`` (a writer opening the store), cut off the file; a reader leaves the file as it is. A line
     that fails to parse or its crc is skipped with a warning. A missing file reads as empty.
+    The cut is not fsynced: the next append's fsync makes it durable with that line, and a crash before
+    that only brings back the same torn line, cut again on the next open (``durable`` is kept for callers).
     """
+    fs = fs or fsops.DEFAULT
     data = path.read_bytes() if path.exists() else b""
     pieces = data.split(b"\n")
     pos = 0
@@ -135,10 +136,11 @@ def read_journal(path: Path, durable: bool, *, repair: bool = True) -> list[tupl
                 warn(f"{path}: truncated last journal line ({len(raw)} bytes) ignored")
                 if not repair:
                     break
-                with open(path, "r+b") as f:
-                    f.truncate(pos)
-                    if durable:
-                        os.fsync(f.fileno())
+                fd = fs.open(path, os.O_WRONLY)
+                try:
+                    fs.ftruncate(fd, pos)
+                finally:
+                    fs.close(fd)
             break
         pos += len(raw) + 1
         if not raw.strip():
@@ -154,16 +156,17 @@ def read_journal(path: Path, durable: bool, *, repair: bool = True) -> list[tupl
 class Journal:
     """An open journal file for appending (one writer: the caller serialises ``append``)."""
 
-    def __init__(self, path: Path, durable: bool) -> None:
+    def __init__(self, path: Path, durable: bool, fs: FileOps | None = None) -> None:
         """Open (or create) ``path`` for appending; with ``durable`` its directory is fsynced too."""
         self.path = Path(path)
         self.durable = durable
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
-        self._fin = weakref.finalize(self, close_quietly, self._fd)
+        self.fs = fs = fs or fsops.DEFAULT
+        self._fd: int | None = fs.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._fin = weakref.finalize(self, close_quietly, self._fd, fs)
         try:
-            self.size = os.lseek(self._fd, 0, os.SEEK_END)  # bytes of whole lines written so far
+            self.size = fs.lseek(self._fd, 0, os.SEEK_END)  # bytes of whole lines written so far
             if durable:
-                fsync_dir(self.path.parent)
+                fs.fsync_dir(self.path.parent)  # a new journal's name
         except BaseException:
             self.close()
             raise
@@ -173,21 +176,22 @@ class Journal:
         fd = self._fd
         if fd is None:
             raise RuntimeError(f"journal {self.path} is closed")
+        fs = self.fs
         try:
-            os.lseek(fd, self.size, os.SEEK_SET)
-            write_all(fd, line)
+            fs.lseek(fd, self.size, os.SEEK_SET)
+            write_all(fd, line, fs)
             if self.durable:
-                os.fsync(fd)
+                fs.fsync(fd)  # the line is acknowledged when this returns
         except OSError:
+            # Cut back, not fsynced: the next append's fsync makes the cut durable with its line, and a
+            # crash before that loses only unacknowledged bytes (a torn tail line, cut on the next open).
             try:
-                os.ftruncate(fd, self.size)
-                if self.durable:
-                    os.fsync(fd)
+                fs.ftruncate(fd, self.size)
             except OSError as e2:  # the partial line stays; the next append starts a fresh line after it
                 logger.error("could not cut back the journal after a failed append: %s", e2)
                 try:
-                    self.size = os.lseek(fd, 0, os.SEEK_END)
-                    write_all(fd, b"\n")
+                    self.size = fs.lseek(fd, 0, os.SEEK_END)
+                    write_all(fd, b"\n", fs)
                     self.size += 1
                 except OSError:
                     pass
@@ -207,21 +211,22 @@ class Journal:
 class DirLock:
     """An exclusive advisory lock on ``directory`` (held through the file ``lock_name`` in it)."""
 
-    def __init__(self, directory: Path, lock_name: str) -> None:
+    def __init__(self, directory: Path, lock_name: str, fs: FileOps | None = None) -> None:
         """Take the lock or raise RuntimeError naming the directory (no-op where flock is missing)."""
         self._fd: int | None = None
         self._fin = None
         if fcntl is None:
             return
-        fd = os.open(Path(directory) / lock_name, os.O_RDWR | os.O_CREAT, 0o644)
+        fs = fs or fsops.DEFAULT
+        fd = fs.open(Path(directory) / lock_name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(fd)
+            fs.close(fd)
             raise RuntimeError(f"memory directory {directory} is in use by another open store; "
                                f"close that one first") from None
         self._fd = fd
-        self._fin = weakref.finalize(self, close_quietly, fd)
+        self._fin = weakref.finalize(self, close_quietly, fd, fs)
 
     def release(self) -> None:
         """Release the lock (closing its fd releases the flock). Idempotent."""

@@ -38,7 +38,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from memory import quant
+from memory import fsops, quant
+from memory.fsops import FileOps
 from memory.journal import DirLock, Journal, atomic_write, encode_line, read_journal, warn
 from memory.segment import KINDS, VISION, Segment
 from memory.store_retention import RETENTION_OPS, RetentionMixin, replay
@@ -102,7 +103,7 @@ class LongTermStore(RetentionMixin):
 
     def __init__(self, meta: StoreMeta, directory: str | Path | None = None, *, ram_bytes: int = 2 << 30,
                  quantize: str = "none", device: str | torch.device = "cpu", verify: str = "full",
-                 durable: bool | None = None, read_only: bool = False) -> None:
+                 durable: bool | None = None, read_only: bool = False, fs: FileOps | None = None) -> None:
         """Create a store in ``directory`` (or reopen it when it already holds one written by ``meta``'s model).
 
         verify: "full" checks every segment's sha256 when reopening (skipping bad ones); "size" checks only
@@ -110,7 +111,10 @@ class LongTermStore(RetentionMixin):
         a caller's directory, False for the private temp directory). read_only: open an existing store
         for reading only: nothing in the directory is created, repaired, locked or written (damage is
         skipped in memory, with warnings; repairs happen when a writer opens it); ``add`` raises.
+        fs: the file operations that change the directory (default ``memory.fsops.DEFAULT``; tests pass
+        a power-cut double).
         """
+        self.fs: FileOps = fs or fsops.DEFAULT
         if quantize not in _QUANT_BITS:
             raise ValueError(f"quantize must be none, int8, int4 or k4v2, got {quantize!r}")
         if verify not in ("full", "size"):
@@ -161,11 +165,11 @@ class LongTermStore(RetentionMixin):
                 if self.directory.exists() and any(not _leftover_of_creation(p) for p in self.directory.iterdir()):
                     raise ValueError(f"{self.directory} is not empty and holds no {CONFIG_NAME}; "
                                      f"pick an empty or new directory for the memory")
-                self.directory.mkdir(parents=True, exist_ok=True)
+                fsops.makedirs(self.fs, self.directory, self._durable)
                 self._acquire_lock()
                 cfg = {"format": "vstream-memory", **meta.to_json(), "quantize": quantize}
-                atomic_write(config, json.dumps(cfg, indent=1).encode(), self._durable)
-                self._seg_dir.mkdir(exist_ok=True)
+                atomic_write(config, json.dumps(cfg, indent=1).encode(), self._durable, self.fs)
+                self.fs.mkdir(self._seg_dir)  # its name is made durable with the journal's (same directory)
             if not self.read_only:
                 self._open_journal()
         except OSError as e:
@@ -178,7 +182,7 @@ class LongTermStore(RetentionMixin):
     @classmethod
     def open(cls, directory: str | Path, *, expected: StoreMeta | None = None, ram_bytes: int = 2 << 30,
              device: str | torch.device = "cpu", quantize: str | None = None, verify: str = "full",
-             read_only: bool = False) -> "LongTermStore":
+             read_only: bool = False, fs: FileOps | None = None) -> "LongTermStore":
         """Load an existing memory directory; ``expected`` (if given) must describe the same model.
 
         ``read_only``: for readers (answering from a saved memory): the directory is never changed."""
@@ -194,15 +198,15 @@ class LongTermStore(RetentionMixin):
             except (OSError, json.JSONDecodeError):
                 quantize = "none"
         return cls(found, directory, ram_bytes=ram_bytes, quantize=quantize, device=device, verify=verify,
-                   read_only=read_only)
+                   read_only=read_only, fs=fs)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def _acquire_lock(self) -> None:
-        self._dir_lock = DirLock(self.directory, LOCK_NAME)
+        self._dir_lock = DirLock(self.directory, LOCK_NAME, self.fs)
 
     def _open_journal(self) -> None:
-        self._journal = Journal(self.directory / JOURNAL_NAME, self._durable)
+        self._journal = Journal(self.directory / JOURNAL_NAME, self._durable, self.fs)
 
     def _release(self) -> None:
         """Close the journal and release the lock (their fds are also closed if the store is forgotten).
@@ -247,16 +251,17 @@ class LongTermStore(RetentionMixin):
         """Replay the journal: entries, text updates; skip what is damaged (with warnings).
         A writer also repairs: leftover temp files removed, a torn last journal line cut off."""
         if not self.read_only:
-            self._seg_dir.mkdir(exist_ok=True)
+            if not self._seg_dir.is_dir():
+                self.fs.mkdir(self._seg_dir)
             for tmp in self._seg_dir.glob(".*.tmp"):  # leftovers of a crash during a segment write
                 try:
-                    tmp.unlink()
+                    self.fs.unlink(tmp)
                 except OSError:
                     pass
         jpath = self.directory / JOURNAL_NAME
         max_id = -1
         entries: dict[int, _Entry] = {}
-        for line_no, body in read_journal(jpath, self._durable, repair=not self.read_only):
+        for line_no, body in read_journal(jpath, self._durable, self.fs, repair=not self.read_only):
             op = body.get("op")
             if op == "add":
                 try:
@@ -372,14 +377,14 @@ class LongTermStore(RetentionMixin):
                            quant=self.quantize, chunk_index=seg.chunk_index)
             path = self.directory / rel
             try:
-                atomic_write(path, blob, self._durable)
+                atomic_write(path, blob, self._durable, self.fs)
             except OSError as e:
                 raise _io_error(f"writing entry {eid}", self.directory, e) from None
             try:
                 self._append_journal(_entry_line(entry))
             except OSError as e:
                 try:  # the segment has no journal line: it would be an orphan
-                    path.unlink()
+                    self.fs.unlink(path)
                 except OSError:
                     pass
                 raise _io_error(f"journaling entry {eid}", self.directory, e) from None

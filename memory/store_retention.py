@@ -17,6 +17,8 @@ import logging
 import os
 from pathlib import Path
 
+from memory import fsops
+from memory.fsops import FileOps
 from memory.journal import Journal, atomic_write, encode_line, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -24,10 +26,10 @@ logger = logging.getLogger(__name__)
 RETENTION_OPS = ("delete", "next_id")
 
 
-def _remove_file(path: Path) -> None:
+def _remove_file(path: Path, fs: FileOps | None = None) -> None:
     """Delete one store file (already gone is fine). Module level so that tests can interrupt a deletion."""
     try:
-        os.unlink(path)
+        (fs or fsops.DEFAULT).unlink(path)
     except FileNotFoundError:
         pass
 
@@ -71,9 +73,9 @@ class RetentionMixin:
                         self._ram_used -= sum(t.numel() * t.element_size() for t in old.values())
             self.dead_lines += 1 + len(ids)
             for f in files:
-                _remove_file(self.directory / f)
+                _remove_file(self.directory / f, self.fs)
             if self._durable:
-                fsync_dir(self._seg_dir)
+                fsync_dir(self._seg_dir, self.fs)
         return ids
 
     def journal_bytes(self) -> int:
@@ -89,12 +91,12 @@ class RetentionMixin:
                 lines += [self._entry_line(self._entries[i]) for i in sorted(self._entries)]
             path = self._journal.path
             try:
-                atomic_write(path, b"".join(lines), self._durable)
+                atomic_write(path, b"".join(lines), self._durable, self.fs)
             except OSError as e:
                 raise RuntimeError(f"could not compact the journal of {self.directory} ({e.strerror or e}); the old "
                                    f"journal is intact") from None
             self._journal.close()
-            self._journal = Journal(path, self._durable)
+            self._journal = Journal(path, self._durable, self.fs)
             self.dead_lines = 0
 
     def remove_orphans(self, journaled: dict) -> None:
@@ -104,10 +106,10 @@ class RetentionMixin:
         removed = 0
         for p in self._seg_dir.glob("*.safetensors"):
             if p.name not in owned:
-                _remove_file(p)
+                _remove_file(p, self.fs)
                 removed += 1
         if removed:
             logger.info("memory %s: removed %d segment files no entry owns (deletion completed)", self.directory,
                         removed)
             if self._durable:
-                fsync_dir(self._seg_dir)
+                fsync_dir(self._seg_dir, self.fs)

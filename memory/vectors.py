@@ -17,6 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from memory.fsops import FileOps
 from memory.journal import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -208,9 +209,9 @@ class VectorIndex:
                      slots=self._slot_ids[: self._n_slots].copy())
             return buf.getvalue()
 
-    def save(self, path: str | Path, tag: int = 0) -> None:
-        """Write atomically to ``path`` (a single .npz file)."""
-        atomic_write(Path(path), self.to_bytes(tag), durable=True)
+    def save(self, path: str | Path, tag: int = 0, fs: FileOps | None = None) -> None:
+        """Write atomically to ``path`` (a single .npz file) through ``fs`` (default: the real file ops)."""
+        atomic_write(Path(path), self.to_bytes(tag), durable=True, fs=fs)
 
     @classmethod
     def load(cls, path: str | Path, dim: int, *, tag: int | None = None, **kw) -> "VectorIndex":

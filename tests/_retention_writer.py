@@ -36,8 +36,8 @@ def main() -> None:
         removed = []
         real = store_mod._remove_file
 
-        def stop_after_first(path):
-            real(path)
+        def stop_after_first(path, *rest):
+            real(path, *rest)
             removed.append(path)
             print("mid", flush=True)
             time.sleep(3600)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vstream.engine as engine_mod
+from _kv_reference import TOL, Recorder, expected_layout, max_diff, place
 from conftest import make_chunks, tiny_adapter
 from memory.segment import TEXT, VISION
 from vstream.api import Agent
@@ -52,41 +53,51 @@ def test_commentary_memory_stays_bounded_over_500_chunks(monkeypatch):
     prev = "Earlier: the host said hello."
     prev_ids = a.tokenize(prev)
     assert 0 < len(prev_ids) < HEAD
-    eng, ref = Engine(a, cfg), Engine(a, cfg)
-    eng.start(prev)
-    ref.start(prev)  # the caller's text as it lands, before any commentary
-    mm = eng.memory
-    sinks = sum(s.n_tokens for s in mm.sinks)
-    turn = len(a.tokenize(a.commentary_open_text())) + M + len(a.tokenize(a.answer_close_text()))
-    chunk_max, seen_tokens = 0, 0
-    for ch in make_chunks(500, frames=2, size=28):
-        rep = eng.ingest(ch)
-        chunk_max = max(chunk_max, rep.n_tokens)
-        bound = sinks + HEAD + TAIL + W * chunk_max + TW
-        assert mm.context_tokens <= bound
-        item = eng.commentary(ch, M)
-        seen_tokens += rep.n_tokens + turn
-        assert (item.start_s, item.end_s, item.chunk_index) == (ch.start_s, ch.end_s, ch.index)
-        assert item.latency_s > 0
-        ctx = mm.context_tokens
-        assert ctx <= bound and mm.next_pos <= bound, f"chunk {ch.index}: {ctx} tokens > bound {bound}"
-        assert ctx == sum(s.n_tokens for s in mm.segments())  # the cache is exactly the bookkept segments
-        head = mm.prev_head.n_tokens if mm.prev_head else 0
-        tail = mm.prev_tail.n_tokens if mm.prev_tail else 0
-        assert head <= HEAD and tail <= TAIL
-        assert sum(s.n_tokens for s in mm.live if s.kind == TEXT) <= TW
-        assert sum(s.kind == VISION for s in mm.live) <= W
+    eng = Engine(a, cfg)
+    rec = Recorder(a)  # every prefill's raw K/V and positions: the reference for the re-indexed cache
+    items = []
+    try:
+        eng.start(prev)
+        sinks, prev_first = rec.records
+        mm = eng.memory
+        n_sinks = sum(s.n_tokens for s in mm.sinks)
+        turn = len(a.tokenize(a.commentary_open_text())) + M + len(a.tokenize(a.answer_close_text()))
+        chunk_max, seen_tokens = 0, 0
+        for ch in make_chunks(500, frames=2, size=28):
+            with rec.take(spans := []):
+                rep = eng.ingest(ch)
+            items.append((VISION, spans[0]))
+            chunk_max = max(chunk_max, rep.n_tokens)
+            bound = n_sinks + HEAD + TAIL + W * chunk_max + TW
+            assert mm.context_tokens <= bound
+            with rec.take(spans := []):
+                item = eng.commentary(ch, M)
+            items.append((TEXT, spans[0]))
+            seen_tokens += rep.n_tokens + turn
+            assert (item.start_s, item.end_s, item.chunk_index) == (ch.start_s, ch.end_s, ch.index)
+            assert item.latency_s > 0
+            ctx = mm.context_tokens
+            assert ctx <= bound and mm.next_pos <= bound, f"chunk {ch.index}: {ctx} tokens > bound {bound}"
+            assert ctx == sum(s.n_tokens for s in mm.segments())  # the cache is exactly the bookkept segments
+            head = mm.prev_head.n_tokens if mm.prev_head else 0
+            tail = mm.prev_tail.n_tokens if mm.prev_tail else 0
+            assert head <= HEAD and tail <= TAIL
+            assert sum(s.n_tokens for s in mm.live if s.kind == TEXT) <= TW
+            assert sum(s.kind == VISION for s in mm.live) <= W
+    finally:
+        rec.close()
     assert seen_tokens > 20 * bound  # unbounded growth would have been visible
     assert mm.prev_head.n_tokens == HEAD and mm.prev_tail.n_tokens == TAIL  # commentary flowed into the block
     assert mm.chunks_ingested == 500 and mm.stream_time_s == 500.0
-    # the caller's previous text still opens the block, with the K/V it was given at the start
-    n = len(prev_ids)
-    assert mm.prev_head.token_ids[:n] == tuple(prev_ids)
-    (r,) = ref.memory.prev_text
-    assert r.n_tokens == n
-    for k, rk, v, rv in zip(mm.prev_head.keys, r.keys, mm.prev_head.values, r.values):
-        torch.testing.assert_close(k[:, :, :n], rk, rtol=0, atol=1e-5)
-        torch.testing.assert_close(v[:, :, :n], rv, rtol=0, atol=1e-5)
+    assert mm.prev_head.token_ids[:len(prev_ids)] == tuple(prev_ids)  # the caller's text still opens the block
+    # re-indexing after 500 chunks of M-RoPE: the cache is the recorded K/V of exactly the tokens the
+    # configuration keeps, re-rotated with the model's own RoPE tables to contiguous positions
+    head, tail, live, _, _ = expected_layout(prev_first, items, W, TW, HEAD, TAIL)
+    keys, values, next_pos = place(a, [(sinks, "text"), (head, "text"), (tail, "text")] + live)
+    assert mm.next_pos == next_pos
+    for l in range(a.num_layers):
+        assert max_diff(mm.cache.layers[l].keys, keys[l]) <= TOL, l
+        assert torch.equal(mm.cache.layers[l].values, values[l]), l
 
 
 @pytest.mark.parametrize("preset", ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"])
@@ -132,26 +143,40 @@ def test_replay_of_generated_token_ids_reproduces_the_memory(monkeypatch):
     cfg = _cfg(**{"memory.window_chunks": 3, "memory.text_window_tokens": 40})
     chunks = make_chunks(8, frames=2, size=28, seed=3)
     live = Engine(a, cfg)
-    live.start("Before the stream.")
-    items = []
-    for ch in chunks:
-        live.ingest(ch)
-        items.append(live.commentary(ch, 4))
-    assert all(len(i.token_ids) == 4 for i in items)
+    rec = Recorder(a)
+    rec_items, items_gen = [], []  # recorded K/V per stream item; the commentary the live run generated
+    try:
+        live.start("Before the stream.")
+        sinks, prev_first = rec.records
+        for ch in chunks:
+            with rec.take(spans := []):
+                live.ingest(ch)
+            rec_items.append((VISION, spans[0]))
+            with rec.take(spans := []):
+                items_gen.append(live.commentary(ch, 4))
+            rec_items.append((TEXT, spans[0]))
+    finally:
+        rec.close()
+    assert all(len(i.token_ids) == 4 for i in items_gen)
     dec = DecodeCounter(monkeypatch)
     again = Engine(a, cfg)  # a resumed run: the same chunks, the earlier run's words fed back
     again.start("Before the stream.")
-    for ch, item in zip(chunks, items):
+    for ch, item in zip(chunks, items_gen):
         again.ingest(ch)
         got = again.commentary(ch, 4, replay=item.token_ids)
         assert (got.text, got.token_ids) == (item.text, item.token_ids)
         assert (got.start_s, got.end_s) == (item.start_s, item.end_s)
     assert dec.calls == 0
-    s1, s2 = live.snapshot(), again.snapshot()
-    assert [(x.kind, x.n_tokens) for x in s1.segments] == [(x.kind, x.n_tokens) for x in s2.segments]
-    for k1, k2, v1, v2 in zip(s1.keys, s2.keys, s1.values, s2.values):
-        torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
+    # the replayed memory is the decoded run's K/V (recorded while it decoded), kept and re-indexed as the
+    # configuration says, re-rotated with the model's own RoPE tables
+    head, tail, live_parts, _, _ = expected_layout(prev_first, rec_items, 3, 40, cfg.memory.prev_text_head,
+                                                   cfg.memory.prev_text_tail)
+    keys, values, next_pos = place(a, [(sinks, "text"), (head, "text"), (tail, "text")] + live_parts)
+    mm = again.memory
+    assert mm.prev_tail is not None and mm.next_pos == next_pos  # text did leave the window
+    for l in range(a.num_layers):
+        assert max_diff(mm.cache.layers[l].keys, keys[l]) <= TOL, l
+        assert max_diff(mm.cache.layers[l].values, values[l]) <= TOL, l
 
 
 def test_session_commentary_replay_previous_text_and_callbacks(monkeypatch):

@@ -54,19 +54,50 @@ def test_5000_chunks_bounded_memory(tmp_path):
 
 
 def test_save_load_same_entries_and_answers(tmp_path):
+    """What was saved comes back exactly, and the loaded memory answers from the right entries.
+
+    References: the live session's own entries and window chunks at save time (bytes, times, text), and
+    a hand-computed retrieval score (mean per-layer cosine between the question's query means and each
+    entry's key summary) for which entries the answer must cite, in order, with those scores.
+    """
+    import torch
+
     agent = Agent.from_pretrained("tiny-llava-onevision", **{"memory.window_chunks": 2})
     with agent.watch(SAMPLE, background=False) as s:
         s.advance_to(9)
-        before = s.ask("What is moving?", history=False)
+        s.ask("What is moving?", history=False)
+        lt = s.long_term
+        want = {seg.start_s: seg for seg in [lt.store.get(i) for i in lt.store.ids()]
+                + [x for x in s.engine.memory.live if x.kind == "vision"]}
         s.save(tmp_path / "lec.vmem")
-        n_stored = len(s.long_term) + sum(1 for x in s.engine.memory.live if x.kind == "vision")
+    assert sorted(want) == [float(i) for i in range(9)]
+    question = "What is moving?"
     with agent.load(tmp_path / "lec.vmem") as loaded:
-        assert len(loaded.long_term) == n_stored == 9
-        ans = loaded.ask("What is moving?", history=False)
-        assert ans.evidence and all(e.tier == "long_term" for e in ans.evidence)
-        assert {e.entry_id for e in ans.evidence} <= set(range(9))
-    # the long-term part of the live answer came from the same entries
-    assert {e.start_s for e in before.evidence if e.tier == "long_term"} <= {float(i) for i in range(9)}
+        store = loaded.long_term.store
+        assert sorted(i.start_s for i in store.infos()) == sorted(want)
+        for i in store.ids():
+            got = store.get(i)
+            ref = want[got.start_s]
+            assert (got.end_s, got.text, got.n_tokens, got.thumbnail) == (ref.end_s, ref.text, ref.n_tokens,
+                                                                          ref.thumbnail)
+            assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got.keys + got.values, ref.keys + ref.values))
+            assert torch.equal(got.key_summary.cpu(), ref.key_summary.cpu())
+        # which entries the answer must use: the top-k by the hand-computed score
+        _, _, _, _, qmeans = loaded.engine.prepare(question, loaded.engine.snapshot())
+        q = qmeans.double()
+        scores = {}
+        for i in store.ids():
+            ks = store.get(i).key_summary.double()  # [L, H_kv*D]
+            cos = [float(q[l] @ ks[l] / (q[l].norm() * ks[l].norm())) if q[l].norm() > 0 else 0.0
+                   for l in range(q.shape[0])]
+            scores[i] = sum(cos) / len(cos)
+        k = agent.config.memory.retrieve_k
+        top = sorted(scores, key=lambda i: -scores[i])[:k]
+        ans = loaded.ask(question, history=False)
+        lt_ev = [e for e in ans.evidence if e.tier == "long_term"]
+        assert [e.entry_id for e in lt_ev] == top
+        assert all(abs(e.score - scores[e.entry_id]) < 1e-4 for e in lt_ev)
+        assert [e.start_s for e in lt_ev] == [store.info(i).start_s for i in top]
 
 
 def test_memory_dir_then_cli_ask(tmp_path, capsys):
@@ -110,7 +141,12 @@ def test_retrieval_is_causal(tmp_path):
 
 
 def test_partial_question_pass_matches_the_full_one():
-    """query_layers < 1 stops the question pass early: the layers it ran equal a full pass, the rest are 0."""
+    """query_layers < 1 stops the question pass early: the layers it ran equal the model's own, the rest are 0.
+
+    Reference: the HF language model's forward over the sinks and the question (its hidden states), each
+    layer's own input norm and q projection applied to them, averaged over the question's tokens and
+    within each key-value group.
+    """
     import torch
 
     adapter = tiny_adapter("tiny-qwen2.5-vl")
@@ -122,8 +158,20 @@ def test_partial_question_pass_matches_the_full_one():
     a = full._query_means(q, full.snapshot())
     b = half._query_means(q, half.snapshot())
     assert a.shape == b.shape == (adapter.num_layers, adapter.num_kv_heads * adapter.head_dim)
-    assert torch.allclose(a[:1], b[:1], atol=1e-6)
-    assert b[1:].abs().sum() == 0 and a[1:].abs().sum() > 0
+    sink_ids = adapter.tokenize(adapter.system_text(full.config.system_prompt))
+    ids = torch.tensor([sink_ids + q.input_ids[0].tolist()])
+    lm = adapter.language_model()
+    with torch.no_grad():
+        hidden = lm(input_ids=ids, output_hidden_states=True).hidden_states  # [L + 1] x [1, S, hidden]
+        ref = []
+        group = adapter.num_heads // adapter.num_kv_heads
+        for li, layer in enumerate(adapter.decoder_layers()):
+            qp = layer.self_attn.q_proj(layer.input_layernorm(hidden[li]))[0, len(sink_ids):].mean(0)  # [H*D]
+            ref.append(qp.view(adapter.num_kv_heads, group, adapter.head_dim).mean(1).reshape(-1))
+        ref = torch.stack(ref)
+    assert torch.allclose(a, ref, atol=1e-5), (a - ref).abs().max()
+    assert torch.allclose(b[:1], ref[:1], atol=1e-5)
+    assert b[1:].abs().sum() == 0 and ref[1:].abs().sum() > 0
 
 
 def test_per_layer_selection_votes_across_layers():

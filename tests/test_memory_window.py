@@ -4,20 +4,29 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _kv_reference import reposition
 from conftest import make_chunks, tiny_adapter
 from memory.manager import MemoryManager, concat_text, slice_text
 from memory.segment import SINK, TEXT, VISION, Segment
 from memory.window import WindowPolicy
 from vstream.config import from_name
 from vstream.engine import Engine
-from vstream.models.base import rope_delta_rotate
 
-L, H, D = 2, 2, 8
-INV_FREQ = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+# Positions are checked with a real model's RoPE tables (its HF rotary module's cos/sin), the manager
+# rotates with the adapter's delta rotation: the expected keys never come from the code under test.
+MODEL = tiny_adapter("tiny-llava-onevision")
+L, H, D = 2, 2, MODEL.head_dim
 
 
 def rotate(keys, delta):
-    return rope_delta_rotate(keys, delta, INV_FREQ)
+    return MODEL.rotate_keys(keys, delta)
+
+
+def at(keys: torch.Tensor, pos: int, frm: int = 0) -> torch.Tensor:
+    """Keys [1, H, n, D] at positions frm..frm+n-1 moved to pos..pos+n-1 by the model's tables."""
+    n = keys.shape[-2]
+    rel = torch.arange(n).unsqueeze(0)
+    return reposition(MODEL, keys, rel + frm, rel + pos)
 
 
 def seg(kind: str, n: int, idx: int | None = None, t: float | None = None) -> Segment:
@@ -26,7 +35,8 @@ def seg(kind: str, n: int, idx: int | None = None, t: float | None = None) -> Se
     vs = tuple(torch.randn(1, H, n, D, generator=g) for _ in range(L))
     rel = torch.arange(n).unsqueeze(0)
     return Segment(kind=kind, keys=ks, values=vs, rel_pos=rel, chunk_index=idx, start_s=t, end_s=None if t is None
-                   else t + 1, token_ids=tuple(range(n)) if kind != VISION else ())
+                   else t + 1, token_ids=tuple(range(100 * (idx or 0), 100 * (idx or 0) + n))
+                   if kind != VISION else ())
 
 
 def manager(W=4, text=10, head=3, tail=3, evicted=None) -> MemoryManager:
@@ -41,7 +51,7 @@ def manager(W=4, text=10, head=3, tail=3, evicted=None) -> MemoryManager:
 def _append(mm: MemoryManager, s: Segment, sink: bool = False):
     """What the engine does: prefill puts the segment's keys at next_pos at the end of the cache, then commit."""
     start = mm.next_pos
-    keys = [rotate(k, start) for k in s.keys]
+    keys = [at(k, start) for k in s.keys]
     for l in range(L):
         mm.cache.update(keys[l], s.values[l], l)
     return mm.commit_sink(s) if sink else mm.commit(s)
@@ -80,7 +90,7 @@ def test_bookkeeping_after_n_chunks(n_chunks):
     for s in [sink] + kept:
         for l in range(L):
             got = mm.cache.layers[l].keys[:, :, pos:pos + s.n_tokens]
-            assert torch.allclose(got, rotate(s.keys[l], pos), atol=1e-5)
+            assert torch.allclose(got, at(s.keys[l], pos), atol=1e-5)
             assert torch.equal(mm.cache.layers[l].values[:, :, pos:pos + s.n_tokens], s.values[l])
         pos += s.n_tokens
     assert mm.evicted_total == max(0, n_chunks - W)
@@ -100,8 +110,24 @@ def test_text_window_moves_to_bounded_previous_text():
     # text that left: texts[0..3] (8 tokens) -> head keeps the first 3, tail the last 3
     assert mm.prev_head.token_ids == texts[0].token_ids + texts[1].token_ids[:1]
     assert mm.prev_tail.token_ids == texts[2].token_ids[1:] + texts[3].token_ids
-    # previous text K/V is the original K/V, only re-positioned
-    assert torch.equal(mm.prev_head.values[0][:, :, :2], texts[0].values[0])
+    # previous text K/V is the original K/V, only re-positioned: the head's third token is text 1's first,
+    # now at position 2 of the block; the tail starts inside text 2; and the cache holds the block from
+    # position 2 (after the sinks), then the live window
+    for l in range(L):
+        head_k = torch.cat([texts[0].keys[l], at(texts[1].keys[l][:, :, :1], 2)], dim=-2)
+        tail_k = torch.cat([at(texts[2].keys[l][:, :, 1:], 0, frm=1), at(texts[3].keys[l], 1)], dim=-2)
+        assert torch.allclose(mm.prev_head.keys[l], head_k, atol=1e-5)
+        assert torch.allclose(mm.prev_tail.keys[l], tail_k, atol=1e-5)
+        assert torch.equal(mm.prev_head.values[l], torch.cat([texts[0].values[l], texts[1].values[l][:, :, :1]], -2))
+        assert torch.equal(mm.prev_tail.values[l], torch.cat([texts[2].values[l][:, :, 1:], texts[3].values[l]], -2))
+        got = mm.cache.layers[l].keys
+        assert torch.allclose(got[:, :, 2:5], at(head_k, 2), atol=1e-5)
+        assert torch.allclose(got[:, :, 5:8], at(tail_k, 5), atol=1e-5)
+        pos = 8
+        for s in mm.live:
+            assert torch.allclose(got[:, :, pos:pos + s.n_tokens], at(s.keys[l], pos), atol=1e-5)
+            pos += s.n_tokens
+        assert pos == got.shape[-2] == mm.next_pos
 
 
 def test_slice_and_concat_keep_kv_exact():
@@ -110,8 +136,15 @@ def test_slice_and_concat_keep_kv_exact():
     assert ab.n_tokens == 7 and ab.span == 7
     back = slice_text(ab, 4, 7, rotate)
     for l in range(L):
+        assert torch.allclose(ab.keys[l][:, :, :4], a.keys[l], atol=1e-5)
+        assert torch.allclose(ab.keys[l][:, :, 4:], at(b.keys[l], 4), atol=1e-5)  # b follows a
         assert torch.allclose(back.keys[l], b.keys[l], atol=1e-5)
         assert torch.equal(back.values[l], b.values[l])
+    mid = slice_text(ab, 2, 6, rotate)  # a's last two tokens and b's first two, restarting at 0
+    for l in range(L):
+        want = torch.cat([at(a.keys[l][:, :, 2:], 0, frm=2), at(b.keys[l][:, :, :2], 2)], dim=-2)
+        assert torch.allclose(mid.keys[l], want, atol=1e-5)
+    assert mid.token_ids == a.token_ids[2:] + b.token_ids[:2]
     with pytest.raises(ValueError):
         slice_text(ab, 3, 3, rotate)
 

@@ -12,8 +12,8 @@ import psutil
 import pytest
 import torch
 
-import memory.journal as journal_mod
 from memory import quant
+from memory.fsops import FileOps
 from memory.index import MemoryIndex
 from memory.store import LongTermStore, StoreMeta
 from _memory_helpers import meta, make_segment, same_kv
@@ -256,43 +256,45 @@ def test_temp_directory_is_deleted_on_close():
 # ---- full disk ----------------------------------------------------------------------------------
 
 
-class _FailOn:
-    """Replacement for memory.journal.write_all that raises ENOSPC on chosen calls."""
+class _DiskFull(FileOps):
+    """Real file operations, except that chosen ``write`` calls (counted from ``arm``) hit ENOSPC."""
 
-    def __init__(self, fail_calls: set[int]) -> None:
+    def __init__(self) -> None:
+        self.fail_calls: set[int] = set()
+        self.n = 0
+
+    def arm(self, fail_calls: set[int]) -> None:
         self.fail_calls, self.n = fail_calls, 0
 
-    def __call__(self, fd: int, data: bytes) -> None:
+    def write(self, fd: int, data) -> int:
         self.n += 1
         if self.n in self.fail_calls:
-            os.write(fd, data[: len(data) // 3])  # a partial write before the disk filled up
+            os.write(fd, bytes(data[: len(data) // 3]))  # a partial write before the disk filled up
             raise OSError(errno.ENOSPC, "No space left on device")
-        _REAL_WRITE(fd, data)
-
-
-_REAL_WRITE = journal_mod.write_all
+        return os.write(fd, data)
 
 
 @pytest.mark.parametrize("which", ["segment", "journal"])
-def test_disk_full_loses_nothing(tmp_path, monkeypatch, which):
+def test_disk_full_loses_nothing(tmp_path, which):
     d = tmp_path / "m"
-    s = LongTermStore(meta(), d)
+    disk = _DiskFull()
+    s = LongTermStore(meta(), d, fs=disk)
     _fill(s, 3)
     journal_before = (d / "journal.jsonl").read_bytes()
     files_before = sorted(p.name for p in (d / "segments").iterdir())
-    # add() writes the segment (call 1) then the journal line (call 2)
-    monkeypatch.setattr(journal_mod, "write_all", _FailOn({1} if which == "segment" else {2}))
+    # add() writes the segment (write call 1) then the journal line (call 2)
+    disk.arm({1} if which == "segment" else {2})
     with pytest.raises(RuntimeError) as e:
         s.add(make_segment(3))
     msg = str(e.value)
     assert "disk full" in msg and "\n" not in msg
     assert (d / "journal.jsonl").read_bytes() == journal_before  # journal intact
     assert sorted(p.name for p in (d / "segments").iterdir()) == files_before  # temp file / orphan cleaned
-    monkeypatch.setattr(journal_mod, "write_all", _FailOn({1}))
+    disk.arm({1})
     with pytest.raises(RuntimeError, match="disk full"):
         s.set_text(0, "new text")
     assert s.info(0).text == "chunk 0" and (d / "journal.jsonl").read_bytes() == journal_before
-    monkeypatch.setattr(journal_mod, "write_all", _REAL_WRITE)
+    disk.arm(set())
     assert len(s) == 3 and all(same_kv(s.get(i), make_segment(i)) for i in range(3))
     assert s.add(make_segment(3)) == 3  # the store is still usable
     s.close()
@@ -348,6 +350,23 @@ def test_ram_lru_order(tmp_path):
     with LongTermStore(m, tmp_path / "z", ram_bytes=0) as s:
         _fill(s, 2)
         assert s.ram_bytes_used() == 0 and same_kv(s.get(1), make_segment(1, m))
+
+
+def test_ram_tier_makes_room_for_a_large_entry(tmp_path):
+    """A large entry evicts as many least-recently-used small ones as it needs (hand-counted bytes)."""
+    m = meta()
+    small = [make_segment(i, m, tokens=4) for i in range(4)]
+    with LongTermStore(m, tmp_path / "m", ram_bytes=10 << 20) as probe:
+        probe.add(small[0])
+        one = probe.ram_bytes_used()  # bytes one 4-token entry takes in the RAM tier
+    limit = 4 * one
+    with LongTermStore(m, tmp_path / "r", ram_bytes=limit) as s:
+        for seg in small:
+            s.add(seg)
+        assert list(s._ram) == [0, 1, 2, 3] and s.ram_bytes_used() == limit
+        s.add(make_segment(4, m, tokens=10))  # about 2.5 small entries: the three oldest must go
+        assert s.ram_bytes_used() <= limit
+        assert list(s._ram) == [3, 4]
 
 
 def test_concurrent_add_and_get(tmp_path):

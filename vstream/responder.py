@@ -45,6 +45,11 @@ class Query:
     cancel: threading.Event = field(default_factory=threading.Event)
     history: bool = True
     submitted: float = field(default_factory=time.perf_counter)
+    asked_at_s: float | None = None  # stream time when it was asked (default: the snapshot's)
+
+    def __post_init__(self) -> None:
+        if self.asked_at_s is None and self.snapshot is not None:
+            self.asked_at_s = self.snapshot.stream_time_s
 
 
 class QueueFull(ValueError):
@@ -98,8 +103,10 @@ class Responder:
         self._check_open()
         if self._snapshot is None:
             raise RuntimeError("this responder has no snapshot source; submit Query objects instead")
-        q = Query(question=question, snapshot=self._snapshot(), future=Future(), max_new_tokens=max_new_tokens,
-                  on_piece=on_piece, history=history, cancel=cancel if cancel is not None else threading.Event())
+        snap = self._snapshot()  # the memory as of now, and with it the stream time the question is asked at
+        q = Query(question=question, snapshot=snap, future=Future(), max_new_tokens=max_new_tokens,
+                  on_piece=on_piece, history=history, cancel=cancel if cancel is not None else threading.Event(),
+                  asked_at_s=snap.stream_time_s)
         return self.submit(q)
 
     def submit(self, query: Query) -> Future:
@@ -154,6 +161,8 @@ class Responder:
                 logger.warning("answering %r failed: %s", item.question[:60], e)
                 item.future.set_exception(e)
             else:
+                if item.asked_at_s is not None:  # the caller's clock, recorded before the question was queued
+                    ans.asked_at_s = item.asked_at_s
                 self._record(ans)
                 self.answered += 1
                 if item.history and not ans.cancelled and self._on_history is not None:

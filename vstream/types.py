@@ -37,6 +37,7 @@ class Answer:
     tokens: int = 0
     cancelled: bool = False
     token_ids: list[int] = field(default_factory=list)  # the decoded ids (compare answers exactly)
+    memory_s: float | None = None  # stream time the memory it was answered on reaches (end of its last chunk)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

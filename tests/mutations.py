@@ -1,0 +1,286 @@
+"""Mutation check: plant one-line bugs in the core, one at a time, and see which the tests catch.
+
+Usage (from the repository root)::
+
+    python tests/mutations.py                 # every mutant
+    python tests/mutations.py --only NAME ... # some of them (names from --list)
+    python tests/mutations.py --list          # the list, nothing run
+    python tests/mutations.py --suite         # run the whole suite per mutant instead of its tests
+
+Each mutant replaces one line (matched exactly once, whitespace included) in a scratch copy of the
+repository, never in place, and runs the tests that cover it (or the whole suite with --suite). It is
+*killed* when they fail. A baseline run of the same tests on the unmutated copy must pass first. The
+result is a Markdown table on stdout (docs/mutations.md records the last run). Not collected by pytest
+(its name does not start with test_), not run in CI.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# test groups (pytest node ids relative to the repo)
+EQ = "tests/test_engine_equivalence.py"
+TEXT_EQ = "tests/test_text_equivalence.py"
+WINDOW = "tests/test_memory_window.py"
+COMMENT = "tests/test_commentary.py"
+POWER = "tests/test_store_powercut.py"
+STORE = "tests/test_store.py"
+CAUSAL = "tests/test_causality.py"
+RESP = "tests/test_responder.py"
+LT = "tests/test_longterm_engine.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    original: str  # the whole line, stripped of its newline (indentation included)
+    mutated: str
+    breaks: str  # what the bug breaks, in words
+    tests: tuple[str, ...]
+
+
+def M(name, file, original, mutated, breaks, *tests) -> Mutant:
+    return Mutant(name, file, original, mutated, breaks, tuple(tests))
+
+
+MUTANTS: list[Mutant] = [
+    # ---- the issue's mutants --------------------------------------------------------------------------
+    M("assemble-drops-prev-text", "memory/manager.py",
+      "        head = list(snap.sinks) + list(snap.prev_text)",
+      "        head = list(snap.sinks)",
+      "retrieved context leaves out the previous-text block (head counted as sinks only)", TEXT_EQ),
+    M("assemble-head-is-sinks-only", "memory/manager.py",
+      "        p_head = sum(s.span for s in head)",
+      "        p_head = sum(s.span for s in snap.sinks)",
+      "retrieved entries overlap the previous-text positions", TEXT_EQ),
+    M("prev-text-head-tail-swapped", "memory/manager.py",
+      "        return [s for s in (self.prev_head, self.prev_tail) if s is not None]",
+      "        return [s for s in (self.prev_tail, self.prev_head) if s is not None]",
+      "previous-text tail placed before its head", TEXT_EQ),
+    M("snapshot-when-picked-up", "vstream/responder.py",
+      "                ans = self._answer_fn(item.question, item.snapshot, max_new_tokens=item.max_new_tokens,",
+      "                ans = self._answer_fn(item.question, self._snapshot_fn(), max_new_tokens=item.max_new_tokens,",
+      "a question is answered on the memory as of when the worker picks it up, not when it was asked", CAUSAL),
+    # ---- every fsync and directory fsync ----------------------------------------------------------------
+    M("no-fsync-atomic-write", "memory/journal.py",
+      "                fs.fsync(fd)  # the data before the name: a crash never shows the new name with missing bytes",
+      "                pass",
+      "segment / config / index files renamed into place before their data is durable", POWER),
+    M("no-dirsync-atomic-write", "memory/journal.py",
+      "        fs.fsync_dir(path.parent)  # the new name itself",
+      "        pass",
+      "a segment's (or config's, index file's) new name is not durable", POWER),
+    M("no-fsync-journal-line", "memory/journal.py",
+      "                fs.fsync(fd)  # the line is acknowledged when this returns",
+      "                pass",
+      "an acknowledged journal line (entry, text update) is lost at a power cut", POWER),
+    M("no-dirsync-new-journal", "memory/journal.py",
+      "                fs.fsync_dir(self.path.parent)  # a new journal's name",
+      "                pass",
+      "a new journal's name (and the segments directory) is not durable", POWER),
+    M("no-dirsync-makedirs", "memory/fsops.py",
+      "            fs.fsync_dir(d.parent)",
+      "            pass",
+      "a new memory directory (or its index directory) is not durable in its parent", POWER),
+    M("real-fsync-noop", "memory/fsops.py",
+      "        os.fsync(fd)",
+      "        pass",
+      "the real file layer's fsync does nothing (the double stands in for it elsewhere)", POWER),
+    M("real-dir-fsync-noop", "memory/fsops.py",
+      "            os.fsync(fd)",
+      "            pass",
+      "the real file layer's directory fsync does nothing", POWER),
+    # ---- more one-line bugs across the core ------------------------------------------------------------
+    M("place-by-tokens-not-span", "memory/manager.py",
+      "        pos += seg.span",
+      "        pos += seg.n_tokens",
+      "segments placed by token count: M-RoPE chunks (span < tokens) leave position gaps", EQ, TEXT_EQ),
+    M("slice-no-shift", "memory/manager.py",
+      "    shift = int(seg.rel_pos[0, a].item())",
+      "    shift = 0",
+      "a text slice keeps its old positions: previous-text tail keys rotated wrongly", TEXT_EQ, WINDOW),
+    M("prev-tail-keeps-oldest", "memory/manager.py",
+      "                tail = slice_text(tail, tail.n_tokens - self.prev_tail_max, tail.n_tokens, self.rotate)",
+      "                tail = slice_text(tail, 0, self.prev_tail_max, self.rotate)",
+      "the previous-text tail keeps the oldest tokens instead of the newest", TEXT_EQ, WINDOW),
+    M("prev-head-unbounded", "memory/manager.py",
+      "            room = self.prev_head_max - head_len",
+      "            room = self.prev_head_max",
+      "the previous-text head grows past its bound", WINDOW, TEXT_EQ, COMMENT),
+    M("assemble-head-not-shifted", "memory/manager.py",
+      "        keys = tuple(torch.cat([self.rotate(k[:, :, :n_head], -r_span), rk, k[:, :, n_head:]], dim=-2)",
+      "        keys = tuple(torch.cat([k[:, :, :n_head], rk, k[:, :, n_head:]], dim=-2)",
+      "sinks and previous text keep their positions: retrieved entries overlap them", EQ, TEXT_EQ),
+    M("assemble-unsorted", "memory/manager.py",
+      "        ordered = sorted(retrieved, key=lambda s: (s.start_s if s.start_s is not None else -1.0))",
+      "        ordered = list(retrieved)",
+      "retrieved entries placed in score order, not chronologically", EQ, TEXT_EQ),
+    M("extract-wrong-direction", "memory/manager.py",
+      "        keys = tuple(self.rotate(l.keys[:, :, -n_tokens:], -start) for l in self.cache.layers)",
+      "        keys = tuple(self.rotate(l.keys[:, :, -n_tokens:], start) for l in self.cache.layers)",
+      "segments are not made canonical (rotated forward instead of back to 0)", EQ, TEXT_EQ),
+    M("chunks-not-counted", "memory/manager.py",
+      "            self.chunks_ingested += 1",
+      "            self.chunks_ingested += 0",
+      "the snapshot does not count ingested chunks (waits, stats, alerts)", COMMENT, CAUSAL),
+    M("window-keeps-one-more", "memory/window.py",
+      "        out.extend(vision[: max(0, len(vision) - self.window_chunks)])",
+      "        out.extend(vision[: max(0, len(vision) - self.window_chunks - 1)])",
+      "the window keeps W+1 chunks", WINDOW, EQ),
+    M("text-window-drops-one-more", "memory/window.py",
+      "            keep_from = i",
+      "            keep_from = i + 1",
+      "the text window evicts one turn too many", WINDOW, TEXT_EQ),
+    M("span-off-by-one", "memory/segment.py",
+      "        return int(self.rel_pos.max().item()) + 1 if self.rel_pos.numel() else 0",
+      "        return int(self.rel_pos.max().item()) if self.rel_pos.numel() else 0",
+      "a segment's span is one position short: the next segment overlaps its last token", WINDOW, EQ),
+    M("segment-copy-loses-start", "memory/segment.py",
+      "                       start_s=self.start_s, end_s=self.end_s, text=self.text, token_ids=self.token_ids,",
+      "                       start_s=self.end_s, end_s=self.end_s, text=self.text, token_ids=self.token_ids,",
+      "stored entries (copied to CPU) carry the wrong start time", LT, CAUSAL),
+    M("store-reuses-last-id", "memory/store.py",
+      "        self._next_id = max_id + 1",
+      "        self._next_id = max_id",
+      "a reopened store gives the next entry the last entry's id (overwrites it)", STORE, POWER),
+    M("store-drops-text-updates", "memory/store.py",
+      '                    e.info = dataclasses.replace(e.info, text=str(body.get("text", "")))',
+      "                    pass",
+      "journaled text updates are lost on reopen", STORE, POWER),
+    M("store-skips-checksum", "memory/store.py",
+      "            if h.hexdigest() != e.sha256:",
+      "            if False:",
+      "a damaged segment file is not skipped at open", STORE),
+    M("ram-tier-evicts-once", "memory/store.py",
+      "        while self._ram and self._ram_used + size > self._ram_limit:",
+      "        if self._ram and self._ram_used + size > self._ram_limit:",
+      "the RAM tier evicts one entry per insert and grows past its byte bound", STORE),
+    M("journal-ignores-crc", "memory/journal.py",
+      "    return d if crc == _line_crc(d) else None",
+      "    return d",
+      "a journal line failing its crc is replayed", STORE),
+    M("journal-size-not-advanced", "memory/journal.py",
+      "        self.size += len(line)",
+      "        pass",
+      "each append overwrites the previous line", STORE, POWER),
+    M("retrieval-not-before-window", "vstream/engine.py",
+      "                first_live = live_vision[0].start_s if live_vision else snap.stream_time_s",
+      "                first_live = snap.stream_time_s",
+      "retrieval may bring back entries that overlap the snapshot's window", LT),
+    M("add-text-position-gap", "vstream/engine.py",
+      "        prefill(a, mm.cache, tokens, start, logits=logits)",
+      "        prefill(a, mm.cache, tokens, start + 1, logits=logits)",
+      "add_text runs one position after where its segment is recorded", TEXT_EQ),
+    M("replayed-words-gap", "vstream/engine.py",
+      '                prefill(a, mm.cache, a.embed_ids(word_ids), pos, logits="none")',
+      '                prefill(a, mm.cache, a.embed_ids(word_ids), pos + 1, logits="none")',
+      "replayed commentary words run one position late", TEXT_EQ, COMMENT),
+    M("history-flag-ignored", "vstream/responder.py",
+      "                if item.history and not ans.cancelled and self._on_history is not None:",
+      "                if not ans.cancelled and self._on_history is not None:",
+      "a question asked with history=False still enters the text window", RESP),
+    M("decode-position-skips", "vstream/generate.py",
+      "        pos += 1",
+      "        pos += 2",
+      "decoded tokens run two positions apart", TEXT_EQ),
+    M("decode-last-token-not-fed", "vstream/generate.py",
+      "        if i == n - 1 and not feed_last:",
+      "        if i == n - 1:",
+      "the last word of a commentary turn is never fed into the cache", TEXT_EQ, COMMENT),
+]
+
+SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "bench_out", ".whl", ".gl"}
+
+
+def scratch_copy(dest: Path, src: Path = REPO) -> Path:
+    """Copy the working tree (no .git, no venv, no caches) to ``dest``."""
+    def ignore(d, names):
+        return [n for n in names if n in SKIP_DIRS or n.endswith(".pyc") or n.endswith(".vmem")]
+
+    shutil.copytree(src, dest, ignore=ignore, symlinks=True)
+    return dest
+
+
+def apply(root: Path, m: Mutant) -> None:
+    path = root / m.file
+    lines = path.read_text().split("\n")
+    hits = [i for i, l in enumerate(lines) if l == m.original]
+    if len(hits) != 1:
+        raise SystemExit(f"mutant {m.name}: the line occurs {len(hits)} times in {m.file} (want 1): {m.original!r}")
+    lines[hits[0]] = m.mutated
+    path.write_text("\n".join(lines))
+
+
+def run_tests(root: Path, tests: list[str], timeout: int) -> tuple[int, float, str]:
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run([PY, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        rc, out = p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired:
+        rc, out = 124, "timeout"
+    lines = [l for l in out.splitlines() if l.startswith(("FAILED", "ERROR"))]
+    return rc, time.perf_counter() - t0, (lines[0][:110] if lines else out.strip().splitlines()[-1][:110])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutants")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--suite", action="store_true", help="run the whole suite for each mutant")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per test run")
+    args = ap.parse_args(argv)
+    chosen = MUTANTS
+    if args.only:
+        names = {m.name for m in MUTANTS}
+        unknown = [n for n in args.only if n not in names]
+        if unknown:
+            ap.error(f"unknown mutant(s) {', '.join(unknown)}; see --list")
+        chosen = [m for m in MUTANTS if m.name in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:32s} {m.file:24s} {m.breaks}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="vstream-mut-") as tmp:
+        base = scratch_copy(Path(tmp) / "base")
+        for m in chosen:  # every mutant's line must be there before anything runs
+            apply(scratch_copy(Path(tmp) / "probe", base), m)
+            shutil.rmtree(Path(tmp) / "probe")
+        groups = sorted({t for m in chosen for t in m.tests}) if not args.suite else ["tests"]
+        rc, secs, last = run_tests(base, groups, args.timeout)
+        print(f"baseline ({' '.join(groups)}): rc={rc} in {secs:.0f}s: {last}", file=sys.stderr)
+        if rc != 0:
+            print("the unmutated copy fails its tests; fix that first", file=sys.stderr)
+            return 2
+        rows, survived = [], 0
+        for m in chosen:
+            root = scratch_copy(Path(tmp) / m.name, base)  # from the one copy: later edits do not leak in
+            apply(root, m)
+            rc, secs, last = run_tests(root, ["tests"] if args.suite else list(m.tests), args.timeout)
+            killed = rc != 0
+            survived += not killed
+            rows.append(f"| {m.name} | `{m.file}` | {m.breaks} | {'killed' if killed else '**survived**'} | "
+                        f"{secs:.0f}s | {last.replace('|', '/')} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+            shutil.rmtree(root)
+    print("| mutant | file | what it breaks | result | time | first failure |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\n{len(chosen) - survived} of {len(chosen)} killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

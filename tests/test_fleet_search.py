@@ -31,4 +31,4 @@ def test_ask_all_ranks_the_stream_with_the_event_first():
             assert [h.stream for h in hits][0] == sid, [(h.stream, h.score) for h in hits]
             assert len(hits) == 3 and hits[0].score > hits[1].score >= hits[2].score
             best = hits[0].evidence[0]
-            assert best.source == "long_term" and 1.0 <= best.start_s < 3.0  # the chunk showing the event
+            assert best.tier == "long_term" and 1.0 <= best.start_s < 3.0  # the chunk showing the event

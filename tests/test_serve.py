@@ -116,7 +116,7 @@ def test_two_actors_four_streams_equal_a_single_process_fleet(env, tmp_path):
         assert a.asked_at_s == b.asked_at_s == 8.0
         assert [(e.start_s, e.source, e.entry_id) for e in a.evidence] == \
             [(e.start_s, e.source, e.entry_id) for e in b.evidence]
-        assert any(e.source == "long_term" for e in a.evidence)  # 8 chunks, window of 4: retrieval happened
+        assert any(e.tier == "long_term" for e in a.evidence)  # 8 chunks, window of 4: retrieval happened
         for x, y in zip(a.evidence, b.evidence):
             assert math.isclose(x.score, y.score, rel_tol=1e-3, abs_tol=1e-4)
     assert [h.stream for h in hits] == [h.stream for h in ref_hits]
@@ -158,7 +158,7 @@ def test_killed_actor_streams_resume_elsewhere_and_alerts_are_logged_once(env):
     assert fleet.wait_chunks("live-a", 2, timeout=60)  # ingesting again, on the survivor
     ans = fleet.ask("live-a", "What did you see earlier?", history=False, timeout=60)
     assert ans.asked_at_s > t_kill  # the stream clock went on from the stored memory
-    before = [e for e in ans.evidence if e.source == "long_term" and e.end_s <= t_kill]
+    before = [e for e in ans.evidence if e.tier == "long_term" and e.end_s <= t_kill]
     assert before, ans.evidence  # memory from before the kill, read from its directory
     time.sleep(1.5)  # more chunks, more checks: a condition that stays true does not fire again
     logged = [e for e in EventLog.read(fleet.event_log) if e["stream"] in ids]
@@ -187,7 +187,7 @@ def test_added_and_removed_actors_move_streams_with_their_memory(env):
     assert placed[moved]["moves"] == 1 and placed[moved]["resumed_at_s"] > 0
     assert fleet.wait_chunks(moved, 2, timeout=60)
     ans = fleet.ask(moved, "What happened at the start?", history=False, timeout=60)
-    assert any(e.source == "long_term" and e.start_s < placed[moved]["resumed_at_s"] for e in ans.evidence)
+    assert any(e.tier == "long_term" and e.start_s < placed[moved]["resumed_at_s"] for e in ans.evidence)
     assert fleet.remove_actor(new) == new  # graceful: its stream moves back first
     assert new not in fleet.actors() and {p["worker"] for p in fleet.placement().values()} == set(fleet.actors())
     assert fleet.placement()[moved]["moves"] == 2

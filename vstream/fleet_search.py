@@ -33,8 +33,8 @@ def stream_evidence(engine, question: str, k: int) -> list[Evidence]:
         texts = [s.text for s in live]
         if texts:
             vecs = index.embedder.encode(texts)  # [n, dim], unit norm
-            out += [Evidence(start_s=s.start_s, end_s=s.end_s, score=float(v @ q), source="window",
-                             thumbnail=s.thumbnail) for s, v in zip(live, vecs)]
+            out += [Evidence(start_s=s.start_s, end_s=s.end_s, score=float(v @ q), tier="window",
+                             thumbnail=s.thumbnail, text=s.text) for s, v in zip(live, vecs)]
     else:
         a = engine.adapter
         with torch.inference_mode():
@@ -52,5 +52,6 @@ def _long_term(lt, entry_id: int, score: float) -> Evidence | None:
         info = lt.store.info(entry_id)
     except KeyError:  # deleted by retention since the search
         return None
-    return Evidence(start_s=info.start_s, end_s=info.end_s, score=float(score), source="long_term",
-                    entry_id=entry_id, thumbnail=info.thumbnail)
+    return Evidence(start_s=info.start_s, end_s=info.end_s, score=float(score), tier="long_term",
+                    entry_id=entry_id, thumbnail=info.thumbnail, text=info.text,
+                    source="speech" if info.source == "speech" else ("text" if info.kind == "text" else "vision"))

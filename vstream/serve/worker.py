@@ -218,7 +218,7 @@ class FleetWorker:
                 continue  # removed meanwhile
             live = {seg.start_s for seg in s.engine.snapshot().live if seg.kind == "vision"}
             ev = [e for e in stream_evidence(s.engine, question, evidence + len(live))
-                  if not (e.source == "long_term" and e.start_s in live)][:evidence]
+                  if not (e.tier == "long_term" and e.start_s in live)][:evidence]
             if ev:
                 hits.append({"stream": sid, "score": ev[0].score, "evidence": [e.to_dict() for e in ev]})
         hits.sort(key=lambda h: -h["score"])

@@ -25,6 +25,7 @@ from vstream.config import AgentConfig
 from vstream.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
 from vstream.frames import resize_max_side
+from vstream.tokendrop import TokenDrop
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class Engine:
                                     prev_text_head=mc.prev_text_head, prev_text_tail=mc.prev_text_tail,
                                     on_evict=long_term.on_evict if long_term is not None else None)
         adapter._install_projection_hooks()  # before any second thread touches the model
+        self.token_drop = self._make_token_drop(adapter, mc)
+        self.visual_tokens_kept = 0  # visual tokens prefilled over the stream
+        self.visual_tokens_dropped = 0  # ... and skipped by token drop
+        self.last_keep: torch.Tensor | None = None  # [S] bool: the last chunk's token-drop decision
         dev = adapter.device
         self._streams: dict[str, torch.cuda.Stream] = (
             {"perception": torch.cuda.Stream(device=dev), "answer": torch.cuda.Stream(device=dev)}
@@ -141,6 +146,7 @@ class Engine:
         t0 = time.perf_counter()
         a, mm, mc = self.adapter, self.memory, self.config.memory
         tokens = a.embed_chunk(chunk.marker, chunk.frames)
+        tokens, dropped = self._drop_tokens(tokens)
         start = mm.next_pos
         with a.capture_projection_means("k") as kmeans:
             prefill(a, mm.cache, tokens, start, logits="none")
@@ -160,7 +166,28 @@ class Engine:
                          thumbnail=make_thumbnail(mid, mc.thumbnail_px), chunk_index=chunk.index)
         evicted = mm.commit(seg)
         return ChunkReport(index=chunk.index, start_s=chunk.start_s, end_s=chunk.end_s, n_tokens=tokens.n_tokens,
-                           latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens)
+                           latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens,
+                           visual_kept=tokens.n_vision, visual_dropped=dropped)
+
+    @staticmethod
+    def _make_token_drop(adapter: ModelAdapter, mc) -> TokenDrop | None:
+        if mc.token_drop is None:
+            return None
+        if type(adapter).visual_cells is ModelAdapter.visual_cells:
+            raise ValueError(f"token drop is not supported for the {adapter.family} family; "
+                             f"leave memory.token_drop unset (--token-drop off)")
+        return TokenDrop(mc.token_drop, mc.token_drop_floor)
+
+    def _drop_tokens(self, tokens):
+        """Token drop (memory.token_drop): the chunk's tokens to prefill, and how many visual ones were dropped."""
+        dropped = 0
+        if self.token_drop is not None:
+            frame, cell, n_cells = self.adapter.visual_cells(tokens)
+            res = self.token_drop.keep(tokens.inputs_embeds[0], frame, cell, n_cells)
+            tokens, dropped, self.last_keep = tokens.select(res.keep), res.dropped, res.keep
+        self.visual_tokens_kept += tokens.n_vision
+        self.visual_tokens_dropped += dropped
+        return tokens, dropped
 
     @_on_stream("perception")
     def commentary(self, chunk, max_tokens: int, replay: str | Sequence[int] | None = None) -> CommentaryItem:

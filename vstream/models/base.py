@@ -48,6 +48,22 @@ class Tokens:
             return 0
         return int(self.rel_pos.max().item()) + 1
 
+    def select(self, keep: torch.Tensor) -> "Tokens":
+        """The tokens where ``keep`` [S] bool is True, at their original positions (token drop).
+
+        The span must not change (the last position is never a dropped token), so whatever follows
+        the segment is placed exactly where it would be without dropping.
+        """
+        if keep.shape != (self.n_tokens,) or keep.dtype != torch.bool:
+            raise ValueError(f"keep must be a bool tensor [{self.n_tokens}], got {keep.dtype} {tuple(keep.shape)}")
+        keep = keep.to(self.input_ids.device)
+        out = Tokens(input_ids=self.input_ids[:, keep], inputs_embeds=self.inputs_embeds[:, keep],
+                     rel_pos=self.rel_pos[:, keep], n_vision=self.n_vision - int((~keep).sum().item()))
+        if out.span != self.span:
+            raise RuntimeError(f"token drop changed the chunk's span from {self.span} to {out.span}; "
+                               f"the token at the last position must be kept")
+        return out
+
 
 #: A piece of a reference sequence: plain text, or (time marker, frames [N, H, W, 3] uint8).
 RefPiece = "str | tuple[str, np.ndarray]"
@@ -146,6 +162,15 @@ class ModelAdapter(ABC):
         pieces: text strings and (marker, frames) chunks, in order, exactly as the engine would feed
         them. Returns the last position's logits [V] (fp32).
         """
+
+    def visual_cells(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Frame-grid layout of a chunk's tokens, for token drop.
+
+        Returns (frame [S], cell [S], n_cells): the frame index within the chunk and the grid cell
+        (0..n_cells-1) of every visual token that sits on a frame's grid, -1 for all other tokens.
+        """
+        raise ValueError(f"token drop is not supported for the {self.family or type(self).__name__} family; "
+                         f"turn memory.token_drop off")
 
     def configure_sampling(self, fps: float) -> None:
         """Tell the adapter the stream's sampling rate (families with temporal positions use it)."""

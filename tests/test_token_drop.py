@@ -218,3 +218,22 @@ def test_unsupported_threshold_and_family():
         TokenDrop(1.5)
     with pytest.raises(ValueError, match="token_drop"):
         from_name("tiny").replace(**{"memory.token_drop": 2.0}).validate()
+
+
+def test_watch_token_drop_json_stats(capsys):
+    """`vstream watch --token-drop T --json`: the stats line carries the totals; chunk reports add up to them."""
+    import json
+
+    from vstream.cli import main
+
+    src = "synthetic:seed=2,duration=5,fps=2,size=64x64"
+    code = main(["watch", src, "--model", "tiny-smolvlm", "--token-drop", "0.9", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    stats = [json.loads(l) for l in out.splitlines() if l.strip() and json.loads(l)["type"] == "stats"]
+    assert len(stats) == 1
+    st = stats[0]
+    adapter = tiny_adapter("tiny-smolvlm")
+    assert st["visual_tokens_kept"] + st["visual_tokens_dropped"] == st["chunks"] * 2 * adapter.image_seq_len
+    assert st["visual_tokens_dropped"] > 0 and st["visual_tokens_kept"] >= st["chunks"]
+

@@ -422,6 +422,8 @@ class Session:
             "ttft_p95": _percentile(self._ttfts, 95),
             "tokens_per_s": tok / secs if secs > 0 else None,
             "context_tokens": mm.context_tokens,
+            "visual_tokens_kept": self.engine.visual_tokens_kept,
+            "visual_tokens_dropped": self.engine.visual_tokens_dropped,
             "queries_pending": self.responder.pending,
             "queries_answered": self.responder.answered,
             "queries_rejected": self.responder.rejected,

@@ -50,8 +50,19 @@ CONFIG_NAME = "config.json"
 JOURNAL_NAME = "journal.jsonl"
 SEGMENT_DIR = "segments"
 LOCK_NAME = ".lock"
-#: cold-tier formats: (key bits, value bits); 0 = stored as is. "k4v2": int4 keys, ternary values (VidKV-like)
-_QUANT_BITS = {"none": (0, 0), "int8": (8, 8), "int4": (4, 4), "k4v2": (4, 2)}
+#: cold-tier formats: (key bits, value bits); 0 = stored as is. "k4v2": int4 keys, ternary values (VidKV-like);
+#: "k2v1.58": keys 2 bits per channel with half of each head's channels at 1 bit, ternary values 5 per byte
+#: (memory.quant codes 21 and 158; ~1.7 bits per element with the per-channel scales of a 197-token entry)
+_QUANT_BITS = {"none": (0, 0), "int8": (8, 8), "int4": (4, 4), "k4v2": (4, 2),
+               "k2v1.58": (quant.KEYS_2_1, quant.TERNARY5)}
+#: the memory format version a cold tier needs (readers older than it refuse the directory with one line)
+_QUANT_VERSION = {"k2v1.58": 2}
+_QUANT_NAMES = ", ".join(_QUANT_BITS)
+
+
+def format_version_for(quantize: str) -> int:
+    """The lowest memory format version that can hold entries of cold tier ``quantize``."""
+    return _QUANT_VERSION.get(quantize, 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -108,7 +119,7 @@ class LongTermStore:
         a caller's directory, False for the private temp directory).
         """
         if quantize not in _QUANT_BITS:
-            raise ValueError(f"quantize must be none, int8, int4 or k4v2, got {quantize!r}")
+            raise ValueError(f"quantize must be one of {_QUANT_NAMES}, got {quantize!r}")
         if verify not in ("full", "size"):
             raise ValueError(f"verify must be 'full' or 'size', got {verify!r}")
         if int(ram_bytes) < 0:
@@ -146,6 +157,8 @@ class LongTermStore:
                                      f"open it with LongTermStore.open(...) and cast with get(dtype=...)")
                 self.meta = found
                 self._acquire_lock()
+                if format_version_for(quantize) > found.format_version:  # e.g. a v1 store reopened with k2v1.58
+                    self._bump_format(format_version_for(quantize))
                 self._load(verify)
             else:
                 if self.directory.exists() and any(not _leftover_of_creation(p) for p in self.directory.iterdir()):
@@ -153,6 +166,7 @@ class LongTermStore:
                                      f"pick an empty or new directory for the memory")
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._acquire_lock()
+                self.meta = meta = dataclasses.replace(meta, format_version=format_version_for(quantize))
                 cfg = {"format": "vstream-memory", **meta.to_json(), "quantize": quantize}
                 atomic_write(config, json.dumps(cfg, indent=1).encode(), self._durable)
                 self._seg_dir.mkdir(exist_ok=True)
@@ -182,6 +196,15 @@ class LongTermStore:
         return cls(found, directory, ram_bytes=ram_bytes, quantize=quantize, device=device, verify=verify)
 
     # ---- lifecycle ------------------------------------------------------------------------------
+
+    def _bump_format(self, version: int) -> None:
+        """Raise the directory's format version before entries that need it are written (crash-safe rewrite)."""
+        config = self.directory / CONFIG_NAME
+        cfg = json.loads(config.read_text())
+        cfg["format_version"] = int(version)
+        atomic_write(config, json.dumps(cfg, indent=1).encode(), self._durable)
+        self.meta = dataclasses.replace(self.meta, format_version=int(version))
+        logger.info("memory at %s now has format version %d (cold tier %s)", self.directory, version, self.quantize)
 
     def _acquire_lock(self) -> None:
         self._dir_lock = DirLock(self.directory, LOCK_NAME)
@@ -333,7 +356,7 @@ class LongTermStore:
             self._check_open()
             eid = self._next_id
             blob = safetensors.torch.save(tensors, metadata={"entry_id": str(eid), "quant": self.quantize,
-                                                             "format_version": str(FORMAT_VERSION)})
+                                                             "format_version": str(format_version_for(self.quantize))})
             rel = f"{SEGMENT_DIR}/{eid:08d}.safetensors"
             info = EntryInfo(entry_id=eid, start_s=start, end_s=end, n_tokens=seg.n_tokens, span=seg.span,
                              text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes)
@@ -443,7 +466,8 @@ class LongTermStore:
         def layer(prefix: str, li: int) -> torch.Tensor:
             t = tensors.get(f"{prefix}.{li}")
             if t is None:
-                t = quant.dequantize({n: tensors[f"{prefix}.{li}.{n}"] for n in ("q", "scale", "shape", "bits")}, dt)
+                head = f"{prefix}.{li}."
+                t = quant.dequantize({n[len(head):]: v for n, v in tensors.items() if n.startswith(head)}, dt)
             return t.to(device=dev, dtype=dt)
 
         n = self.meta.num_layers

@@ -10,7 +10,10 @@ import torch
 
 from memory.segment import Segment
 
-FORMAT_VERSION = 1
+#: Newest memory format this code reads. 1: K/V as is, int8, int4, k4v2. 2: adds the k2v1.58 cold tier (mixed
+#: 2/1-bit keys, ternary values packed five per byte). A store is written with the lowest version its cold tier
+#: needs (memory.store.format_version_for), so older readers keep reading what they can.
+FORMAT_VERSION = 2
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,7 +53,7 @@ class StoreMeta:
         if other.format_version > FORMAT_VERSION:
             raise ValueError(f"memory at {where} has format version {other.format_version}, newer than this "
                              f"vstream supports ({FORMAT_VERSION}); upgrade vstream or use another memory directory")
-        keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims", "format_version")
+        keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims")  # any version <= ours reads
         if any(getattr(self, k) != getattr(other, k) for k in keys):
             raise ValueError(f"memory at {where} was written by model {other.describe()}, but this run uses "
                              f"{self.describe()}; use a fresh memory directory for this model")

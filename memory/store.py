@@ -60,6 +60,13 @@ _QUANT_VERSION = {"k2v1.58": 2}
 _QUANT_NAMES = ", ".join(_QUANT_BITS)
 
 
+def quant_bits(quantize: str) -> tuple[int, int]:
+    """(key, value) codes of cold tier ``quantize`` for ``memory.quant.quantize`` (0: stored as is)."""
+    if quantize not in _QUANT_BITS:
+        raise ValueError(f"quantize must be one of {_QUANT_NAMES}, got {quantize!r}")
+    return _QUANT_BITS[quantize]
+
+
 def format_version_for(quantize: str) -> int:
     """The lowest memory format version that can hold entries of cold tier ``quantize``."""
     return _QUANT_VERSION.get(quantize, 1)

@@ -25,7 +25,7 @@ from vstream.config import AgentConfig
 from vstream.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
 from vstream.frames import resize_max_side
-from vstream.tokendrop import TokenDrop
+from vstream.tokendrop import drop_chunk_tokens, token_drop_for
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Engine:
                                     prev_text_head=mc.prev_text_head, prev_text_tail=mc.prev_text_tail,
                                     on_evict=long_term.on_evict if long_term is not None else None)
         adapter._install_projection_hooks()  # before any second thread touches the model
-        self.token_drop = self._make_token_drop(adapter, mc)
+        self.token_drop = token_drop_for(adapter, mc.token_drop, mc.token_drop_floor)
         self.visual_tokens_kept = 0  # visual tokens prefilled over the stream
         self.visual_tokens_dropped = 0  # ... and skipped by token drop
         self.last_keep: torch.Tensor | None = None  # [S] bool: the last chunk's token-drop decision
@@ -169,22 +169,9 @@ class Engine:
                            latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens,
                            visual_kept=tokens.n_vision, visual_dropped=dropped)
 
-    @staticmethod
-    def _make_token_drop(adapter: ModelAdapter, mc) -> TokenDrop | None:
-        if mc.token_drop is None:
-            return None
-        if type(adapter).visual_cells is ModelAdapter.visual_cells:
-            raise ValueError(f"token drop is not supported for the {adapter.family} family; "
-                             f"leave memory.token_drop unset (--token-drop off)")
-        return TokenDrop(mc.token_drop, mc.token_drop_floor)
-
     def _drop_tokens(self, tokens):
         """Token drop (memory.token_drop): the chunk's tokens to prefill, and how many visual ones were dropped."""
-        dropped = 0
-        if self.token_drop is not None:
-            frame, cell, n_cells = self.adapter.visual_cells(tokens)
-            res = self.token_drop.keep(tokens.inputs_embeds[0], frame, cell, n_cells)
-            tokens, dropped, self.last_keep = tokens.select(res.keep), res.dropped, res.keep
+        tokens, dropped, self.last_keep = drop_chunk_tokens(self.adapter, self.token_drop, tokens)
         self.visual_tokens_kept += tokens.n_vision
         self.visual_tokens_dropped += dropped
         return tokens, dropped

@@ -109,3 +109,24 @@ class TokenDrop:
             n_keep = int(keep[grid].sum().item())
         self._ref[stream], self._have[stream] = ref, have
         return DropResult(keep=keep, kept=n_keep, dropped=n_vis - n_keep)
+
+
+def token_drop_for(adapter, threshold: float | None, floor: float) -> TokenDrop | None:
+    """A TokenDrop for ``adapter`` (None when ``threshold`` is None); ValueError when its family has no grid."""
+    if threshold is None:
+        return None
+    from vstream.models.base import ModelAdapter
+
+    if type(adapter).visual_cells is ModelAdapter.visual_cells:
+        raise ValueError(f"token drop is not supported for the {adapter.family} family; "
+                         f"leave memory.token_drop unset (no --token-drop)")
+    return TokenDrop(threshold, floor)
+
+
+def drop_chunk_tokens(adapter, td: TokenDrop | None, tokens, stream: str = ""):
+    """Apply ``td`` to one chunk's ``Tokens``: (tokens to prefill, visual tokens dropped, keep mask or None)."""
+    if td is None:
+        return tokens, 0, None
+    frame, cell, n_cells = adapter.visual_cells(tokens)
+    res = td.keep(tokens.inputs_embeds[0], frame, cell, n_cells, stream=stream)
+    return tokens.select(res.keep), res.dropped, res.keep

@@ -45,7 +45,8 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--out", default="bench_out")
     r.set_defaults(func=_cli_realtime)
     t = bs.add_parser("tokens", help="token drop: kept share, latency, KV/h; cold-tier KV/h at 7B shapes")
-    t.add_argument("--model", default="small-llava-onevision")
+    t.add_argument("--models", default="small-llava-onevision,tiny-smolvlm,tiny-qwen2.5-vl",
+                   help="token drop runs per model; the channel-choice part on the first")
     t.add_argument("--clips", default=None, help="folder with mmduet_drive.mp4 and mmduet_office.mp4 "
                                                  "(default: ../shared/data/real_clips from the repository)")
     t.add_argument("--thresholds", default="0.95,0.9,0.8,0.7")
@@ -54,6 +55,7 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--fps", type=float, default=2.0)
     t.add_argument("--static-seconds", type=float, default=60.0, help="length of the synthetic static scene")
     t.add_argument("--max-chunks", type=int, default=60, help="chunks per source at most")
+    t.add_argument("--repeats", type=int, default=3, help="fresh runs per source (more latency samples)")
     t.add_argument("--device", default="auto")
     t.add_argument("--out", default="bench_out")
     t.set_defaults(func=_cli_tokens)

@@ -82,27 +82,33 @@ def _engine(adapter, threshold: float | None, floor: float, window: int):
 
 
 def run_drop(adapter, chunks: Sequence, thresholds: Sequence[float], floor: float, window: int,
-             chunk_seconds: float = 1.0) -> list[dict[str, Any]]:
-    """One engine per setting, chunks fed round-robin; a row per setting (threshold None = drop off)."""
+             chunk_seconds: float = 1.0, repeats: int = 1) -> list[dict[str, Any]]:
+    """One engine per setting, chunks fed round-robin; a row per setting (threshold None = drop off).
+
+    ``repeats`` runs the stream again on fresh engines (same decisions, more latency samples: the
+    per-chunk on/off ratios of all repeats are pooled).
+    """
     settings: list[float | None] = [None] + list(thresholds)
     _engine(adapter, None, floor, window).ingest(chunks[0])  # warm-up (first-call costs) outside the figures
-    engines = [_engine(adapter, t, floor, window) for t in settings]
     lat: list[list[float]] = [[] for _ in settings]
     tokens: list[list[int]] = [[] for _ in settings]
     kept = [0] * len(settings)
     dropped = [0] * len(settings)
-    for i, ch in enumerate(chunks):
-        order = list(range(len(settings)))
-        if i % 2:
-            order.reverse()  # no setting always runs right after the same one
-        for j in order:
-            sync()
-            rep = engines[j].ingest(ch)
-            sync()
-            lat[j].append(rep.latency_s)
-            tokens[j].append(rep.n_tokens)
-            kept[j] += rep.visual_kept
-            dropped[j] += rep.visual_dropped
+    for r in range(max(1, repeats)):
+        engines = [_engine(adapter, t, floor, window) for t in settings]
+        for i, ch in enumerate(chunks):
+            order = list(range(len(settings)))
+            if (i + r) % 2:
+                order.reverse()  # no setting always runs right after the same one
+            for j in order:
+                sync()
+                rep = engines[j].ingest(ch)
+                sync()
+                lat[j].append(rep.latency_s)
+                if r == 0:
+                    tokens[j].append(rep.n_tokens)
+                    kept[j] += rep.visual_kept
+                    dropped[j] += rep.visual_dropped
     per_token = adapter.kv_bytes_per_token(torch.bfloat16)
     base_p50 = statistics.median(lat[0])
     base_tokens = statistics.fmean(tokens[0])
@@ -232,55 +238,71 @@ def default_sources(repo: Path, clips_dir: Path, static_s: float, fps: float) ->
     return out
 
 
-def bench_tokens(model: str, sources: Sequence[tuple[str, Any]], thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                 floor: float = 0.1, window: int = 16, fps: float = 2.0, max_chunks: int = 60,
-                 device: str = "auto", choice_source: int = 1) -> dict[str, Any]:
-    """Run all three parts (see the module docstring); returns the JSON-ready result."""
+def bench_tokens(models: Sequence[str], sources: Sequence[tuple[str, Any]],
+                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, floor: float = 0.1, window: int = 16,
+                 fps: float = 2.0, max_chunks: int = 60, device: str = "auto", choice_source: int = 1,
+                 repeats: int = 1) -> dict[str, Any]:
+    """Run all three parts (see the module docstring); returns the JSON-ready result.
+
+    Token drop runs for every model in ``models``; the channel-choice part on the first one.
+    """
     from vstream.models.registry import load_model
 
     t0 = time.perf_counter()
-    adapter = load_model(model, device=device)
     per_source = []
-    chunk_sets = []
-    for name, spec in sources:
-        if isinstance(spec, tuple) and spec[0] == "static":
-            spec = static_scene(spec[1], spec[2])
-        chunks = load_chunks(adapter, spec, fps, max_chunks)
-        chunk_sets.append(chunks)
-        logger.info("token drop on %s: %d chunks", name, len(chunks))
-        rows = run_drop(adapter, chunks, thresholds, floor, window)
-        per_source.append({"source": name, "rows": rows})
-    shares = {ps["source"]: {r["threshold"]: r["kept_share"] for r in ps["rows"]} for ps in per_source}
+    choice = None
+    pick = 0
+    for mi, model in enumerate(models):
+        adapter = load_model(model, device=device)
+        chunk_sets = []
+        for name, spec in sources:
+            if isinstance(spec, tuple) and spec[0] == "static":
+                spec = static_scene(spec[1], spec[2])
+            chunks = load_chunks(adapter, spec, fps, max_chunks)
+            chunk_sets.append(chunks)
+            logger.info("token drop, %s on %s: %d chunks", model, name, len(chunks))
+            rows = run_drop(adapter, chunks, thresholds, floor, window, repeats=repeats)
+            per_source.append({"model": model, "family": adapter.family, "source": name, "rows": rows})
+        if mi == 0:
+            pick = min(choice_source, len(chunk_sets) - 1)
+            choice = channel_choice(adapter, chunk_sets[pick], min(window, len(chunk_sets[pick])))
     kv = []
     for shape in SHAPES_7B:
         for fmt in FORMATS:
-            kv.append({**kv_per_hour(shape, fmt), "source": None, "threshold": None})
-            for src, by_t in shares.items():
-                for t in (0.9,) if 0.9 in by_t else thresholds[:1]:
-                    kv.append({**kv_per_hour(shape, fmt, by_t[t]), "source": src, "threshold": t})
-    pick = min(choice_source, len(chunk_sets) - 1)
-    choice = channel_choice(adapter, chunk_sets[pick], min(window, len(chunk_sets[pick])))
-    return {"bench": "tokens", "model": model, "family": adapter.family, "fps": fps, "window": window,
-            "floor": floor, "thresholds": list(thresholds), "token_drop": per_source, "kv_per_hour_7b": kv,
-            "channel_choice": {"source": sources[pick][0], "rows": choice}, "seconds": time.perf_counter() - t0}
+            kv.append({**kv_per_hour(shape, fmt), "source": None, "threshold": None, "measured_on": None})
+            for ps in per_source:
+                by_t = {r["threshold"]: r["kept_share"] for r in ps["rows"]}
+                t = 0.9 if 0.9 in by_t else thresholds[0]
+                kv.append({**kv_per_hour(shape, fmt, by_t[t]), "source": ps["source"], "threshold": t,
+                           "measured_on": ps["model"]})
+    return {"bench": "tokens", "models": list(models), "fps": fps, "window": window, "floor": floor,
+            "thresholds": list(thresholds), "repeats": repeats, "token_drop": per_source, "kv_per_hour_7b": kv,
+            "channel_choice": {"model": models[0], "source": sources[pick][0], "rows": choice},
+            "seconds": time.perf_counter() - t0}
 
 
 def plot_tokens(res: dict[str, Any], path: Path) -> None:
     """Kept share and latency ratio vs threshold per source; GiB/h per format at 7B shapes; channel rules."""
-    fig, ax = new_figure(2, 2, figsize=(12, 8.5))
+    fig, ax = new_figure(2, 2, figsize=(13, 9))
+    styles = ("-", "--", ":", "-.")
+    colors = {}
     for ps in res["token_drop"]:
         rows = [r for r in ps["rows"] if r["threshold"] is not None]
         ts = [r["threshold"] for r in rows]
-        ax[0, 0].plot(ts, [100 * r["kept_share"] for r in rows], marker="o", label=ps["source"])
-        ax[0, 1].plot(ts, [r["latency_ratio_p50"] for r in rows], marker="o", label=ps["source"])
+        ls = styles[res["models"].index(ps["model"]) % len(styles)]
+        color = colors.setdefault(ps["source"], f"C{len(colors)}")
+        label = f"{ps['source']} ({ps['model']})"
+        ax[0, 0].plot(ts, [100 * r["kept_share"] for r in rows], marker="o", ls=ls, color=color, label=label)
+        ax[0, 1].plot(ts, [r["latency_ratio_median_per_chunk"] for r in rows], marker="o", ls=ls, color=color,
+                      label=label)
     ax[0, 0].set(xlabel="threshold (cosine similarity)", ylabel="visual tokens kept (%)",
-                 title=f"token drop: kept share ({res['model']})")
+                 title="token drop: kept share of visual tokens")
     ax[0, 1].axhline(1.0, color="gray", lw=0.8)
-    ax[0, 1].set(xlabel="threshold (cosine similarity)", ylabel="chunk latency p50, drop on / off",
-                 title="token drop: chunk latency ratio (same run)")
+    ax[0, 1].set(xlabel="threshold (cosine similarity)", ylabel="chunk latency, drop on / off (median per chunk)",
+                 title="token drop: chunk latency ratio (same run, interleaved)")
     for a in (ax[0, 0], ax[0, 1]):
         a.invert_xaxis()
-        a.legend(fontsize=8)
+        a.legend(fontsize=6)
     kv = res["kv_per_hour_7b"]
     models = [s["name"] for s in SHAPES_7B]
     width = 0.38
@@ -298,9 +320,10 @@ def plot_tokens(res: dict[str, Any], path: Path) -> None:
     ch = res["channel_choice"]["rows"]
     ax[1, 1].barh([r["rule"] for r in ch], [r["kl_mean"] for r in ch], color="tab:purple")
     ax[1, 1].invert_yaxis()
+    ax[1, 1].set_xscale("log")
     ax[1, 1].tick_params(axis="y", labelsize=7)
-    ax[1, 1].set(xlabel="KL(full precision || quantised), next token",
-                 title=f"which key channels get 1 bit ({res['channel_choice']['source']})")
+    ax[1, 1].set(xlabel="KL(full precision || quantised), next token (log)",
+                 title=f"key channels at 1 bit ({res['channel_choice']['source']})")
     save_png(fig, path)
 
 
@@ -308,9 +331,9 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
     """Headline numbers: kept share and latency ratio at each threshold per source; GiB/h per format."""
     out: dict[str, Any] = {}
     for ps in res["token_drop"]:
-        out[ps["source"]] = {str(r["threshold"]): {"kept": round(r["kept_share"], 3),
-                                                    "latency": round(r["latency_ratio_p50"], 3)}
-                             for r in ps["rows"] if r["threshold"] is not None}
+        out[f"{ps['model']} / {ps['source']}"] = {
+            str(r["threshold"]): {"kept": round(r["kept_share"], 3), "latency": round(r["latency_ratio_median_per_chunk"], 3)}
+            for r in ps["rows"] if r["threshold"] is not None}
     out["gib_per_hour"] = {f"{r['model']} {r['quantize']}": round(r["gib_per_hour"], 3)
                            for r in res["kv_per_hour_7b"] if r["source"] is None}
     return out
@@ -335,5 +358,8 @@ def main_args(args) -> dict[str, Any]:
         raise ValueError(f"--thresholds must be cosine similarities in [-1, 1], got {args.thresholds!r}")
     if not math.isfinite(args.floor) or not 0 <= args.floor <= 1:
         raise ValueError(f"--floor must be in [0, 1], got {args.floor}")
-    return bench_tokens(args.model, sources, thresholds, args.floor, args.window, args.fps, args.max_chunks,
-                        args.device)
+    models = [m for m in args.models.split(",") if m]
+    if not models:
+        raise ValueError("--models needs at least one model preset, e.g. small-llava-onevision")
+    return bench_tokens(models, sources, thresholds, args.floor, args.window, args.fps, args.max_chunks,
+                        args.device, repeats=args.repeats)

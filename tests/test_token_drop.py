@@ -162,6 +162,29 @@ def test_dropped_after_eviction_equals_rerotated_reference(name):
                                                    chunks[seg.chunk_index].frames).n_tokens for seg in evicted)
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_dropped_entries_from_store_equal_reference(name, tmp_path):
+    """Dropped chunks go through the real long-term store (gapped rel_pos on disk) and come back exactly."""
+    from vstream.engine import Retrieved
+    from vstream.memory_wiring import open_long_term
+
+    adapter = tiny_adapter(name)
+    W = 2
+    cfg = from_name("tiny").replace(**{"memory.window_chunks": W, "memory.ram_bytes": 0,
+                                       "memory.token_drop": MIXED[name]})
+    lt = open_long_term(adapter, cfg.memory, tmp_path / "mem")
+    eng = Engine(adapter, cfg, lt)
+    records = ingest_recorded(adapter, eng, scene_chunks(6, seed=5))
+    assert len(lt) == 4 and eng.visual_tokens_dropped > 0
+    forced = [Retrieved(segment=lt.store.get(i, device=adapter.device), score=0.0, entry_id=i) for i in (2, 0)]
+    _, _, logits, _, _ = eng.prepare(QUESTION, eng.snapshot(), retrieved=forced)
+    sinks, chunk_recs = records[0], records[1:]
+    keys, values, next_pos = reference_cache(adapter, [sinks, chunk_recs[0], chunk_recs[2]] + chunk_recs[-W:])
+    ref = _question_logits_on(adapter, keys, values, next_pos)
+    assert (logits - ref).abs().max().item() <= TOL
+    lt.close()
+
+
 # ---- 4. the decision rule -----------------------------------------------------------------------------------
 
 def test_rule_on_hand_made_embeddings():

@@ -232,8 +232,12 @@ def test_scene_cut_keeps_all_and_frozen_frame_keeps_floor(name):
         assert r.visual_dropped == n_cells - want
         assert r.visual_kept == n_vis - n_cells + want  # LLaVA's newline is never dropped
     # thumbnail and time span unchanged by dropping
+    from vstream.engine import make_thumbnail
+
     seg = eng.memory.live[-1]
-    assert (seg.start_s, seg.end_s) == (3.0, 4.0) and seg.thumbnail is not None
+    last = _still(3, b_img, frames).frames
+    assert (seg.start_s, seg.end_s) == (3.0, 4.0)
+    assert seg.thumbnail == make_thumbnail(last[len(last) // 2], eng.config.memory.thumbnail_px)
 
 
 def test_unsupported_threshold_and_family():

@@ -126,6 +126,24 @@ def run_drop(adapter, chunks: Sequence, thresholds: Sequence[float], floor: floa
     return rows
 
 
+def unrelated_similarity(adapter, chunk_sets: Sequence[Sequence]) -> float:
+    """Mean cosine similarity of same-cell visual tokens between the first frames of different sources.
+
+    What "different picture" looks like to this model: with random weights the projector's output shares a
+    large common direction, so unrelated frames can sit above a threshold a real checkpoint would use.
+    """
+    firsts = []
+    for chunks in chunk_sets:
+        t = adapter.embed_chunk(chunks[0].marker, chunks[0].frames)
+        frame, cell, _ = adapter.visual_cells(t)
+        m = frame == 0
+        order = torch.argsort(cell[m])
+        firsts.append(t.inputs_embeds[0][m][order].float())  # [C, D] in cell order
+    sims = [float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+            for i, a in enumerate(firsts) for b in firsts[i + 1:] if a.shape == b.shape]
+    return statistics.fmean(sims) if sims else float("nan")
+
+
 # ---- KV bytes per hour per cold-tier format ---------------------------------------------------------------
 
 def entry_kv_bytes(quantize: str, layers: int, kv_heads: int, head_dim: int, tokens: int) -> int:
@@ -263,6 +281,8 @@ def bench_tokens(models: Sequence[str], sources: Sequence[tuple[str, Any]],
             logger.info("token drop, %s on %s: %d chunks", model, name, len(chunks))
             rows = run_drop(adapter, chunks, thresholds, floor, window, repeats=repeats)
             per_source.append({"model": model, "family": adapter.family, "source": name, "rows": rows})
+        for ps in per_source[-len(sources):]:
+            ps["unrelated_frames_cosine"] = unrelated_similarity(adapter, chunk_sets)
         if mi == 0:
             pick = min(choice_source, len(chunk_sets) - 1)
             choice = channel_choice(adapter, chunk_sets[pick], min(window, len(chunk_sets[pick])))

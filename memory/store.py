@@ -14,7 +14,7 @@ warning and entries whose segment file is missing or fails its sha256 are skippe
 No pickle anywhere: json, base64 and safetensors only. The durable-write, journal and lock primitives
 are in ``memory.journal``; ``StoreMeta`` and ``EntryInfo`` in ``memory.types``.
 
-(Over 500 lines: one class whose RAM and disk tiers share one entry table and two locks; splitting the
+(long: over 500 lines because it is one class whose RAM and disk tiers share one entry table and two locks; splitting the
 tiers across files would spread that locking protocol over them.)
 """
 from __future__ import annotations

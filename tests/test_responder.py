@@ -23,7 +23,8 @@ from memory.segment import TEXT, VISION
 from vstream.api import Agent
 from vstream.config import from_name
 from vstream.engine import Engine
-from vstream.responder import Notifier, Query, QueueFull, Responder
+from vstream.alerts import Notifier
+from vstream.responder import Query, QueueFull, Responder, stream_answer
 from vstream.sources import PushSource, SyntheticSource
 from vstream.types import Answer
 
@@ -218,12 +219,12 @@ def test_close_is_prompt_when_the_reader_is_ahead():
     s = agent.watch(endless(), background=True)
     assert s.wait_chunks(2, timeout=60)
     deadline = time.monotonic() + 30
-    while s._chunk_queue.qsize() < agent.config.sampler.max_backlog_chunks and time.monotonic() < deadline:
+    while s.pipeline.queue.qsize() < agent.config.sampler.max_backlog_chunks and time.monotonic() < deadline:
         time.sleep(0.01)  # the reader decodes ahead until the bounded chunk queue is full
     t0 = time.monotonic()
     s.close()
     took = time.monotonic() - t0
-    assert took < 1.0 and not s._feeder.is_alive(), f"close() took {took:.1f}s; reader alive: {s._feeder.is_alive()}"
+    assert took < 1.0 and not s.pipeline.reader.is_alive(), f"close() took {took:.1f}s; reader alive: {s.pipeline.reader.is_alive()}"
 
 
 def _fake_answer(question: str, snap, *, max_new_tokens=None, on_piece=None, cancel=None) -> Answer:
@@ -372,7 +373,7 @@ def test_realtime_push_source_faster_than_perception_drops_and_stays_bounded(mon
 
     def watch_queue():
         while not stop.is_set():
-            max_q[0] = max(max_q[0], s._chunk_queue.qsize())
+            max_q[0] = max(max_q[0], s.pipeline.queue.qsize())
             time.sleep(0.005)
 
     mon = threading.Thread(target=watch_queue, daemon=True)
@@ -444,3 +445,90 @@ def test_follow_up_sees_earlier_turn_while_stream_is_paused():
         s.ask(q1, timeout=60)
         s.ask("And the second one?", timeout=60)
         assert _text_segments_with(spy.calls[1]["snap"], q1)
+
+
+# ---- the question check and streamed pieces --------------------------------------------------------
+
+
+@pytest.mark.parametrize("question", ["", "   \n", None, 42])
+def test_empty_question_is_refused_before_anything_is_queued(question):
+    agent = make_agent()
+    with agent.watch(SyntheticSource(seed=5, duration_s=4.0, fps=4.0, size=(64, 48)), background=False) as s:
+        s.advance_to(1.0)
+        for call in (lambda: s.ask(question), lambda: s.ask(question, stream=True), lambda: s.ask_async(question)):
+            with pytest.raises(ValueError, match="question is empty"):
+                call()
+        st = s.stats()
+        assert (st["queries_pending"], st["queries_answered"], st["queries_rejected"]) == (0, 0, 0)
+
+
+class FakeDecoder:
+    """Stands in for Session.ask_async: a thread emits 'p0', 'p1', ... every 5 ms until cancelled or done."""
+
+    def __init__(self, n: int, fail: Exception | None = None, delay_s: float = 0.005) -> None:
+        self.n, self.fail, self.delay_s = n, fail, delay_s
+        self.emitted: list[str] = []
+        self.cancel: threading.Event | None = None
+        self.thread: threading.Thread | None = None
+
+    def ask(self, question, *, on_piece, cancel, **kw) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        fut.set_running_or_notify_cancel()
+        self.cancel = cancel
+
+        def run():
+            for i in range(self.n):
+                if cancel.is_set():
+                    break
+                time.sleep(self.delay_s)
+                self.emitted.append(f"p{i}")
+                on_piece(f"p{i}")
+            if self.fail is not None:
+                fut.set_exception(self.fail)
+            else:
+                fut.set_result(Answer(question=question, text="".join(self.emitted), asked_at_s=0.0,
+                                      tokens=len(self.emitted), cancelled=cancel.is_set()))
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return fut
+
+
+def test_stream_answer_yields_every_piece_then_the_answer():
+    dec = FakeDecoder(20)
+    fut, pieces = stream_answer(dec.ask, "q?")
+    got = list(pieces)
+    assert got == [f"p{i}" for i in range(20)] == dec.emitted
+    assert fut.result(timeout=1).text == "".join(got) and not dec.cancel.is_set()
+
+
+def test_stream_answer_reraises_the_failure_at_the_end():
+    dec = FakeDecoder(3, fail=RuntimeError("decoder broke"))
+    _fut, pieces = stream_answer(dec.ask, "q?")
+    got = []
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        for p in pieces:
+            got.append(p)
+    assert got == ["p0", "p1", "p2"]
+
+
+def test_stream_answer_cancels_decoding_when_the_reader_stops():
+    dec = FakeDecoder(10_000)
+    fut, pieces = stream_answer(dec.ask, "q?")
+    assert [next(pieces), next(pieces)] == ["p0", "p1"]
+    pieces.close()  # the caller stops reading
+    assert dec.cancel.is_set()
+    dec.thread.join(timeout=5)
+    assert not dec.thread.is_alive() and len(dec.emitted) < 10_000
+    assert fut.result(timeout=1).cancelled
+
+
+def test_stream_answer_times_out_and_cancels_when_no_piece_comes():
+    dec = FakeDecoder(3, delay_s=2.0)
+    _fut, pieces = stream_answer(dec.ask, "q?", piece_timeout_s=0.2)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="no answer within"):
+        next(pieces)
+    assert time.monotonic() - t0 < 1.5 and dec.cancel.is_set()
+    dec.thread.join(timeout=5)
+    assert len(dec.emitted) <= 1

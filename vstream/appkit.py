@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import queue
 import re
 import threading
 from collections import deque
@@ -22,6 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vstream.responder import stream_answer
 from vstream.sources import VIDEO_EXTENSIONS, PushSource, SourceError, is_url, open_source, probe
 from vstream.types import Alert, Answer, CommentaryItem
 
@@ -440,30 +440,24 @@ class AppController:
             return
         msg = self._post("assistant", "▌")
         yield self.messages()
-        pieces: queue.Queue = queue.Queue()
         try:
-            fut = session.ask_async(question, max_new_tokens=max_new_tokens, on_piece=pieces.put)
+            fut, pieces = stream_answer(session.ask_async, question, max_new_tokens=max_new_tokens,
+                                        piece_timeout_s=piece_timeout_s)
         except (ValueError, RuntimeError) as e:
             self._edit(msg, f"⚠ {clean_text(str(e))}")
             yield self.messages()
             return
-        fut.add_done_callback(lambda _f: pieces.put(None))
         text = ""
-        while True:
-            try:
-                p = pieces.get(timeout=piece_timeout_s)
-            except queue.Empty:
-                fut.cancel()
-                self._edit(msg, clean_text(text) + f" … (no answer within {piece_timeout_s:.0f} s)")
-                yield self.messages()
-                return
-            if p is None:
-                break
-            text += p
-            self._edit(msg, clean_text(text) + " ▌")
-            yield self.messages()
         try:
+            for p in pieces:
+                text += p
+                self._edit(msg, clean_text(text) + " ▌")
+                yield self.messages()
             ans = fut.result()
+        except TimeoutError:  # decoding was cancelled with it
+            self._edit(msg, clean_text(text) + f" … (no answer within {piece_timeout_s:.0f} s)")
+            yield self.messages()
+            return
         except CancelledError:
             self._edit(msg, clean_text(text) + " … (interrupted: the session was closed)")
             yield self.messages()
@@ -473,6 +467,8 @@ class AppController:
             self._edit(msg, f"⚠ answering failed: {clean_text(why)}")
             yield self.messages()
             return
+        finally:
+            pieces.close()  # the UI stopped reading early: stop decoding too
         items = evidence_items(ans)
         with self._view:
             self._evidence = items

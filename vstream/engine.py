@@ -1,14 +1,17 @@
 """Perception and answering on one model: chunk -> tokens -> prefill -> memory.commit; question -> answer.
 
-The engine is the single writer of the memory manager: ``start``, ``ingest`` and ``add_text`` must be
-called from one thread (the perception thread). ``answer`` and ``probe`` only read a ``Snapshot`` and
-may run on another thread at the same time.
+The engine is the single writer of the memory manager: ``start``, ``ingest``, ``commentary`` and
+``add_text`` run on one thread at a time (the perception thread, under ``write_lock``). ``answer`` and
+``probe`` only read a ``Snapshot`` and may run on another thread at the same time. Other threads hand
+text for the window (questions and answers, captions) to the inbox (``post_text``, ``remember``); it is
+applied before the next chunk or snapshot, or at once while no perception thread runs.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import math
+import queue
 import threading
 import time
 from typing import Callable, Protocol, Sequence
@@ -73,6 +76,15 @@ def _on_stream(role: str):
     return deco
 
 
+def _writes(fn):
+    """Run an Engine method that writes memory under its ``write_lock`` (re-entrant)."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        with self.write_lock:
+            return fn(self, *args, **kwargs)
+    return wrapper
+
+
 class Engine:
     """Owns the model adapter and the memory manager for one stream."""
 
@@ -97,6 +109,9 @@ class Engine:
             {"perception": torch.cuda.Stream(device=dev), "answer": torch.cuda.Stream(device=dev)}
             if dev.type == "cuda" else {})
         self.started = False
+        self.write_lock = threading.RLock()  # held while memory is written; readers of the live window take it
+        self._inbox: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()  # (text, stream time)
+        self._perceiving = False  # True while a perception thread applies the inbox
         self._gen_lock = threading.Lock()  # answers: one decode at a time on self._generator
         self._generator = torch.Generator()
         self._commentary_lock = threading.Lock()  # commentary never waits for an answer
@@ -106,6 +121,7 @@ class Engine:
             self._commentary_generator.manual_seed(config.generation.seed + 1)
 
     # ---- writer side (perception thread) ---------------------------------------------------------
+    @_writes
     @_on_stream("perception")
     def start(self, previous_text: str = "") -> None:
         """Prefill the sinks (system prompt) and the caller's previous text."""
@@ -131,6 +147,7 @@ class Engine:
         return mm.extract(tokens.n_tokens, start, tokens.rel_pos, TEXT, start_s=at_s, end_s=at_s, text=text,
                           token_ids=tuple(tokens.input_ids[0].tolist()))
 
+    @_writes
     @_on_stream("perception")
     def add_text(self, text: str, at_s: float | None = None) -> Segment:
         """Put text (an earlier question and answer, a caption) into the live text window."""
@@ -139,10 +156,15 @@ class Engine:
         self.memory.commit(seg)
         return seg
 
+    @_writes
     @_on_stream("perception")
     def ingest(self, chunk) -> ChunkReport:
-        """Embed one chunk (``vstream.sources.Chunk``), prefill it against memory and commit it."""
+        """Embed one chunk (``vstream.sources.Chunk``), prefill it against memory and commit it.
+
+        Text waiting in the inbox enters the window first.
+        """
         self._require_started()
+        self.apply_inbox()
         t0 = time.perf_counter()
         a, mm, mc = self.adapter, self.memory, self.config.memory
         tokens = a.embed_chunk(chunk.marker, chunk.frames)
@@ -176,6 +198,7 @@ class Engine:
         self.visual_tokens_dropped += dropped
         return tokens, dropped
 
+    @_writes
     @_on_stream("perception")
     def commentary(self, chunk, max_tokens: int, replay: str | Sequence[int] | None = None) -> CommentaryItem:
         """Up to ``max_tokens`` tokens of live commentary after the chunk just ingested.
@@ -221,7 +244,69 @@ class Engine:
                               latency_s=time.perf_counter() - t0, token_ids=list(word_ids))
 
     def snapshot(self) -> Snapshot:
+        """The memory as of now (text waiting in the inbox enters the window first)."""
+        if not self._inbox.empty():
+            self.apply_inbox()
         return self.memory.snapshot()
+
+    # ---- the text inbox (any thread) -------------------------------------------------------------
+    def post_text(self, text: str, at_s: float | None = None) -> None:
+        """Queue text for the text window at stream time ``at_s`` (default: now).
+
+        While a perception thread runs it adds the text before its next chunk (or a snapshot does);
+        otherwise the text is added at once.
+        """
+        self._inbox.put((text, self.stream_time_s if at_s is None else at_s))
+        if not self._perceiving:
+            self.apply_inbox()
+
+    def remember(self, ans: Answer) -> None:
+        """Queue a question and its answer for the text window (multi-turn)."""
+        a = self.adapter
+        self.post_text(a.question_text(ans.question) + ans.text + a.answer_close_text(), ans.asked_at_s)
+
+    def set_perceiving(self, on: bool) -> None:
+        """Whether a perception thread applies the inbox; turning it off applies what waits now."""
+        self._perceiving = on
+        if not on:
+            self.apply_inbox()
+
+    def apply_inbox(self) -> None:
+        """Add every text waiting in the inbox to the window, in order."""
+        with self.write_lock:
+            while True:
+                try:
+                    text, at_s = self._inbox.get_nowait()
+                except queue.Empty:
+                    return
+                self.add_text(text, at_s)
+
+    # ---- what the session reads ------------------------------------------------------------------
+    @property
+    def stream_time_s(self) -> float:
+        return self.memory.stream_time_s
+
+    @property
+    def chunks_ingested(self) -> int:
+        return self.memory.chunks_ingested
+
+    @property
+    def context_tokens(self) -> int:
+        return self.memory.context_tokens
+
+    def device_bytes(self) -> int:
+        """Bytes of the active context's K/V on the device."""
+        return self.memory.device_bytes()
+
+    def live_vision(self) -> list[Segment]:
+        """The vision chunks in the live window, oldest first (what save/flush add to long-term)."""
+        with self.write_lock:
+            return [s for s in self.memory.live if s.kind == VISION]
+
+    def resume_at(self, t_s: float) -> None:
+        """Continue stream time from ``t_s`` (a session over memory saved earlier)."""
+        with self.write_lock:
+            self.memory.set_stream_time(t_s)
 
     def _require_started(self) -> None:
         if not self.started:
@@ -253,10 +338,8 @@ class Engine:
         """Retrieve, assemble the context and prefill the question turn.
 
         Returns (cache, next_pos, logits [1, V], retrieved, query_means [L, H_kv*D]). ``retrieved`` forces
-        the given entries (tests) instead of searching.
+        the given entries (tests) instead of searching. ``question`` is non-empty (the Responder checks).
         """
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("the question is empty; ask something about the stream")
         a, mc = self.adapter, self.config.memory
         q_tokens = a.embed_text(a.question_text(question.strip()))
         k = mc.retrieve_k if retrieve_k is None else retrieve_k

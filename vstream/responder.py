@@ -1,24 +1,36 @@
-"""Answering beside perception: a bounded query queue, a worker thread, and standing alerts.
+"""Answering beside perception: a question's whole life, from the check to its place in the text window.
 
-A question is bound to a memory snapshot when it is asked; the worker answers on that snapshot
-while perception keeps ingesting. Nothing here writes memory: texts to remember (questions and
-answers for multi-turn) are handed back through ``on_history``.
+``Responder.ask`` checks the question, binds it to a memory snapshot taken at once, and queues it; one
+worker thread answers queued questions on their snapshots while perception keeps ingesting. Answer
+statistics (time to first token, decode speed) are kept here. A question asked with ``history`` is
+handed, with its answer, to ``on_history`` (``Engine.remember``: the engine's text inbox); nothing here
+writes memory. ``stream_answer`` turns the streamed pieces of one answer into an iterator.
 """
 from __future__ import annotations
 
+import collections
 import logging
-import math
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from memory.manager import Snapshot
-from vstream.types import Alert, Answer
+from vstream.types import Answer
+
+if TYPE_CHECKING:
+    from vstream.engine import Engine
 
 logger = logging.getLogger(__name__)
+
+
+def check_question(question: object) -> str:
+    """``question`` if it is a non-empty string, else ValueError."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("the question is empty; ask something about the stream")
+    return question
 
 
 @dataclass
@@ -40,14 +52,21 @@ class QueueFull(ValueError):
 
 
 class Responder:
-    """One worker thread answering queued questions on their snapshots."""
+    """One worker thread answering queued questions on their snapshots.
+
+    answer_fn(question, snapshot, max_new_tokens=, on_piece=, cancel=) -> Answer; snapshot() -> the
+    memory as of now (needed by ``ask``; ``submit`` takes ready Query objects); on_history(answer) keeps
+    a question and its answer for later turns.
+    """
 
     def __init__(self, answer_fn: Callable[..., Answer], *, maxsize: int,
-                 on_history: Callable[[Answer], None] | None = None, name: str = "vstream-responder") -> None:
+                 on_history: Callable[[Answer], None] | None = None,
+                 snapshot: Callable[[], Snapshot] | None = None, name: str = "vstream-responder") -> None:
         if maxsize < 1:
             raise ValueError("queue_size must be >= 1")
         self._answer_fn = answer_fn
         self._on_history = on_history
+        self._snapshot = snapshot
         self._q: queue.Queue[Query | None] = queue.Queue(maxsize=maxsize)
         self._closed = threading.Event()
         self._lock = threading.Lock()  # submit vs close: nothing is queued after close() drained the queue
@@ -55,14 +74,38 @@ class Responder:
         self.answered = 0
         self.rejected = 0
         self.failed = 0
+        self.last_answer: Answer | None = None
+        self.ttfts: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._decode = [0, 0.0]  # tokens, seconds
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @classmethod
+    def for_engine(cls, engine: "Engine", *, maxsize: int) -> "Responder":
+        """A responder answering with ``engine`` on its snapshots and keeping turns in its text window."""
+        # engine.answer is looked up per question (wrappers installed on the engine later take effect)
+        return cls(lambda question, snap, **kw: engine.answer(question, snap, **kw), maxsize=maxsize,
+                   on_history=engine.remember, snapshot=engine.snapshot)
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise RuntimeError("the session is closed; open a new one with agent.watch(...)")
+
+    def ask(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
+            on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
+        """Queue a question on the memory as of now; returns a Future[Answer]. QueueFull (ValueError) when full."""
+        check_question(question)
+        self._check_open()
+        if self._snapshot is None:
+            raise RuntimeError("this responder has no snapshot source; submit Query objects instead")
+        q = Query(question=question, snapshot=self._snapshot(), future=Future(), max_new_tokens=max_new_tokens,
+                  on_piece=on_piece, history=history, cancel=cancel if cancel is not None else threading.Event())
+        return self.submit(q)
 
     def submit(self, query: Query) -> Future:
         """Queue a question; raises QueueFull (a ValueError) at once when the queue is full."""
         with self._lock:
-            if self._closed.is_set():
-                raise RuntimeError("the session is closed; open a new one with agent.watch(...)")
+            self._check_open()
             try:
                 self._q.put_nowait(query)
             except queue.Full:
@@ -74,6 +117,18 @@ class Responder:
     @property
     def pending(self) -> int:
         return self._q.qsize()
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode speed over every answer so far (tokens after the first, per second), None before any."""
+        tok, secs = self._decode
+        return tok / secs if secs > 0 else None
+
+    def _record(self, ans: Answer) -> None:
+        self.ttfts.append(ans.ttft_s)
+        self._decode[0] += ans.tokens
+        self._decode[1] += max(ans.latency_s - ans.ttft_s, 0.0)
+        self.last_answer = ans
 
     def _run(self) -> None:
         while True:
@@ -99,6 +154,7 @@ class Responder:
                 logger.warning("answering %r failed: %s", item.question[:60], e)
                 item.future.set_exception(e)
             else:
+                self._record(ans)
                 self.answered += 1
                 if item.history and not ans.cancelled and self._on_history is not None:
                     try:
@@ -129,96 +185,34 @@ class Responder:
         return not self._thread.is_alive()
 
 
-@dataclass
-class Condition:
-    """A standing instruction: "tell me when <text>"."""
+def stream_answer(ask: Callable[..., Future], question: str, *, piece_timeout_s: float | None = None,
+                  **kw) -> tuple[Future, Iterator[str]]:
+    """Ask with ``ask(question, on_piece=, cancel=, **kw)`` now; return its Future and an iterator of pieces.
 
-    handle: int
-    text: str
-    callback: Callable[[Alert], None]
-    threshold: float
-    cooldown_s: float
-    last_fired_s: float | None = None
-    fired: int = 0
-    active: bool = False  # P >= threshold at the last check (an event in progress)
-    errors: int = 0  # probes that raised
-
-
-def _check_threshold(threshold: float) -> float:
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}") from None
-    if not 0.0 < t < 1.0:  # also rejects NaN
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}; e.g. threshold=0.5")
-    return t
-
-
-def _check_cooldown(cooldown_s: float) -> float:
-    try:
-        c = float(cooldown_s)
-    except (TypeError, ValueError):
-        raise ValueError(f"cooldown_s must be a number of seconds >= 0, got {cooldown_s!r}") from None
-    if math.isnan(c) or c < 0:
-        raise ValueError(f"cooldown_s must be >= 0 seconds of stream time, got {cooldown_s}")
-    return c
-
-
-class Notifier:
-    """Scores every condition after each chunk and decides which fire.
-
-    A condition fires once per event: on the check where P("Yes") rises to ``threshold`` or above after
-    being below it (or at the first check), unless it fired less than ``cooldown_s`` of stream time ago.
-    An event whose start falls inside the cool-down does not fire later while it lasts.
+    The iterator yields text pieces as they are decoded and at the end re-raises the answer's failure
+    (or CancelledError). It raises TimeoutError when no piece arrives within ``piece_timeout_s``. When the
+    caller stops reading before the end (or on that timeout), decoding is cancelled too.
     """
+    pieces: queue.Queue[str | None] = queue.Queue()
+    cancel = threading.Event()
+    fut = ask(question, on_piece=pieces.put, cancel=cancel, **kw)
+    fut.add_done_callback(lambda _f: pieces.put(None))
+    return fut, _iter_pieces(pieces, fut, cancel, piece_timeout_s)
 
-    def __init__(self, probe: Callable[[str], float]) -> None:
-        self.probe = probe
-        self.conditions: dict[int, Condition] = {}
-        self._next = 0
-        self._lock = threading.Lock()
 
-    def add(self, text: str, callback: Callable[[Alert], None], threshold: float, cooldown_s: float) -> int:
-        """Register a condition; returns its handle. ValueError on an empty text or a bad threshold/cool-down."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("the alert condition is empty; say what to watch for")
-        if not callable(callback):
-            raise ValueError(f"callback must be callable (it receives an Alert), got {type(callback).__name__}")
-        t, c = _check_threshold(threshold), _check_cooldown(cooldown_s)
-        with self._lock:
-            h = self._next
-            self._next += 1
-            self.conditions[h] = Condition(h, text.strip(), callback, t, c)
-        return h
-
-    def remove(self, handle: int) -> None:
-        with self._lock:
-            self.conditions.pop(handle, None)
-
-    def check(self, now_s: float) -> list[tuple[Condition, float]]:
-        """Probe every condition at stream time ``now_s``; return (condition, probability) that fire.
-
-        A probe that raises is logged and counts as "not happening" (perception goes on).
-        """
-        with self._lock:
-            conds = list(self.conditions.values())
-        fired = []
-        for c in conds:
+def _iter_pieces(pieces: queue.Queue, fut: Future, cancel: threading.Event,
+                 timeout: float | None) -> Iterator[str]:
+    try:
+        while True:
             try:
-                p = float(self.probe(c.text))
-            except Exception as e:
-                c.errors += 1
-                logger.warning("probing alert %r failed: %s", c.text[:60], e)
-                p = float("nan")
-            if not p >= c.threshold:  # NaN counts as below
-                c.active = False
-                continue
-            rising, c.active = not c.active, True
-            if not rising:
-                continue
-            if c.last_fired_s is not None and now_s - c.last_fired_s < c.cooldown_s:
-                continue
-            c.last_fired_s = now_s
-            c.fired += 1
-            fired.append((c, p))
-        return fired
+                p = pieces.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no answer within {timeout:.0f} s") from None
+            if p is None:
+                break
+            yield p
+        fut.result()  # re-raise a failure
+    finally:
+        if not fut.done():  # the caller stopped reading: stop decoding too
+            cancel.set()
+            fut.cancel()

@@ -1,0 +1,209 @@
+"""The stream side of a session: source -> sampler -> chunker -> perception, and waiting on stream time.
+
+In the background a reader thread decodes ahead into a bounded chunk queue and a perception thread
+takes chunks from it. Backlog policy: realtime drops the oldest queued chunk (counted) when perception
+falls behind; otherwise the reader waits (back-pressure: no drops, no growing backlog). Without a
+background thread, ``advance_to`` ingests in the caller's thread. A source that fails mid-stream ends
+the stream with a one-line ``error``; ``ended`` is signalled to everyone waiting.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from vstream.config import SamplerConfig
+from vstream.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Chunks of ``source`` handed to ``step(chunk)`` one at a time, in order; ``source=None``: ended at once.
+
+    ``step`` ingests a chunk into ``engine`` (plus whatever follows a chunk: commentary, alerts).
+    Call ``start()`` once everything ``step`` uses exists.
+    """
+
+    def __init__(self, engine: Engine, source: Any, sampler: SamplerConfig, step: Callable[[Any], None], *,
+                 background: bool, progress: bool = False) -> None:
+        self.engine = engine
+        self.source = source
+        self.background = background
+        self.realtime = sampler.realtime
+        self._step_fn = step
+        self.ended = source is None
+        self.error: str | None = None
+        self.chunks_dropped = 0
+        self.frames_dropped_backlog = 0
+        self.sampler = None
+        self.queue: queue.Queue | None = None
+        self.reader: threading.Thread | None = None
+        self.perception: threading.Thread | None = None
+        self._chunk_iter: Iterator | None = None
+        self._stop = threading.Event()
+        self._advanced = threading.Condition()
+        if source is not None:
+            self._open(sampler, progress)
+
+    def _open(self, sc: SamplerConfig, progress: bool) -> None:
+        from vstream.sources import Chunker, Sampler
+
+        adapter = self.engine.adapter
+        self.sampler = Sampler(sc.fps, realtime=sc.realtime)
+        adapter.configure_sampling(sc.fps)
+        fpc = adapter.frames_per_chunk(sc.fps, sc.chunk_seconds)
+        chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc)(self.sampler(iter(self.source)))
+        if progress and getattr(self.source, "duration", None):
+            from tqdm import tqdm
+
+            chunks = tqdm(chunks, total=int(np.ceil(self.source.duration / sc.chunk_seconds)), unit="chunk",
+                          desc="watching", leave=False)
+        if self.background:
+            self.queue = queue.Queue(maxsize=sc.max_backlog_chunks)
+            self.reader = threading.Thread(target=self._feed, args=(chunks,), name="vstream-reader", daemon=True)
+            self.reader.start()
+        else:
+            self._chunk_iter = iter(chunks)
+
+    def start(self) -> None:
+        """Start the perception thread (background pipelines on a source); otherwise nothing to do."""
+        if self.background and self.source is not None and self.perception is None:
+            self.engine.set_perceiving(True)
+            self.perception = threading.Thread(target=self._perceive_loop, name="vstream-perception", daemon=True)
+            self.perception.start()
+
+    # ---- the reader thread ---------------------------------------------------------------------------
+    def _feed(self, chunks: Iterator) -> None:
+        q = self.queue
+        try:
+            for ch in chunks:
+                if self._stop.is_set():
+                    break
+                if self.realtime:
+                    self._put_dropping_oldest(q, ch)
+                else:
+                    while not self._stop.is_set():
+                        try:
+                            q.put(ch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        except Exception as e:  # a source that fails mid-stream ends the session with a clear error
+            self._source_failed(e)
+        finally:
+            self._put_end(q)
+
+    def _put_dropping_oldest(self, q: queue.Queue, ch) -> None:
+        while True:
+            try:
+                q.put_nowait(ch)
+                return
+            except queue.Full:
+                try:
+                    old = q.get_nowait()
+                    self.chunks_dropped += 1
+                    self.frames_dropped_backlog += len(old.frames)
+                except queue.Empty:
+                    pass
+
+    def _source_failed(self, e: Exception) -> None:
+        """Record a source failure as the stream's one-line error."""
+        self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        logger.error("source failed: %s", self.error)
+
+    def _put_end(self, q: queue.Queue) -> None:
+        """Tell perception the source ended; never block once the pipeline is stopping."""
+        while True:
+            try:
+                q.put(None, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set():
+                    return
+
+    # ---- perception ----------------------------------------------------------------------------------
+    def _next_chunk(self):
+        if self.queue is not None:
+            while not self._stop.is_set():
+                try:
+                    return self.queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+            return None
+        try:
+            return next(self._chunk_iter)
+        except StopIteration:
+            return None
+        except Exception as e:
+            self._source_failed(e)
+            return None
+
+    def _perceive_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._step():
+                    break
+        except Exception as e:
+            self.error = f"perception failed: {e}"
+            logger.exception("perception failed")
+        finally:
+            self._mark_ended()
+
+    def _mark_ended(self) -> None:
+        with self._advanced:
+            self.ended = True
+            self._advanced.notify_all()
+        self.engine.set_perceiving(False)  # text posted from now on enters the window at once
+
+    def _step(self) -> bool:
+        """Perceive one chunk. False when the source is exhausted."""
+        chunk = self._next_chunk()
+        if chunk is None:
+            return False
+        self._step_fn(chunk)
+        with self._advanced:
+            self._advanced.notify_all()
+        return True
+
+    # ---- waiting on the stream -----------------------------------------------------------------------
+    def advance_to(self, t_s: float) -> float:
+        """Ingest until stream time >= ``t_s`` or the source ends; returns the stream time reached."""
+        eng = self.engine
+        if self.background:
+            with self._advanced:
+                self._advanced.wait_for(lambda: self.ended or eng.stream_time_s >= t_s)
+            return eng.stream_time_s
+        while not self.ended and eng.stream_time_s < t_s:
+            if not self._step():
+                self._mark_ended()
+        return eng.stream_time_s
+
+    def wait_chunks(self, n: int, timeout: float | None = None) -> bool:
+        """Wait until ``n`` chunks have been ingested (or the stream ended)."""
+        with self._advanced:
+            return self._advanced.wait_for(lambda: self.ended or self.engine.chunks_ingested >= n, timeout)
+
+    def frame_counts(self) -> dict[str, int]:
+        """frames_in / frames_kept / frames_dropped (sampler, backlog and a push source's own drops)."""
+        s = self.sampler
+        return {"frames_in": getattr(s, "frames_in", 0),
+                "frames_kept": getattr(s, "frames_kept", 0) - self.frames_dropped_backlog,
+                "frames_dropped": getattr(s, "frames_dropped", 0) + self.frames_dropped_backlog
+                + getattr(self.source, "dropped", 0)}  # a PushSource drops when its own queue is full
+
+    def close(self, deadline: float) -> None:
+        """Stop reading and perceiving; close the source; join the threads by ``deadline`` (monotonic)."""
+        self._stop.set()
+        if self.source is not None and hasattr(self.source, "close"):
+            try:
+                self.source.close()
+            except Exception as e:
+                logger.warning("closing the source failed: %s", e)
+        for t in (self.perception, self.reader):
+            if t is not None:
+                t.join(max(0.0, deadline - time.monotonic()))

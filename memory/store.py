@@ -125,6 +125,8 @@ class LongTermStore:
         sizes at open (segments are always checked when read). durable: fsync writes (default: True for
         a caller's directory, False for the private temp directory).
         """
+        if directory is not None and (Path(directory) / CONFIG_NAME).is_file():
+            _read_config(Path(directory)).check_readable(str(directory))  # a newer format first, then the rest
         if quantize not in _QUANT_BITS:
             raise ValueError(f"quantize must be one of {_QUANT_NAMES}, got {quantize!r}")
         if verify not in ("full", "size"):
@@ -193,6 +195,7 @@ class LongTermStore:
         if not (directory / CONFIG_NAME).is_file():
             raise ValueError(f"{directory} is not a vstream memory directory (no {CONFIG_NAME})")
         found = _read_config(directory)
+        found.check_readable(str(directory))  # before anything a newer format may have changed (its quantize name)
         if expected is not None:
             expected.check_compatible(found, str(directory))
         if quantize is None:

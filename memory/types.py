@@ -45,14 +45,18 @@ class StoreMeta:
         return (f"{self.model!r} ({self.family}, {self.num_layers} layers, {self.num_kv_heads} kv heads, "
                 f"head_dim {self.head_dim}, pos_dims {self.pos_dims}, format {self.format_version})")
 
+    def check_readable(self, where: str) -> None:
+        """Raise ValueError (one line) when this format version is newer than this code reads."""
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(f"memory at {where} has format version {self.format_version}, newer than this "
+                             f"vstream supports ({FORMAT_VERSION}); upgrade vstream or use another memory directory")
+
     def check_compatible(self, other: "StoreMeta", where: str) -> None:
         """Raise ValueError (one line, naming both models) when ``other`` (found at ``where``) cannot be used.
 
         The dtype is not compared: K/V of the same model in another dtype are cast by ``get(dtype=...)``.
         """
-        if other.format_version > FORMAT_VERSION:
-            raise ValueError(f"memory at {where} has format version {other.format_version}, newer than this "
-                             f"vstream supports ({FORMAT_VERSION}); upgrade vstream or use another memory directory")
+        other.check_readable(where)
         keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims")  # any version <= ours reads
         if any(getattr(self, k) != getattr(other, k) for k in keys):
             raise ValueError(f"memory at {where} was written by model {other.describe()}, but this run uses "

@@ -131,6 +131,19 @@ def test_old_reader_refuses_newer_format(tmp_path, monkeypatch):
         LongTermStore(meta(), d)
 
 
+def test_future_format_is_refused_by_version_before_its_tier_name(tmp_path):
+    d = tmp_path / "m"
+    with LongTermStore(meta(), d, quantize="k2v1.58") as st:
+        st.add(_kv_segment(0))
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(format_version=mtypes.FORMAT_VERSION + 1, quantize="k1v1-from-the-future")
+    (d / "config.json").write_text(json.dumps(cfg))
+    for opener in (lambda: LongTermStore.open(d), lambda: LongTermStore(meta(), d, quantize="k1v1-from-the-future")):
+        with pytest.raises(ValueError) as e:
+            opener()
+        assert f"format version {mtypes.FORMAT_VERSION + 1}" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_v1_store_reopened_with_k2v158_is_bumped(tmp_path):
     d = tmp_path / "m"
     with LongTermStore(meta(), d, quantize="int8") as st:

@@ -194,3 +194,16 @@ def test_engine_memory_dir_with_k2v158_reopens(tmp_path):
                 assert bool(((b - a).abs() <= quant.error_bound(quant.quantize(a, quant.KEYS_2_1))).all())
     finally:
         back.close()
+
+
+def test_smallest_range_channels_cost_least_attention_error():
+    """Attention logits q . k (computed directly) suffer least when the 1-bit half is the smallest-range one."""
+    t = _keys_like(6, shape=(1, 4, 64, 32))
+    q = torch.randn(1, 4, 16, 32, generator=torch.Generator().manual_seed(7))  # queries, isotropic
+    ref = q @ t.transpose(-1, -2)  # [1, H, 16, 64]
+    err = {}
+    for choose in ("smallest", "random", "largest"):
+        one = quant.one_bit_channels(t, 0.5, choose)
+        back = quant.dequantize(quant.quantize_keys_2_1(t, one), torch.float32)
+        err[choose] = float((q @ back.transpose(-1, -2) - ref).pow(2).mean())
+    assert err["smallest"] < err["random"] < err["largest"]

@@ -91,6 +91,7 @@ def run_drop(adapter, chunks: Sequence, thresholds: Sequence[float], floor: floa
     settings: list[float | None] = [None] + list(thresholds)
     _engine(adapter, None, floor, window).ingest(chunks[0])  # warm-up (first-call costs) outside the figures
     lat: list[list[float]] = [[] for _ in settings]
+    cpu: list[list[float]] = [[] for _ in settings]  # process CPU seconds per chunk: steadier on a shared machine
     tokens: list[list[int]] = [[] for _ in settings]
     kept = [0] * len(settings)
     dropped = [0] * len(settings)
@@ -102,8 +103,10 @@ def run_drop(adapter, chunks: Sequence, thresholds: Sequence[float], floor: floa
                 order.reverse()  # no setting always runs right after the same one
             for j in order:
                 sync()
+                c0 = time.process_time()
                 rep = engines[j].ingest(ch)
                 sync()
+                cpu[j].append(time.process_time() - c0)
                 lat[j].append(rep.latency_s)
                 if r == 0:
                     tokens[j].append(rep.n_tokens)
@@ -116,11 +119,14 @@ def run_drop(adapter, chunks: Sequence, thresholds: Sequence[float], floor: floa
     for j, t in enumerate(settings):
         p50 = statistics.median(lat[j])
         ratios = [a / b for a, b in zip(lat[j], lat[0])]
+        cpu_ratios = [a / b for a, b in zip(cpu[j], cpu[0]) if b > 0]
         toks = statistics.fmean(tokens[j])
         rows.append({"threshold": t, "chunks": len(chunks), "visual_kept": kept[j], "visual_dropped": dropped[j],
                      "kept_share": kept[j] / max(1, kept[j] + dropped[j]),
                      "latency_p50_s": p50, "latency_ratio_p50": p50 / base_p50,
                      "latency_ratio_median_per_chunk": statistics.median(ratios),
+                     "cpu_s_p50": statistics.median(cpu[j]),
+                     "cpu_ratio_median_per_chunk": statistics.median(cpu_ratios) if cpu_ratios else None,
                      "tokens_per_chunk": toks, "tokens_ratio": toks / base_tokens,
                      "kv_bytes_per_hour_bf16": toks * per_token * 3600.0 / chunk_seconds})
     return rows
@@ -352,7 +358,8 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for ps in res["token_drop"]:
         out[f"{ps['model']} / {ps['source']}"] = {
-            str(r["threshold"]): {"kept": round(r["kept_share"], 3), "latency": round(r["latency_ratio_median_per_chunk"], 3)}
+            str(r["threshold"]): {"kept": round(r["kept_share"], 3), "latency": round(r["latency_ratio_median_per_chunk"], 3),
+                                  "cpu": round(r["cpu_ratio_median_per_chunk"] or float("nan"), 3)}
             for r in ps["rows"] if r["threshold"] is not None}
     out["gib_per_hour"] = {f"{r['model']} {r['quantize']}": round(r["gib_per_hour"], 3)
                            for r in res["kv_per_hour_7b"] if r["source"] is None}

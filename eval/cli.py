@@ -7,6 +7,10 @@
     vstream eval infstreams-judge MERGED.jsonl WINDOWS.jsonl --out runs/inf [--other OTHER_MERGED.jsonl] ...
     vstream eval synthetic --out runs/syn --model tiny-smolvlm [--videos 3] [--long-videos 1]
     vstream eval report bench_out/ingest.json [more.json ...] --out reports/
+    vstream eval score ovobench results/LongVU/ [--out DIR]     (official numbers from official result files)
+
+Every run follows the benchmark's official protocol unless ``--protocol vstream`` is given; every
+summary names the protocol (and, for StreamingBench, the context: --context-seconds 60 or the whole stream).
 """
 from __future__ import annotations
 
@@ -62,6 +66,11 @@ def _judge_args(p: argparse.ArgumentParser) -> None:
                    help="word-overlap judge without an LLM (smoke runs; not comparable with published numbers)")
 
 
+def _protocol_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=["official", "vstream"], default="official",
+                   help="official: the benchmark's own prompts, parsing and scoring (default); vstream: ours")
+
+
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``eval`` with its sub-commands to ``subparsers``; ``args.func`` is ``run_eval``."""
     ev = subparsers.add_parser("eval", help="benchmark runs -> JSONL predictions + scores",
@@ -71,18 +80,25 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("streamingbench", help="StreamingBench (real-time, sequential QA, proactive)")
     p.add_argument("bench", help="StreamingBench JSON")
     _common(p)
-    p.add_argument("--proactive-mode", choices=["probe", "ask"], default="probe",
-                   help="poll proactive items with session.probe (default) or by asking yes/no")
+    _protocol_arg(p)
+    p.add_argument("--context-seconds", type=float, default=None,
+                   help="answer from only the last N seconds (the published main table uses 60); "
+                        "default: the whole stream as vstream remembers it")
+    p.add_argument("--proactive-mode", choices=["probe", "ask", "official"], default=None,
+                   help="proactive polling: official (default with --protocol official), probe (P(yes), default "
+                        "with --protocol vstream) or ask (a reply starting with yes fires)")
     p.add_argument("--threshold", type=float, default=None, help="probe P(yes) that fires (default: config)")
 
     p = sub.add_parser("ovobench", help="OVO-Bench (backward, real-time, forward REC/SSR/CRR)")
     p.add_argument("bench", help="OVO-Bench JSON")
     _common(p)
+    _protocol_arg(p)
 
     p = sub.add_parser("rvs", help="RVS-Ego / RVS-Movie (open-ended, LLM-judged)")
     p.add_argument("bench", help="RVS JSON (or JSONL)")
     p.add_argument("--name", default="rvs", help="label in results, e.g. rvs-ego or rvs-movie")
     _common(p)
+    _protocol_arg(p)
     _judge_args(p)
 
     p = sub.add_parser("infstreams", help="Inf-Streams commentary run (optionally judged)")
@@ -93,6 +109,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--windows", default=None, help="scoring windows JSONL: judge right after the run")
     p.add_argument("--other", default=None, help="another run's merged JSONL (default: the reference text)")
     _common(p)
+    _protocol_arg(p)
     _judge_args(p)
 
     p = sub.add_parser("infstreams-judge", help="pairwise-judge an Inf-Streams run (both orders per window)")
@@ -105,6 +122,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    _protocol_arg(p)
     _judge_args(p)
 
     p = sub.add_parser("synthetic", help="generate the synthetic benchmark and run every protocol on it")
@@ -117,7 +135,16 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--long-duration", type=int, default=3600, help="long video length (s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--benchmarks", default="streamingbench,ovobench,rvs,infstreams")
+    _protocol_arg(p)
+    p.add_argument("--context-seconds", type=float, default=None, help="StreamingBench context (see streamingbench)")
     _judge_args(p)
+
+    p = sub.add_parser("score", help="official numbers from prediction files in the official result formats")
+    p.add_argument("benchmark", choices=["ovobench", "streamingbench", "infstreams", "rvs"])
+    p.add_argument("files", nargs="+", help="result files or directories (OVO-Bench results/<model>/, "
+                                            "StreamingBench output JSON, score_segments_*.jsonl, RVS judged JSON)")
+    p.add_argument("--model", default=None, help="StreamingBench: the model's key in the output file")
+    p.add_argument("--out", default=None, help="also write score.json + score.txt here")
 
     p = sub.add_parser("report", help="render `vstream bench` JSON results into Markdown + PNG")
     p.add_argument("inputs", nargs="+", help="bench result JSON files or directories")
@@ -133,6 +160,15 @@ def agent_from_args(args: argparse.Namespace) -> Any:
     from vstream.cliargs import agent_from_args as build
 
     return build(args)
+
+
+def _agent(args: argparse.Namespace) -> Any:
+    """The agent of a run: a uniform-N preset answers from N frames re-sampled over the stream."""
+    from vstream.uniform import PRESET_FRAMES, UniformAgent
+
+    agent = agent_from_args(args)
+    n = PRESET_FRAMES.get(getattr(args, "config", None) or "")
+    return UniformAgent(agent, n) if n else agent
 
 
 def judge_from_args(args: argparse.Namespace, *, required: bool, default_offline: bool = False) -> Any:
@@ -217,6 +253,17 @@ def run_eval(args: argparse.Namespace) -> int:
     cmd = args.eval_cmd
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         raise ValueError("--resume and --overwrite contradict each other; pass one")
+    if cmd == "score":
+        from eval.rescore import render, score_files, write_outputs
+
+        summary = score_files(args.benchmark, args.files, model=args.model)
+        text = render(summary)
+        if args.out:
+            write_outputs(summary, args.out)
+            text += f"\nresults in {args.out}"
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return 0
     if cmd == "report":
         from eval.report import render_report
 
@@ -226,37 +273,45 @@ def run_eval(args: argparse.Namespace) -> int:
         from eval.infstreams import judge_infstreams
 
         judge = judge_from_args(args, required=True)
-        s = judge_infstreams(args.merged, args.windows, args.out, judge, other=args.other, videos=args.videos,
+        s = judge_infstreams(args.merged, args.windows, args.out, judge, protocol=args.protocol, other=args.other,
+                             videos=args.videos,
                              limit=args.limit, resume=args.resume, overwrite=args.overwrite,
                              show_progress=not args.no_progress)
-        return _done(args.out, f"Inf-Streams win rate vs {s['other']}: {_pct(s['win_rate'])} "
-                               f"({s['windows']} windows, {s['invalid']} invalid judge replies)")
+        return _done(args.out, f"Inf-Streams win rate vs {s['other']} ({args.protocol} protocol): "
+                               f"{_pct(s['win_rate'])} ({s['windows']} windows, {s['invalid']} invalid judge replies)")
     mnt = args.max_new_tokens
+    cs = getattr(args, "context_seconds", None)
+    if cs is not None and cs <= 0:
+        raise ValueError(f"--context-seconds must be > 0, got {cs:g}; e.g. --context-seconds 60")
     preflight(args)
     if cmd == "streamingbench":
         from eval.streamingbench import run_streamingbench
 
-        agent = agent_from_args(args)
-        s = run_streamingbench(agent, args.bench, args.out, max_new_tokens=mnt or 8,
+        agent = _agent(args)
+        s = run_streamingbench(agent, args.bench, args.out, protocol=args.protocol,
+                               context_seconds=args.context_seconds, max_new_tokens=mnt or 8,
                                proactive_mode=args.proactive_mode, threshold=args.threshold, **_run_kwargs(args))
-        return _done(args.out, f"StreamingBench accuracy: {_pct(s['overall'])} ({s['n_scored']} scored, "
-                               f"{s['n_skipped']} skipped)")
+        what = "real-time file total" if args.protocol == "official" else "accuracy"
+        return _done(args.out, f"StreamingBench {what} ({args.protocol} protocol, context: {s['context']}): "
+                               f"{_pct(s['overall'])} ({s['n_scored']} scored, {s['n_skipped']} skipped)")
     if cmd == "ovobench":
         from eval.ovobench import run_ovobench
 
-        agent = agent_from_args(args)
-        s = run_ovobench(agent, args.bench, args.out, max_new_tokens=mnt or 8, **_run_kwargs(args))
-        return _done(args.out, f"OVO-Bench overall: {_pct(s['overall'])} ({s['n']} queries/probes)")
+        agent = _agent(args)
+        s = run_ovobench(agent, args.bench, args.out, protocol=args.protocol, max_new_tokens=mnt or 8,
+                         **_run_kwargs(args))
+        return _done(args.out, f"OVO-Bench overall ({args.protocol} protocol): {_pct(s['overall'])} "
+                               f"({s['n']} queries/probes)")
     if cmd == "rvs":
         from eval.rvs import run_rvs
 
         judge = judge_from_args(args, required=False)
         if judge is None:
             logger.warning("no judge given: answers only; rerun with --resume --judge-url ... to score them")
-        agent = agent_from_args(args)
-        s = run_rvs(agent, args.bench, args.out, judge, name=args.name, max_new_tokens=mnt or 64,
+        agent = _agent(args)
+        s = run_rvs(agent, args.bench, args.out, judge, name=args.name, protocol=args.protocol, max_new_tokens=mnt,
                     **_run_kwargs(args))
-        return _done(args.out, f"{args.name}: accuracy {_pct(s['accuracy'])}, mean score "
+        return _done(args.out, f"{args.name} ({args.protocol} protocol): accuracy {_pct(s['accuracy'])}, mean score "
                                f"{'-' if s['mean_score'] is None else round(s['mean_score'], 3)} "
                                f"({s['judged']} judged, {s['invalid']} invalid)")
     if cmd == "infstreams":
@@ -265,18 +320,19 @@ def run_eval(args: argparse.Namespace) -> int:
         judge = judge_from_args(args, required=False) if args.windows else None
         if args.windows and judge is None:
             raise ValueError("--windows needs a judge: pass --judge-url URL --judge-model NAME or --offline-judge")
-        agent = agent_from_args(args)
-        run = run_infstreams(agent, args.metadata, args.out, start_time=args.start_time, end_time=args.end_time,
-                             **_run_kwargs(args))
-        head = f"Inf-Streams run: {run['videos']} videos, {run['chunks']} chunks"
+        agent = _agent(args)
+        run = run_infstreams(agent, args.metadata, args.out, protocol=args.protocol, start_time=args.start_time,
+                             end_time=args.end_time, **_run_kwargs(args))
+        head = f"Inf-Streams run ({args.protocol} protocol): {run['videos']} videos, {run['chunks']} chunks"
         if judge is not None:
             s = judge_infstreams(str(Path(args.out) / "merged.jsonl"), args.windows, args.out, judge,
-                                 other=args.other, resume=args.resume, overwrite=args.overwrite,
+                                 protocol=args.protocol, other=args.other, resume=args.resume, overwrite=args.overwrite,
                                  show_progress=not args.no_progress)
             head += f"; win rate vs {s['other']}: {_pct(s['win_rate'])} ({s['invalid']} invalid)"
         return _done(args.out, head)
     if cmd == "synthetic":
-        from eval.synthetic import make_bench, run_synthetic_suite
+        from eval.suite import run_synthetic_suite
+        from eval.synthetic import make_bench
 
         try:
             w, h = (int(v) for v in args.size.lower().split("x"))
@@ -286,13 +342,14 @@ def run_eval(args: argparse.Namespace) -> int:
                            duration_s=args.duration, size=(w, h), seed=args.seed, long_videos=args.long_videos,
                            long_duration_s=args.long_duration)
         judge = judge_from_args(args, required=False, default_offline=True)
-        agent = agent_from_args(args)
+        agent = _agent(args)
         kw = _run_kwargs(args)
         kw.pop("video_root")
         if kw.pop("videos"):
             raise ValueError("--videos is not supported by `eval synthetic`; use --num-videos")
-        s = run_synthetic_suite(agent, bench, args.out, judge=judge,
+        s = run_synthetic_suite(agent, bench, args.out, judge=judge, protocol=args.protocol,
+                                context_seconds=args.context_seconds,
                                 benchmarks=tuple(b.strip() for b in args.benchmarks.split(",") if b.strip()),
                                 max_new_tokens=mnt or 8, **kw)
-        return _done(args.out, "synthetic suite done: " + ", ".join(s["results"]))
+        return _done(args.out, f"synthetic suite done ({args.protocol} protocol): " + ", ".join(s["results"]))
     raise ValueError(f"unknown eval command {cmd!r}")

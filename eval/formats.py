@@ -255,10 +255,14 @@ def load_commentary_items(path: str | os.PathLike) -> dict[str, list[dict]]:
 
 SB_REALTIME_TASKS = ("Object Perception", "Causal Reasoning", "Clips Summarization", "Attribute Perception",
                      "Event Understanding", "Text-Rich Understanding", "Prospective Reasoning",
-                     "Spatial Understanding", "Action Perception", "Counting")
+                     "Spatial Understanding", "Action Perception", "Counting",
+                     # the names the official data files use for four of them (questions_real.json)
+                     "Object Recognition", "Attribute Recognition", "Action Recognition", "Clips Summarize")
 SB_OMNI_TASKS = ("Emotion Recognition", "Scene Understanding", "Source Discrimination", "Multimodal Alignment")
 SB_CONTEXTUAL_TASKS = ("Misleading Context Understanding", "Anomaly Context Understanding",
                        "Sequential Question Answering", "Proactive Output")
+#: tasks shipped in the official questions_omni.json besides the omni-source ones
+SB_OMNI_FILE_TASKS = SB_OMNI_TASKS + ("Misleading Context Understanding", "Anomaly Context Understanding")
 
 
 def sb_group(task_type: str) -> str:
@@ -269,6 +273,18 @@ def sb_group(task_type: str) -> str:
     if t in {x.lower() for x in SB_CONTEXTUAL_TASKS}:
         return "contextual"
     return "real-time"
+
+
+def sb_part(task_type: str) -> str:
+    """The official file a task's items come in: "real", "omni", "sqa" or "proactive" (count.py's unit)."""
+    t = task_type.strip().lower()
+    if t == "sequential question answering":
+        return "sqa"
+    if t == "proactive output":
+        return "proactive"
+    if t in {x.lower() for x in SB_OMNI_FILE_TASKS}:
+        return "omni"
+    return "real"
 
 
 @dataclass
@@ -287,29 +303,42 @@ class SBQuestion:
     gt_time_s: float | None = None  # proactive
     gt_output: str = ""  # proactive
     required_ability: str = ""
+    time_stamp: str = ""  # as written (the official sequential-QA context quotes it)
+    sqa_group: int | None = None  # list-of-lists layout: index of the outer list (one context per group)
+    order: int = 0  # position in the file
 
     @property
     def group(self) -> str:
         return sb_group(self.task_type)
 
+    @property
+    def part(self) -> str:
+        return sb_part(self.task_type)
+
 
 def load_streamingbench(path: str | os.PathLike, video_root: str | None = None) -> list[SBQuestion]:
-    """StreamingBench JSON: a list of ``{"video_path", "questions": [...]}`` entries."""
+    """StreamingBench JSON: a list of ``{"video_path", "questions": [...]}`` entries, or the sequential-QA
+    layout (``questions_sqa.json``): a list of such lists, one per video, whose questions share a context."""
     root = video_root if video_root is not None else str(Path(path).parent)
-    data = read_json(path)
+    data = _as_list(read_json(path), str(path))
+    if data and all(isinstance(e, list) for e in data):
+        entries = [(g, f"{path} [{g}][{k}]", e) for g, group in enumerate(data) for k, e in enumerate(group)]
+    else:
+        entries = [(None, f"{path} [{i}]", e) for i, e in enumerate(data)]
     out: list[SBQuestion] = []
-    for i, entry in enumerate(_as_list(data, str(path))):
-        where = f"{path} [{i}]"
+    for i, (sqa_group, where, entry) in enumerate(entries):
         video_path = require(entry, "video_path", where)
         source = resolve_video(video_path, root)
         for j, q in enumerate(_as_list(require(entry, "questions", where), f"{where} questions")):
             qw = f"{where} questions[{j}]"
             task = str(require(q, "task_type", qw))
             question = str(require(q, "question", qw))
-            time_s = parse_time(require(q, "time_stamp", qw), f"{qw} time_stamp")
+            raw_ts = require(q, "time_stamp", qw)
+            time_s = parse_time(raw_ts, f"{qw} time_stamp")
             qid = str(q.get("id", f"{i}-{j}"))
             base = dict(qid=qid, source=source, video_path=video_path, task_type=task, question=question,
-                        time_s=time_s, required_ability=str(q.get("required_ability", "")))
+                        time_s=time_s, required_ability=str(q.get("required_ability", "")), time_stamp=str(raw_ts),
+                        sqa_group=sqa_group, order=len(out))
             if "ground_truth_time_stamp" in q or task.strip().lower() == "proactive output":
                 gt = parse_time(require(q, "ground_truth_time_stamp", qw), f"{qw} ground_truth_time_stamp")
                 out.append(SBQuestion(kind="proactive", gt_time_s=gt,
@@ -347,6 +376,8 @@ class OVOQuery:
     question: str = ""  # MCQ question, CRR question, REC activity, SSR step
     options: list[str] = field(default_factory=list)
     gold: Any = None  # MCQ: letter; REC: int count; SSR/CRR: bool (yes)
+    item: dict = field(default_factory=dict, repr=False)  # the benchmark item as read (official result files)
+    probe: int | None = None  # forward tasks: index into item["test_info"]
 
     @property
     def category(self) -> str:
@@ -400,7 +431,7 @@ def load_ovobench(path: str | os.PathLike, video_root: str | None = None) -> lis
             out.append(OVOQuery(qid=item_id, item_id=item_id, task=task, source=source, video=video,
                                 time_s=parse_time(require(item, "realtime", where), f"{where} realtime"),
                                 question=str(require(item, "question", where)), options=options,
-                                gold=_gold_letter(item, options, where)))
+                                gold=_gold_letter(item, options, where), item=item))
             continue
         if task == "REC":
             text = str(require(item, "activity", where))
@@ -425,7 +456,7 @@ def load_ovobench(path: str | os.PathLike, video_root: str | None = None) -> lis
                 q = text
                 gold = _yes_no_value(require(probe, "type", pw), f"{pw} type")
             out.append(OVOQuery(qid=f"{item_id}#{k}", item_id=item_id, task=task, source=source, video=video,
-                                time_s=t, question=q, gold=gold))
+                                time_s=t, question=q, gold=gold, item=item, probe=k))
     return out
 
 

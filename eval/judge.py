@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
+from eval import official, prompts
+
 logger = logging.getLogger(__name__)
 
 MAX_REFERENCE_CHARS = 8000
@@ -82,10 +84,11 @@ class JudgeStats:
         self.http_retries = 0
         self.invalid_retries = 0
         self.invalid = 0
+        self.not_a_letter = 0  # official Inf-Streams replies not starting with A or B (they count as "B")
 
     def to_dict(self) -> dict[str, int]:
         return dict(requests=self.requests, http_retries=self.http_retries, invalid_retries=self.invalid_retries,
-                    invalid=self.invalid)
+                    invalid=self.invalid, not_a_letter=self.not_a_letter)
 
 
 class _JudgeBase:
@@ -95,13 +98,13 @@ class _JudgeBase:
         self.stats = JudgeStats()
         self.invalid_retries = invalid_retries
 
-    def _complete(self, system: str, user: str) -> str:
+    def _complete(self, system: str, user: str, max_tokens: int | None = -1) -> str:
         raise NotImplementedError
 
-    def _ask_parsed(self, system: str, user: str, parse: Callable[[str], Any]) -> Any:
+    def _ask_parsed(self, system: str, user: str, parse: Callable[[str], Any], max_tokens: int | None = -1) -> Any:
         """Ask, parse strictly; an unparsable reply is retried ``invalid_retries`` times, then None."""
         for attempt in range(self.invalid_retries + 1):
-            reply = self._complete(system, user)
+            reply = self._complete(system, user, max_tokens)
             value = parse(reply)
             if value is not None:
                 return value
@@ -122,6 +125,22 @@ class _JudgeBase:
         """``{"pred": "yes"|"no", "score": 0..5}`` for an open-ended answer; None when invalid."""
         user = RATE_USER.format(question=question, answer=answer, prediction=prediction or "(empty)")
         return self._ask_parsed(RATE_SYSTEM, user, parse_rating)
+
+    def vote_official(self, reference: str, a: str, b: str) -> str:
+        """Inf-Streams judge.py: its prompts, inputs stripped and cut to 8000 characters, "A" when the reply
+        starts with "A" else "B" (replies starting with neither are counted in ``not_a_letter``)."""
+        n = prompts.INF_JUDGE_MAX_CHARS
+        user = prompts.INF_JUDGE_USER.format(reference=reference.strip()[:n], A=a.strip()[:n], B=b.strip()[:n])
+        reply = self._complete(prompts.INF_JUDGE_SYSTEM, user, None)
+        if not str(reply or "").strip().upper()[:1] in ("A", "B"):
+            self.stats.not_a_letter += 1
+        return official.inf_vote(reply)
+
+    def rate_official(self, question: str, answer: str, prediction: str) -> dict[str, Any] | None:
+        """RVS eval_open_ended.py: its prompts, the reply read with ast.literal_eval; an unreadable reply is
+        asked again (the official loop has no bound; here ``invalid_retries`` more times), then None."""
+        user = prompts.RVS_JUDGE_USER.format(question=question, answer=answer, pred=prediction)
+        return self._ask_parsed(prompts.RVS_JUDGE_SYSTEM, user, official.rvs_parse, prompts.RVS_JUDGE_MAX_TOKENS)
 
     def describe(self) -> dict[str, Any]:
         return {"judge": self.name, **self.stats.to_dict()}
@@ -162,10 +181,15 @@ class ChatJudge(_JudgeBase):
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
-    def _complete(self, system: str, user: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_tokens,
-                           "messages": [{"role": "system", "content": system},
-                                        {"role": "user", "content": user}]}).encode()
+    def _complete(self, system: str, user: str, max_tokens: int | None = -1) -> str:
+        """One chat completion at temperature 0; ``max_tokens`` -1 = the judge's own, None = not sent."""
+        req_body: dict[str, Any] = {"model": self.model, "temperature": 0,
+                                    "messages": [{"role": "system", "content": system},
+                                                 {"role": "user", "content": user}]}
+        mt = self.max_tokens if max_tokens == -1 else max_tokens
+        if mt is not None:
+            req_body["max_tokens"] = mt
+        body = json.dumps(req_body).encode()
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
@@ -241,6 +265,12 @@ class LexicalJudge(_JudgeBase):
         self.stats.requests += 1
         f = _f1(answer, prediction)
         return {"pred": "yes" if f >= 0.5 else "no", "score": int(round(5 * f))}
+
+    def vote_official(self, reference: str, a: str, b: str) -> str:
+        return self.pairwise(reference, a, b) or "B"
+
+    def rate_official(self, question: str, answer: str, prediction: str) -> dict[str, Any] | None:
+        return self.rate_answer(question, answer, prediction)
 
 
 def make_judge(url: str | None, model: str | None, api_key_env: str = "OPENAI_API_KEY",

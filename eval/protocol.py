@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from eval.official import sb_proactive_fires
 from eval.scoring import parse_yes_no
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class Query:
     probe_text: str | None = None  # proactive: what session.probe is asked about (probe mode)
     poll_prompt: str | None = None  # proactive: yes/no question asked every poll (ask mode)
     done: bool = False  # answered by an earlier run: only ``add_text_after`` is replayed
+    max_poll_tokens: int = 4  # proactive "ask"/"official" polls: tokens of each yes/no reply
 
 
 @dataclass
@@ -47,6 +49,7 @@ class QueryResult:
     ingest_wall_s: float = 0.0  # wall time of the ingestion just before this question
     fired_at_s: float | None = None  # proactive: poll time at which it fired (None: never)
     probes: list[tuple[float, float]] = field(default_factory=list)  # proactive: (poll time, P(yes) or 0/1)
+    dialog: list[dict[str, Any]] = field(default_factory=list)  # proactive ask/official: every poll's reply
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -64,12 +67,13 @@ def stream_queries(session: Any, queries: list[Query], on_result: Callable[[Quer
                    proactive_mode: str = "probe", on_event: Callable[[], None] | None = None) -> None:
     """Run ``queries`` over one session in a single pass of the stream (times ascending).
 
-    proactive_mode: "probe" (``session.probe(probe_text) >= threshold`` fires) or "ask" (the yes/no
-    ``poll_prompt`` is asked every poll; a reply starting with "yes" fires). Once fired, the query's
-    prompt is asked and its reply recorded with the poll time.
+    proactive_mode: "probe" (``session.probe(probe_text) >= threshold`` fires), "ask" (the yes/no
+    ``poll_prompt`` is asked every poll; a reply starting with "yes" fires) or "official" (asked the same
+    way; fires when "yes" occurs anywhere in the lower-cased reply, StreamingBench's rule). Once fired,
+    the query's prompt is asked and its reply recorded with the poll time.
     """
-    if proactive_mode not in ("probe", "ask"):
-        raise ValueError(f"proactive_mode must be 'probe' or 'ask', got {proactive_mode!r}")
+    if proactive_mode not in ("probe", "ask", "official"):
+        raise ValueError(f"proactive_mode must be 'probe', 'ask' or 'official', got {proactive_mode!r}")
     heap: list[tuple[float, int, int, Query]] = []
     for seq, q in enumerate(queries):
         if q.done and not q.add_text_after:
@@ -107,9 +111,11 @@ def stream_queries(session: Any, queries: list[Query], on_result: Callable[[Quer
                 p = float(session.probe(q.probe_text or q.prompt))
                 fire = p >= threshold
             else:
-                reply = ask(q.poll_prompt or q.prompt, 4).text
-                fire = parse_yes_no(reply) is True
+                reply = ask(q.poll_prompt or q.prompt, q.max_poll_tokens).text
+                fire = sb_proactive_fires(reply) if proactive_mode == "official" else parse_yes_no(reply) is True
                 p = 1.0 if fire else 0.0
+                res.dialog.append({"role": "user", "content": q.poll_prompt or q.prompt, "time": t})
+                res.dialog.append({"role": "assistant", "content": reply, "time": t})
             res.probes.append((t, p))
             end = q.poll_end_s if q.poll_end_s is not None else q.time_s
             nxt = t + poll_interval_s
@@ -118,6 +124,9 @@ def stream_queries(session: Any, queries: list[Query], on_result: Callable[[Quer
                 ans = ask(q.prompt, q.max_new_tokens)
                 res.reply, res.fired_at_s, res.asked_at_s = ans.text, t, session.stream_time_s
                 res.ttft_s, res.latency_s, res.tokens = ans.ttft_s, ans.latency_s, ans.tokens
+                if proactive_mode != "probe":
+                    res.dialog.append({"role": "user", "content": q.prompt, "time": t})
+                    res.dialog.append({"role": "assistant", "content": ans.text, "time": t})
             elif nxt <= end + 1e-9 and not stalled:
                 heapq.heappush(heap, (nxt, 1, seq, q))
                 continue
@@ -137,7 +146,7 @@ def open_session(agent: Any, source: str, *, start_s: float = 0.0, end_s: float 
     harness's ``events=FILE``) built here; always ``background=False`` (eval drives ``advance_to``)."""
     kw = {"background": False, "progress": False, **watch_kwargs}
     if source.startswith("synthetic"):
-        from eval.synthetic import open_synthetic
+        from vstream.sources import open_synthetic
 
         return agent.watch(open_synthetic(source, start_s, end_s), **kw)
     if start_s or end_s is not None:
@@ -151,13 +160,22 @@ def chunk_seconds_of(agent: Any, watch_kwargs: dict[str, Any] | None) -> float:
     return float(cs if cs else agent.config.sampler.chunk_seconds)
 
 
-def run_videos(agent: Any, groups: dict[str, list[Query]], on_result: Callable[[str, QueryResult], None], *,
+def configured(agent: Any, changes: dict[str, Any]) -> Any:
+    """``agent`` with config fields changed (a new Agent sharing the loaded model); ``agent`` when none."""
+    if not changes:
+        return agent
+    if hasattr(agent, "with_config"):
+        return agent.with_config(changes)
+    return type(agent)(agent.adapter, agent.config.replace(**changes).validate())
+
+
+def run_videos(agent: Any, groups: dict[Any, list[Query]], on_result: Callable[[str, QueryResult], None], *,
                watch_kwargs: dict[str, Any] | None = None, desc: str = "eval", show_progress: bool = True,
                threshold: float | None = None, proactive_mode: str = "probe") -> None:
     """One session per video (``background=False``), every pending query asked in one pass.
 
-    groups: source -> queries (done ones only replay their gold history). Videos with no pending
-    query are not opened at all.
+    groups: source (or (source, start_s): a session that starts at start_s) -> queries (done ones only
+    replay their gold history). Videos with no pending query are not opened at all.
     """
     from eval.runner import progress
 
@@ -167,10 +185,11 @@ def run_videos(agent: Any, groups: dict[str, list[Query]], on_result: Callable[[
     pending = {src: qs for src, qs in groups.items() if any(not q.done for q in qs)}
     total = sum(sum(not q.done for q in qs) for qs in pending.values())
     with progress(total, desc, show_progress, unit="q") as bar:
-        for vi, (src, qs) in enumerate(pending.items()):
+        for vi, (key, qs) in enumerate(pending.items()):
+            src, start = key if isinstance(key, tuple) else (key, 0.0)
             bar.set_postfix_str(f"video {vi + 1}/{len(pending)}")
-            logger.info("%s: %s (%d queries)", desc, src, sum(not q.done for q in qs))
-            with open_session(agent, src, **kw) as session:
+            logger.info("%s: %s from %gs (%d queries)", desc, src, start, sum(not q.done for q in qs))
+            with open_session(agent, src, start_s=start, **kw) as session:
                 def done(res: QueryResult, _src: str = src) -> None:
                     on_result(_src, res)
                     bar.update(1)

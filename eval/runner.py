@@ -154,3 +154,23 @@ def parse_video_filter(videos: str | Sequence[str] | None) -> set[str] | None:
     parts = videos.split(",") if isinstance(videos, str) else [p for v in videos for p in v.split(",")]
     out = {p.strip() for p in parts if p.strip()}
     return out or None
+
+
+def open_run(out_dir: str | os.PathLike, files: Sequence[str], items: Iterable[Any], *, resume: bool,
+             overwrite: bool, videos: Any, limit: int | None, what: str,
+             names: Any = None) -> tuple[Path, list]:
+    """The opening every runner shares: prepare ``out_dir``, keep the items of the selected videos
+    (``names(item)`` -> (source, *other names)), take the first ``limit``, refuse an empty selection.
+
+    Returns (out dir, selected items).
+    """
+    from eval.formats import video_matches
+
+    out = prepare_out_dir(out_dir, files, resume=resume, overwrite=overwrite)
+    wanted = parse_video_filter(videos)
+    picked = [it for it in items if names is None or video_matches(*names(it)[:1], wanted, *names(it)[1:])]
+    picked = take(picked, limit)
+    if not picked:
+        raise ValueError(f"no {what} selected; check --videos / --limit")
+    logger.info("%s: %d selected, results in %s", what, len(picked), out)
+    return out, picked

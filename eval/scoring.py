@@ -1,6 +1,6 @@
-"""Official scoring rules (REFERENCE.md): StreamingBench, OVO-Bench, Inf-Streams win rate, RVS.
+"""vstream's own parsing and scoring rules (``--protocol vstream``) and the shared aggregations.
 
-All scores are percentages (0..100) rounded only when rendered.
+The official rules live in eval/official.py. All scores are percentages (0..100) rounded only when rendered.
 """
 from __future__ import annotations
 
@@ -28,11 +28,6 @@ def first_letter(reply: str) -> str | None:
 def streamingbench_correct(reply: str, answer: str) -> bool:
     """StreamingBench rule: correct when the first character of the reply equals the answer letter."""
     return first_letter(reply) == answer.strip()[:1] and bool(answer.strip())
-
-
-def ovo_mcq_correct(reply: str, gold_letter: str) -> bool:
-    """OVO-Bench rule (official, lenient): correct when the gold letter occurs anywhere in the reply."""
-    return bool(gold_letter) and gold_letter in reply
 
 
 def parse_number(reply: str) -> int | None:

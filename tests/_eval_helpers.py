@@ -42,14 +42,30 @@ class SpySession:
 class SpyAgent:
     """Wraps a real Agent: records every watch() call and the sessions it opened."""
 
-    def __init__(self, agent: Any, fail_after_asks: int | None = None) -> None:
+    def __init__(self, agent: Any, fail_after_asks: int | None = None, _shared: dict | None = None) -> None:
         self._agent = agent
         self.config = agent.config
         self.model_name = agent.model_name
         self.fail_after_asks = fail_after_asks
-        self.asks = 0
-        self.watch_calls: list[tuple[Any, dict]] = []
-        self.sessions: list[SpySession] = []
+        # counters and records shared with the spies ``with_config`` makes
+        self._shared = _shared if _shared is not None else {"asks": 0, "watch_calls": [], "sessions": []}
+        self.watch_calls: list[tuple[Any, dict]] = self._shared["watch_calls"]
+        self.sessions: list[SpySession] = self._shared["sessions"]
+
+    @property
+    def asks(self) -> int:
+        return self._shared["asks"]
+
+    @asks.setter
+    def asks(self, value: int) -> None:
+        self._shared["asks"] = value
+
+    def with_config(self, changes: dict) -> "SpyAgent":
+        """A spy over an Agent with config fields changed (shares the model and this spy's records)."""
+        from vstream.api import Agent
+
+        inner = Agent(self._agent.adapter, self._agent.config.replace(**changes).validate())
+        return SpyAgent(inner, self.fail_after_asks, self._shared)
 
     def watch(self, source: Any, **kw: Any) -> SpySession:
         self.watch_calls.append((source, kw))

@@ -177,7 +177,8 @@ def test_infstreams_judging_both_orders_win_rate_and_no_key_in_files(key_env, tm
 
     with ChatServer(respond) as srv:
         judge = make_judge(srv.url, invalid_retries=1)
-        s = judge_infstreams(str(merged), str(windows), str(tmp_path / "out"), judge, show_progress=False)
+        s = judge_infstreams(str(merged), str(windows), str(tmp_path / "out"), judge, protocol="vstream",
+                             show_progress=False)
     # w0: ours wins both orders; w1: reference wins both; w2: one invalid order + one vote for the other
     assert (s["votes_ours"], s["votes_other"], s["invalid"], s["windows"]) == (2, 3, 1, 3)
     assert s["win_rate"] == pytest.approx(40.0)
@@ -191,3 +192,26 @@ def test_infstreams_judging_both_orders_win_rate_and_no_key_in_files(key_env, tm
             assert KEY not in p.read_text(), p
     assert KEY not in caplog.text
     assert parse_ab(" A ") == "A"
+
+
+def test_official_judging_sends_the_official_prompts_and_parses_as_the_official_code(key_env, tmp_path):
+    """Inf-Streams: judge.py's prompts, no max_tokens, "A" only when the reply starts with A (a reply that
+    starts with neither letter is a B vote and is counted). RVS: eval_open_ended.py's prompts, max_tokens 300,
+    the reply read as a Python literal; an unreadable one is asked again, a bounded number of times."""
+    from eval import prompts
+
+    replies = [(200, " a, clearly"), (200, "I prefer the second"), (200, "{'pred': 'yes', 'score': 4.8}"),
+               (200, "```json {\"pred\": \"no\"}```"), (200, "nope"), (200, "still nope")]
+    with ChatServer(scripted(replies)) as srv:
+        judge = make_judge(srv.url, invalid_retries=1)
+        assert judge.vote_official("  ref  ", " ours ", "theirs") == "A"
+        assert judge.vote_official("ref", "theirs", "ours") == "B"
+        assert judge.rate_official("What?", "a cup", "a red cup") == {"pred": "yes", "score": 4.8}
+        assert judge.rate_official("What?", "a cup", "x") is None
+    (b0, _), (_, _), (b2, _), (b3, _), (b4, _) = srv.requests[:5]
+    assert b0["messages"][0]["content"] == prompts.INF_JUDGE_SYSTEM and "max_tokens" not in b0
+    assert b0["messages"][1]["content"] == prompts.INF_JUDGE_USER.format(reference="ref", A="ours", B="theirs")
+    assert b2["messages"][0]["content"] == prompts.RVS_JUDGE_SYSTEM and b2["max_tokens"] == 300
+    assert "Predicted Answer: a red cup\n\n" in b2["messages"][1]["content"] and b2["temperature"] == 0
+    assert len(srv.requests) == 5  # the unreadable rating: asked twice (1 retry), then counted invalid
+    assert judge.stats.not_a_letter == 1 and judge.stats.invalid == 1

@@ -44,8 +44,9 @@ def _lines(path: Path) -> list[dict]:
 
 
 def _run(agent, bench, out, **kw):
+    # the vstream protocol runs to the end of the video (the official one stops at the last ASR word)
     return run_infstreams(agent, str(bench.infstreams_metadata), str(out), start_time=START, show_progress=False,
-                          videos=VIDEO, **kw)
+                          videos=VIDEO, protocol="vstream", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +121,16 @@ def test_resume_replays_the_recorded_text(agent, bench, tmp_path):
 
 def test_streamingbench_interrupted_then_resumed_equals_uninterrupted(agent, bench, tmp_path):
     full = run_streamingbench(agent, str(bench.streamingbench), str(tmp_path / "a"), show_progress=False,
-                              videos=VIDEO)
+                              videos=VIDEO, protocol="vstream")
     ref = {r["qid"]: r for r in _lines(tmp_path / "a" / "predictions.jsonl")}
 
     crashing = SpyAgent(agent, fail_after_asks=3)
     with pytest.raises(Interrupted):
         run_streamingbench(crashing, str(bench.streamingbench), str(tmp_path / "b"), show_progress=False,
-                           videos=VIDEO)
+                           videos=VIDEO, protocol="vstream")
     spy = SpyAgent(agent)
     again = run_streamingbench(spy, str(bench.streamingbench), str(tmp_path / "b"), resume=True, show_progress=False,
-                               videos=VIDEO)
+                               videos=VIDEO, protocol="vstream")
     got = {r["qid"]: r for r in _lines(tmp_path / "b" / "predictions.jsonl")}
     assert got.keys() == ref.keys() and len(_lines(tmp_path / "b" / "predictions.jsonl")) == len(ref)
     for qid, r in ref.items():
@@ -139,6 +140,22 @@ def test_streamingbench_interrupted_then_resumed_equals_uninterrupted(agent, ben
     mcq_left = sum(1 for r in ref.values() if r["kind"] in ("mcq", "sqa")) - 3
     assert spy.asks == mcq_left
     assert {k: v for k, v in again.items() if k != "model"} == {k: v for k, v in full.items() if k != "model"}
+
+
+def test_streamingbench_official_interrupted_then_resumed_equals_uninterrupted(agent, bench, tmp_path):
+    """Official protocol: proactive items on their own streams, sequential-QA contexts in the prompts."""
+    run = dict(show_progress=False, videos=VIDEO, protocol="official")
+    full = run_streamingbench(agent, str(bench.streamingbench), str(tmp_path / "a"), **run)
+    ref = {r["qid"]: r for r in _lines(tmp_path / "a" / "predictions.jsonl")}
+    with pytest.raises(Interrupted):
+        run_streamingbench(SpyAgent(agent, fail_after_asks=2), str(bench.streamingbench), str(tmp_path / "b"), **run)
+    again = run_streamingbench(SpyAgent(agent), str(bench.streamingbench), str(tmp_path / "b"), resume=True, **run)
+    got = {r["qid"]: r for r in _lines(tmp_path / "b" / "predictions.jsonl")}
+    assert got.keys() == ref.keys()
+    for qid, r in ref.items():
+        assert {k: got[qid].get(k) for k in ("prompt", "reply", "correct", "dialog")} == \
+               {k: r.get(k) for k in ("prompt", "reply", "correct", "dialog")}, qid
+    assert again["official"] == full["official"]
 
 
 def test_jsonl_log_cuts_a_partial_last_line(tmp_path):
@@ -155,7 +172,7 @@ def test_killed_subprocess_then_resumed(bench, reference_run, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "vstream", "eval", "infstreams", str(bench.infstreams_metadata), "--out", str(out),
            "--start-time", str(START), "--videos", VIDEO, "--model", "tiny-smolvlm", "--device", "cpu",
-           "--dtype", "float32", "--no-long-term", "--no-progress"]
+           "--dtype", "float32", "--no-long-term", "--no-progress", "--protocol", "vstream"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     chunks = out / CHUNKS

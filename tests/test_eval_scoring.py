@@ -50,15 +50,6 @@ def test_proactive_two_second_rule(fired, reply, ok):
 
 # ---- OVO-Bench -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("reply,ok", [
-    ("B", True), ("The answer is B.", True), ("(B) the cup", True),
-    ("Because", True),  # the official rule is lenient: the letter anywhere in the reply
-    ("b", False), ("A", False), ("", False),
-])
-def test_ovo_lenient_letter_match(reply, ok):
-    assert scoring.ovo_mcq_correct(reply, "B") is ok
-
-
 @pytest.mark.parametrize("reply,count,ok", [
     ("3", 3, True), ("They did it 3 times.", 3, True), ("three", 3, True), ("Three times", 3, True),
     ("2.0", 2, True), ("4", 3, False), ("I counted 4, maybe 3", 3, False),  # the first number counts

@@ -150,6 +150,17 @@ PRESETS: dict[str, AgentConfig] = {
     # Small and fast, for tests and CPU smoke runs.
     "tiny": _preset(**{"memory.window_chunks": 4, "memory.text_window_tokens": 64, "memory.prev_text_head": 32,
                        "memory.prev_text_tail": 32, "generation.max_new_tokens": 8, "sampler.fps": 2.0}),
+    # Simple baselines (SimpleStream: the last N frames, no memory; uniform offline sampling of all seen):
+    # 1 frame per 1-s chunk, only the recent window, nothing kept after eviction. The uniform-* presets
+    # answer from N frames re-sampled over everything seen (vstream.uniform.UniformAgent).
+    "last-4-frames": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 4,
+                                "memory.long_term": False}),
+    "last-8-frames": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 8,
+                                "memory.long_term": False}),
+    "uniform-16": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 16,
+                             "memory.long_term": False}),
+    "uniform-32": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 32,
+                             "memory.long_term": False}),
 }
 
 

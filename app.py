@@ -82,7 +82,7 @@ def build_app(ctl, args: argparse.Namespace):
     """Build the Blocks UI around ``ctl`` (an AppController); returns ``(demo, launch_kwargs)``."""
     import gradio as gr
 
-    from vstream.appkit import format_status, latency_frame
+    from vstream.appkit import SHARING_NOTE, format_status, latency_frame
     from vstream.sources import VIDEO_EXTENSIONS
 
     def act(fn, *a):
@@ -98,7 +98,8 @@ def build_app(ctl, args: argparse.Namespace):
 
     with gr.Blocks(title="vstream", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"## vstream: chat with a live video\nModel **{ctl.model_name}** on **{ctl.device}**. "
-                    "Pick a source, then ask about what it has seen while it keeps watching.")
+                    "Pick a source, then ask about what it has seen while it keeps watching.\n\n"
+                    f"*{SHARING_NOTE}*", elem_id="sharing")
         with gr.Row():
             with gr.Column(scale=2):
                 with gr.Tabs():
@@ -128,7 +129,7 @@ def build_app(ctl, args: argparse.Namespace):
                 plot = gr.LinePlot(latency_frame([]), x="stream time (s)", y="chunk latency (ms)", height=200,
                                    title="Per-chunk latency", elem_id="latency-plot")
             with gr.Column(scale=3):
-                chat = gr.Chatbot(ctl.messages(), label="Chat", height=380, elem_id="chat",
+                chat = gr.Chatbot([], label="Your chat (this browser only)", height=380, elem_id="chat",
                                   feedback_options=None, buttons=["copy"],
                                   group_consecutive_messages=False)
                 with gr.Row():
@@ -153,29 +154,35 @@ def build_app(ctl, args: argparse.Namespace):
                             alert_btn = gr.Button("Add alert", size="sm")
                             clear_btn = gr.Button("Clear alerts", size="sm")
         versions = gr.State((-1, -1, -1))
+        my_chat = gr.State(None)  # this browser's Chat (gradio keeps one State value per browser session)
         timer = gr.Timer(1.0)
 
         # ---- callbacks ----------------------------------------------------------------------
         def on_frame(frame):
             ctl.push_frame(frame)
 
-        def on_ask(q):
+        def own_chat(c):
+            return c if c is not None else ctl.new_chat()
+
+        def on_ask(q, c):
+            c = own_chat(c)
             try:
-                for msgs in ctl.ask(q):
-                    yield msgs, gr.skip(), ""
+                for msgs in ctl.ask(q, chat=c):
+                    yield msgs, gr.skip(), "", c
             except ValueError as e:
                 gr.Warning(str(e))
-                yield gr.skip(), gr.skip(), gr.skip()
+                yield gr.skip(), gr.skip(), gr.skip(), c
                 return
-            yield ctl.messages(), ctl.evidence(), ""
+            yield c.messages(), c.evidence(), "", c
 
-        def on_tick(seen):
+        def on_tick(seen, c):
+            c = own_chat(c)
             st = ctl.status()
-            now = (ctl.chat_version, ctl.evidence_version, ctl.commentary_version)
+            now = (c.version, c.evidence_version, ctl.commentary_version)
             return (format_status(st), latency_frame(st["latency_points"]),
-                    ctl.messages() if now[0] != seen[0] else gr.skip(),
-                    ctl.evidence() if now[1] != seen[1] else gr.skip(),
-                    ctl.commentary_text() if now[2] != seen[2] else gr.skip(), now)
+                    c.messages() if now[0] != seen[0] else gr.skip(),
+                    c.evidence() if now[1] != seen[1] else gr.skip(),
+                    ctl.commentary_text() if now[2] != seen[2] else gr.skip(), now, c)
 
         cam.stream(on_frame, inputs=[cam], outputs=None, stream_every=WEBCAM_STREAM_EVERY_S,
                    show_progress="hidden", concurrency_limit=1)
@@ -186,14 +193,16 @@ def build_app(ctl, args: argparse.Namespace):
         save_btn.click(lambda n: act(ctl.save, n), inputs=save_name, outputs=notice).then(
             saved_choices, outputs=saved)
         load_btn.click(lambda n: act(ctl.load, n), inputs=saved, outputs=notice)
-        question.submit(on_ask, inputs=question, outputs=[chat, evidence, question])
-        send.click(on_ask, inputs=question, outputs=[chat, evidence, question])
+        question.submit(on_ask, inputs=[question, my_chat], outputs=[chat, evidence, question, my_chat])
+        send.click(on_ask, inputs=[question, my_chat], outputs=[chat, evidence, question, my_chat])
         comm_on.change(lambda on: act(ctl.toggle_commentary, on), inputs=comm_on, outputs=notice)
         alert_btn.click(lambda t, thr: act(ctl.add_alert, t, thr), inputs=[alert_text, alert_thr], outputs=notice)
         clear_btn.click(lambda: act(ctl.clear_alerts), outputs=notice)
-        timer.tick(on_tick, inputs=versions, outputs=[status, plot, chat, evidence, comm_box, versions],
+        timer.tick(on_tick, inputs=[versions, my_chat],
+                   outputs=[status, plot, chat, evidence, comm_box, versions, my_chat],
                    show_progress="hidden", trigger_mode="once")
         demo.load(saved_choices, outputs=saved)
+        demo.load(lambda c: own_chat(c), inputs=my_chat, outputs=my_chat)  # a chat per browser from the start
     return demo, launch_kwargs(args)
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -261,8 +262,8 @@ class MemoryIndex:
             return idx
         try:
             idx._load(path)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            warn(f"index in {path} is unusable ({e}); rebuilding it from the store")
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            warn(f"index in {path} is unusable ({type(e).__name__}: {e}); rebuilding it from the store")
             idx = cls(store, **kw)
             idx.rebuild()
             return idx

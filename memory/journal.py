@@ -118,11 +118,12 @@ def decode_line(raw: bytes) -> dict | None:
     return d if crc == _line_crc(d) else None
 
 
-def read_journal(path: Path, durable: bool) -> list[tuple[int, dict]]:
+def read_journal(path: Path, durable: bool, *, repair: bool = True) -> list[tuple[int, dict]]:
     """The good lines of a journal as (1-based line number, body), in file order.
 
-    A last line without its newline (an append cut short by a crash) is cut off the file with a warning;
-    a line that fails to parse or its crc is skipped with a warning. A missing file reads as empty.
+    A last line without its newline (an append cut short by a crash) is ignored with a warning and, with
+    ``repair`` (a writer opening the store), cut off the file; a reader leaves the file as it is. A line
+    that fails to parse or its crc is skipped with a warning. A missing file reads as empty.
     """
     data = path.read_bytes() if path.exists() else b""
     pieces = data.split(b"\n")
@@ -130,8 +131,10 @@ def read_journal(path: Path, durable: bool) -> list[tuple[int, dict]]:
     out: list[tuple[int, dict]] = []
     for i, raw in enumerate(pieces):
         if i == len(pieces) - 1:
-            if raw:  # no newline: the append was cut short by a crash
+            if raw:  # no newline: the append was cut short by a crash (or is being written right now)
                 warn(f"{path}: truncated last journal line ({len(raw)} bytes) ignored")
+                if not repair:
+                    break
                 with open(path, "r+b") as f:
                     f.truncate(pos)
                     if durable:

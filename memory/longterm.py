@@ -72,7 +72,8 @@ class LongTerm:
             if d is None or not (d / "config.json").exists():
                 raise ValueError(f"{directory!s} is not a vstream memory directory (no config.json); give the "
                                  f"directory written by `vstream watch --memory-dir` or session.save()")
-            store = LongTermStore.open(d, expected=meta, ram_bytes=cfg.ram_bytes, device="cpu")
+            # a reader never changes the directory: damage is skipped (and the index rebuilt) in memory only
+            store = LongTermStore.open(d, expected=meta, ram_bytes=cfg.ram_bytes, device="cpu", read_only=True)
             index = MemoryIndex.load_or_rebuild(store, d, retriever=cfg.retriever, per_layer=cfg.per_layer,
                                                 exact_max=cfg.exact_index_max, embedder=embedder)
         else:
@@ -98,15 +99,24 @@ class LongTerm:
         return self._ocr.read if self._ocr is not None else None
 
     @property
+    def read_only(self) -> bool:
+        """True for a memory opened to answer from (``load_existing``): nothing is written to it."""
+        return bool(getattr(self.store, "read_only", False))
+
+    @property
     def persistent(self) -> bool:
-        return self.directory is not None
+        """True when what is added goes to a caller's directory (False for a read-only memory)."""
+        return self.directory is not None and not self.read_only
 
     def __len__(self) -> int:
         return len(self.store)
 
     def on_evict(self, seg: Segment) -> None:
-        """Store an evicted chunk (K/V to RAM/disk) and index it."""
+        """Store an evicted chunk (K/V to RAM/disk) and index it (not in a read-only memory)."""
         with self._lock:
+            if self.read_only:
+                logger.debug("read-only memory: chunk at %.2fs is not stored", seg.start_s)
+                return
             if seg.start_s in self._stored_chunks:
                 return
             cpu = self._for_store(seg)
@@ -155,7 +165,9 @@ class LongTerm:
 
     # ---- persistence --------------------------------------------------------------------------
     def flush(self, live: Sequence[Segment]) -> None:
-        """Write chunks still in the window too (at close or save), then the index."""
+        """Write chunks still in the window too (at close or save), then the index (no-op when read-only)."""
+        if self.read_only:
+            return
         for seg in live:
             self.on_evict(seg)
         if self.directory is not None:
@@ -204,6 +216,7 @@ class LongTerm:
         return self.store.disk_bytes_used()
 
     def close(self) -> None:
-        if self.directory is not None:
+        """Save the index (writers only) and release the store."""
+        if self.directory is not None and not self.read_only:
             self.index.save(self.directory)
         self.store.close()

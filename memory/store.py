@@ -3,7 +3,8 @@
 A memory directory holds::
 
     config.json       StoreMeta (model, family, layers, kv heads, head_dim, pos_dims, dtype, format version)
-    journal.jsonl     append-only, one JSON line per event ("add" an entry, "text" update), each with a crc32
+    journal.jsonl     append-only, one JSON line per event ("add" an entry, "text" update, "delete" entries),
+                      each with a crc32
     segments/         one safetensors file per entry: K/V per layer (optionally int8/int4), rel_pos, key_summary
     index/            FAISS indexes (written by memory.index.MemoryIndex.save; rebuildable from the store)
 
@@ -40,6 +41,7 @@ import torch
 from memory import quant
 from memory.journal import DirLock, Journal, atomic_write, encode_line, read_journal, warn
 from memory.segment import KINDS, VISION, Segment
+from memory.store_retention import RETENTION_OPS, RetentionMixin, replay
 from memory.types import FORMAT_VERSION, EntryInfo, StoreMeta
 
 __all__ = ["LongTermStore", "StoreMeta", "EntryInfo", "UnknownEntryError", "atomic_write"]
@@ -108,22 +110,24 @@ def _io_error(action: str, directory: Path, e: OSError) -> RuntimeError:
 # the store
 
 
-class LongTermStore:
+class LongTermStore(RetentionMixin):
     """Long-term memory entries: RAM tier (LRU, bounded in bytes; pinned when CUDA is used) over a disk tier.
 
     Every ``add`` writes through to disk (crash-safe), so the RAM tier is only a cache. ``directory=None``
     uses a private temporary directory (deleted on close) as the disk tier. Thread-safe: one thread may
-    add while others get.
+    add while others get. ``delete`` and ``compact`` (retention) come from ``memory.store_retention``.
     """
 
     def __init__(self, meta: StoreMeta, directory: str | Path | None = None, *, ram_bytes: int = 2 << 30,
                  quantize: str = "none", device: str | torch.device = "cpu", verify: str = "full",
-                 durable: bool | None = None) -> None:
+                 durable: bool | None = None, read_only: bool = False) -> None:
         """Create a store in ``directory`` (or reopen it when it already holds one written by ``meta``'s model).
 
         verify: "full" checks every segment's sha256 when reopening (skipping bad ones); "size" checks only
         sizes at open (segments are always checked when read). durable: fsync writes (default: True for
-        a caller's directory, False for the private temp directory).
+        a caller's directory, False for the private temp directory). read_only: open an existing store
+        for reading only: nothing in the directory is created, repaired, locked or written (damage is
+        skipped in memory, with warnings; repairs happen when a writer opens it); ``add`` raises.
         """
         if directory is not None and (Path(directory) / CONFIG_NAME).is_file():
             _read_config(Path(directory)).check_readable(str(directory))  # a newer format first, then the rest
@@ -148,6 +152,9 @@ class LongTermStore:
         self._dir_lock: DirLock | None = None
         self._journal: Journal | None = None
         self._temp = directory is None
+        self.read_only = bool(read_only)
+        if self.read_only and directory is None:
+            raise ValueError("read_only=True needs the directory of an existing memory")
         if directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="vstream-mem-"))
             self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.directory), True)
@@ -158,6 +165,8 @@ class LongTermStore:
         self._seg_dir = self.directory / SEGMENT_DIR
         try:
             config = self.directory / CONFIG_NAME
+            if self.read_only and not config.is_file():
+                raise ValueError(f"{self.directory} is not a vstream memory directory (no {CONFIG_NAME})")
             if config.exists():
                 found = _read_config(self.directory)
                 meta.check_compatible(found, str(self.directory))
@@ -165,9 +174,10 @@ class LongTermStore:
                     raise ValueError(f"memory at {self.directory} stores K/V as {found.dtype}, not {meta.dtype}; "
                                      f"open it with LongTermStore.open(...) and cast with get(dtype=...)")
                 self.meta = found
-                self._acquire_lock()
-                if format_version_for(quantize) > found.format_version:  # e.g. a v1 store reopened with k2v1.58
-                    self._bump_format(format_version_for(quantize))
+                if not self.read_only:
+                    self._acquire_lock()
+                if not self.read_only and format_version_for(quantize) > found.format_version:
+                    self._bump_format(format_version_for(quantize))  # e.g. a v1 store reopened with k2v1.58
                 self._load(verify)
             else:
                 if self.directory.exists() and any(not _leftover_of_creation(p) for p in self.directory.iterdir()):
@@ -179,7 +189,8 @@ class LongTermStore:
                 cfg = {"format": "vstream-memory", **meta.to_json(), "quantize": quantize}
                 atomic_write(config, json.dumps(cfg, indent=1).encode(), self._durable)
                 self._seg_dir.mkdir(exist_ok=True)
-            self._open_journal()
+            if not self.read_only:
+                self._open_journal()
         except OSError as e:
             self._release()
             raise _io_error("opening the store", self.directory, e) from None
@@ -189,8 +200,11 @@ class LongTermStore:
 
     @classmethod
     def open(cls, directory: str | Path, *, expected: StoreMeta | None = None, ram_bytes: int = 2 << 30,
-             device: str | torch.device = "cpu", quantize: str | None = None, verify: str = "full") -> "LongTermStore":
-        """Load an existing memory directory; ``expected`` (if given) must describe the same model."""
+             device: str | torch.device = "cpu", quantize: str | None = None, verify: str = "full",
+             read_only: bool = False) -> "LongTermStore":
+        """Load an existing memory directory; ``expected`` (if given) must describe the same model.
+
+        ``read_only``: for readers (answering from a saved memory): the directory is never changed."""
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise ValueError(f"{directory} is not a vstream memory directory (no {CONFIG_NAME})")
@@ -203,7 +217,8 @@ class LongTermStore:
                 quantize = str(json.loads((directory / CONFIG_NAME).read_text()).get("quantize", "none"))
             except (OSError, json.JSONDecodeError):
                 quantize = "none"
-        return cls(found, directory, ram_bytes=ram_bytes, quantize=quantize, device=device, verify=verify)
+        return cls(found, directory, ram_bytes=ram_bytes, quantize=quantize, device=device, verify=verify,
+                   read_only=read_only)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -253,20 +268,28 @@ class LongTermStore:
         if self._closed:
             raise RuntimeError("the long-term store is closed; open it again with LongTermStore.open(directory)")
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise RuntimeError(f"the memory in {self.directory} is open read-only; open it without read_only "
+                               f"to add to it")
+
     # ---- loading --------------------------------------------------------------------------------
 
     def _load(self, verify: str) -> None:
-        """Replay the journal: entries, text updates; skip what is damaged (with warnings)."""
-        self._seg_dir.mkdir(exist_ok=True)
-        for tmp in self._seg_dir.glob(".*.tmp"):  # leftovers of a crash during a segment write
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+        """Replay the journal: entries, text updates; skip what is damaged (with warnings).
+        A writer also repairs: leftover temp files removed, a torn last journal line cut off."""
+        if not self.read_only:
+            self._seg_dir.mkdir(exist_ok=True)
+            for tmp in self._seg_dir.glob(".*.tmp"):  # leftovers of a crash during a segment write
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
         jpath = self.directory / JOURNAL_NAME
         max_id = -1
         entries: dict[int, _Entry] = {}
-        for line_no, body in read_journal(jpath, self._durable):
+        for line_no, body in read_journal(jpath, self._durable, repair=not self.read_only):
             op = body.get("op")
             if op == "add":
                 try:
@@ -278,8 +301,12 @@ class LongTermStore:
                 entries[e.info.entry_id] = e
             elif op == "text":
                 e = entries.get(int(body.get("id", -1)))
+                self.dead_lines += 1
                 if e is not None:
                     e.info = dataclasses.replace(e.info, text=str(body.get("text", "")))
+            elif op in RETENTION_OPS:
+                max_id = max(max_id, replay(body, entries))
+                self.dead_lines += 1 + len(body.get("ids", ()))
             else:
                 warn(f"{jpath}: journal line {line_no} has unknown op {op!r}; skipped")
         for eid in sorted(entries):
@@ -290,6 +317,7 @@ class LongTermStore:
                 continue
             self._entries[eid] = e
         self._next_id = max_id + 1
+        self.remove_orphans(entries)
         logger.info("opened memory %s: %d entries", self.directory, len(self._entries))
 
     def _check_segment(self, e: _Entry, full: bool) -> str | None:
@@ -355,7 +383,7 @@ class LongTermStore:
 
     def add(self, seg: Segment) -> int:
         """Store ``seg`` (K/V per layer [1, H_kv, S, D]) durably; return its entry id (0, 1, 2, ...)."""
-        self._check_open()
+        self._check_writable()
         self._validate(seg)
         if seg.kind not in KINDS:
             raise ValueError(f"unknown segment kind {seg.kind!r}")
@@ -391,6 +419,10 @@ class LongTermStore:
                 self._ram_put(eid, tensors)
         return eid
 
+    @staticmethod
+    def _entry_line(e: _Entry) -> bytes:
+        return _entry_line(e)
+
     def _append_journal(self, line: bytes) -> None:
         """Append one journal line durably (the journal cuts itself back on failure)."""
         assert self._journal is not None
@@ -398,7 +430,7 @@ class LongTermStore:
 
     def set_text(self, entry_id: int, text: str) -> None:
         """Replace an entry's text (commentary arrives after the chunk was stored); journaled."""
-        self._check_open()
+        self._check_writable()
         with self._write_lock:
             with self._lock:
                 self._entry(entry_id)
@@ -536,7 +568,13 @@ class LongTermStore:
     def disk_bytes_used(self) -> int:
         """Bytes of the live entries' segment files plus the journal."""
         with self._lock:
-            journal = self._journal.size if self._journal is not None else 0
+            if self._journal is not None:
+                journal = self._journal.size
+            else:  # read-only: the journal as it is on disk
+                try:
+                    journal = (self.directory / JOURNAL_NAME).stat().st_size
+                except OSError:
+                    journal = 0
             return sum(e.size for e in self._entries.values()) + journal
 
 

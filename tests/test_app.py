@@ -255,3 +255,38 @@ def test_build_app_binds_localhost_by_default(make_ctl, monkeypatch):
     for bad in (["--auth", "nopassword"], ["--auth", ":x"], ["--port", "0"], ["--max-upload-mb", "0"]):
         with pytest.raises(SystemExit):
             app.parse_args(bad)
+
+
+def test_each_browser_has_its_own_chat_over_the_shared_stream(make_ctl):
+    """Two browser sessions (two chats) on one controller: a question and its answer appear only in the
+    asker's chat; the stream, its source change and alerts are shared; the UI says so."""
+    from vstream.appkit import SHARING_NOTE
+
+    ctl = make_ctl(realtime=False)
+    alice, bob = ctl.new_chat(), ctl.new_chat()
+    ctl.start_upload(SAMPLE)
+    ctl.session.run_to_end()
+    started = [m for m in alice.messages() if "Started upload" in m["content"]]
+    assert started and bob.messages() == alice.messages()  # the source change reached both
+    bob_before = bob.messages()
+    list(ctl.ask("Alice's private question?", max_new_tokens=4, chat=alice))
+    assert [m["content"] for m in alice.messages()[-2:-1]] == ["Alice's private question?"]
+    assert bob.messages() == bob_before and bob.evidence() == []  # nothing of Alice's reached Bob
+    assert alice.evidence()
+    list(ctl.ask("Bob asks too?", max_new_tokens=4, chat=bob))
+    assert "Bob asks too?" not in [m["content"] for m in alice.messages()]
+    assert "Alice's private question?" not in [m["content"] for m in bob.messages()]
+    # one stream for both: the same session answered both (two answers counted)
+    assert ctl.status()["stats"]["queries_answered"] == 2
+    # alerts concern everyone watching: posted into every chat
+    from vstream.types import Alert
+
+    ctl._alerts[1] = ("a person enters", None)
+    ctl._on_alert(ctl._generation, 1, Alert(condition="a person enters", at_s=3.0, probability=0.9, answer=None))
+    assert "Alert at 3.0s" in alice.messages()[-1]["content"] and "Alert at 3.0s" in bob.messages()[-1]["content"]
+    # the UI states what is shared and what is not
+    mod = load_app_module()
+    demo, _ = mod.build_app(ctl, mod.parse_args([]))
+    config = str(demo.config)
+    assert SHARING_NOTE in config and "Your chat (this browser only)" in config
+    assert "shared by everyone" in SHARING_NOTE and "yours alone" in SHARING_NOTE

@@ -144,6 +144,21 @@ def test_webcam_streams_and_chat_answers_with_evidence(tmp_path):
                 assert bot.count() >= 2  # the "Started webcam" note and the answer
                 wait_until(lambda: status_number(page, "frames kept / dropped") > kept, 15,
                            "the frame count to grow", log)
+                # a second browser session (another page) has its own chat over the same stream
+                page2 = ctx.new_page()
+                page2.set_default_timeout(15_000)
+                page2.goto(url)
+                assert "yours alone" in page2.locator("#sharing").inner_text()
+                page2.locator("#question textarea").fill("Second browser: what colour is the square?")
+                page2.locator("#question textarea").press("Enter")
+                wait_until(lambda: "asked at" in page2.locator("#chat").inner_text(), 20, "page 2's answer", log)
+                chat2 = page2.locator("#chat").inner_text()
+                assert "Second browser: what colour is the square?" in chat2
+                assert "What is moving on the screen?" not in chat2  # page 1's question stays in page 1
+                time.sleep(1.5)  # a refresh tick of page 1 (1 s timer) has passed
+                assert "Second browser" not in page.locator("#chat").inner_text()
+                assert "webcam: browser webcam" in page2.locator("#status").inner_text()  # the shared stream
+                page2.close()
                 shot = tmp_path / "app_screenshot.png"
                 page.screenshot(path=str(shot), full_page=True)
                 assert shot.stat().st_size > 10_000

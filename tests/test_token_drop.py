@@ -264,3 +264,31 @@ def test_watch_token_drop_json_stats(capsys):
     assert st["visual_tokens_kept"] + st["visual_tokens_dropped"] == st["chunks"] * 2 * adapter.image_seq_len
     assert st["visual_tokens_dropped"] > 0 and st["visual_tokens_kept"] >= st["chunks"]
 
+
+
+@pytest.mark.parametrize("ragged", [True, False], ids=["ragged", "padded"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_batched_perception_with_token_drop_equals_each_stream_alone(name, ragged):
+    """The fleet's batched path drops the same tokens and leaves the same caches as Engine.ingest alone."""
+    from vstream.batching import perceive_batch
+
+    adapter = tiny_adapter(name)
+    adapter.language_model().config._attn_implementation = "sdpa"
+    streams = [scene_chunks(4, seed=11), scene_chunks(4, seed=12), scene_chunks(4, seed=13)]
+    alone = [_engine(adapter, MIXED[name], window=2) for _ in streams]
+    together = [_engine(adapter, MIXED[name], window=2) for _ in streams]
+    for e in alone + together:
+        e.start()
+    reps_alone, reps_together = [], []
+    for i in range(4):
+        reps_alone += [e.ingest(s[i]) for e, s in zip(alone, streams)]
+        reps_together += perceive_batch(together, [s[i] for s in streams], ragged=ragged)
+    assert [(r.visual_kept, r.visual_dropped) for r in reps_alone] == \
+        [(r.visual_kept, r.visual_dropped) for r in reps_together]
+    assert sum(r.visual_dropped for r in reps_alone) > 0
+    for ea, eb in zip(alone, together):
+        assert ea.memory.next_pos == eb.memory.next_pos
+        for la, lb in zip(ea.memory.cache.layers, eb.memory.cache.layers):
+            assert la.keys.shape == lb.keys.shape
+            assert (la.keys - lb.keys).abs().max().item() <= TOL
+            assert (la.values - lb.values).abs().max().item() <= TOL

@@ -6,7 +6,7 @@ import logging
 __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["Agent", "Session", "Answer", "Evidence", "CommentaryItem", "Alert", "AgentConfig", "__version__"]
+__all__ = ["Agent", "Session", "Fleet", "Answer", "Evidence", "CommentaryItem", "Alert", "AgentConfig", "__version__"]
 
 
 def __getattr__(name: str):  # lazy: `import vstream` stays cheap (no torch import until needed)
@@ -14,6 +14,10 @@ def __getattr__(name: str):  # lazy: `import vstream` stays cheap (no torch impo
         from vstream import api
 
         return getattr(api, name)
+    if name == "Fleet":
+        from vstream.fleet import Fleet
+
+        return Fleet
     if name in ("Answer", "Evidence", "CommentaryItem", "Alert"):
         from vstream import types
 

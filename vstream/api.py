@@ -79,8 +79,13 @@ class Agent:
     def watch(self, source: Any, *, background: bool = True, realtime: bool | None = None, fps: float | None = None,
               chunk_seconds: float | None = None, memory_dir: str | Path | None = None, commentary: bool = False,
               previous_text: str = "", start_s: float = 0.0, end_s: float | None = None,
-              commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False) -> "Session":
-        """Open a session on ``source`` (path, URL, device, "synthetic:...", or a VideoSource)."""
+              commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False,
+              memory_append: bool = False) -> "Session":
+        """Open a session on ``source`` (path, URL, device, "synthetic:...", or a VideoSource).
+
+        ``memory_dir`` that already holds entries: resumed when it holds this source, else refused unless
+        ``memory_append`` (then this stream's times start after the stored ones; ``vstream.memory_source``).
+        """
         from vstream.sources import open_source
 
         cfg = self.config
@@ -96,7 +101,8 @@ class Agent:
         kw: dict[str, Any] = {"start_s": start_s, "end_s": end_s} if (start_s or end_s is not None) else {}
         src = open_source(source, **kw)
         return Session(self, cfg, src, background=background, memory_dir=memory_dir, commentary=commentary,
-                       previous_text=previous_text, commentary_replay=commentary_replay, progress=progress)
+                       previous_text=previous_text, commentary_replay=commentary_replay, progress=progress,
+                       memory_append=memory_append)
 
     def load(self, directory: str | Path) -> "Session":
         """A session over memory saved earlier (no source): ``ask`` answers from the stored entries."""
@@ -113,18 +119,26 @@ class Session:
     def __init__(self, agent: Agent, config: AgentConfig, source: Any, *, background: bool,
                  memory_dir: str | Path | None = None, commentary: bool = False, previous_text: str = "",
                  commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False,
-                 load_existing: bool = False) -> None:
+                 load_existing: bool = False, memory_append: bool = False) -> None:
         self.agent = agent
         self.config = config
-        self.source = source
         self.adapter = agent.adapter
         self.background = background
+        if memory_dir is not None and source is not None and not load_existing:
+            self._check_memory_dir(memory_dir, source, memory_append)  # refused: the directory is not opened
         self.long_term = _open_long_term(self.adapter, config.memory, memory_dir, load_existing)
+        #: seconds added to this source's times (a stream appended to a memory dir after its entries)
+        self.time_offset_s = 0.0
+        if memory_dir is not None and source is not None and not load_existing:
+            source = self._claim_memory_dir(memory_dir, source, memory_append)
+        self.source = source
         ocr = self.long_term.ocr if (self.long_term is not None and config.memory.ocr) else None
         self.engine = Engine(self.adapter, config, self.long_term, ocr=ocr)
         self.engine.start(previous_text)
         if load_existing and self.long_term is not None:
             self.engine.resume_at(self.long_term.latest_end_s())
+        elif self.time_offset_s:
+            self.engine.resume_at(self.time_offset_s)
         self.commentary_on = commentary
         self.commentary_replay = dict(commentary_replay or {})
         self.commentary_items: list[CommentaryItem] = []
@@ -138,6 +152,32 @@ class Session:
         self.pipeline = Pipeline(self.engine, source, config.sampler, self._perceive, background=background,
                                  progress=progress)
         self.pipeline.start()
+
+    @staticmethod
+    def _check_memory_dir(memory_dir, source, append: bool) -> None:
+        from vstream.memory_source import check_memory_dir
+
+        try:
+            check_memory_dir(memory_dir, source, append=append)
+        except BaseException:
+            if hasattr(source, "close"):
+                source.close()
+            raise
+
+    def _claim_memory_dir(self, memory_dir, source, append: bool):
+        """Resume / append / refuse (``vstream.memory_source``); the source shifted when appended."""
+        from vstream.memory_source import ShiftedSource, claim_memory_dir
+
+        lt = self.long_term
+        try:
+            self.time_offset_s = claim_memory_dir(memory_dir, source, entries=len(lt), stored_end_s=lt.latest_end_s(),
+                                                  append=append)
+        except BaseException:
+            lt.store.close()  # not lt.close(): nothing (the index) is written to a directory refused
+            if hasattr(source, "close"):
+                source.close()
+            raise
+        return ShiftedSource(source, self.time_offset_s) if self.time_offset_s else source
 
     def _perceive(self, chunk) -> None:
         """One chunk: ingest it, comment on it, then check the standing alerts."""
@@ -250,6 +290,10 @@ class Session:
             "process_rss_bytes": psutil.Process().memory_info().rss,
             "ended": pipe.ended,
             "error": pipe.error,
+            # a live stream's outages: {"at_s", "duration_s", "reason"} each, and the reconnects that ended them
+            "gaps": [{**g, "at_s": round(g["at_s"] + self.time_offset_s, 3)}
+                     for g in list(getattr(self.source, "gap_records", None) or [])],
+            "reconnects": int(getattr(self.source, "reconnects", 0) or 0),
         }
 
     def save(self, directory: str | Path) -> None:
@@ -258,6 +302,10 @@ class Session:
             raise ValueError("this session keeps no long-term memory (memory.long_term=False); nothing to save")
         with self.engine.write_lock:
             self.long_term.save(directory, extra=self.engine.live_vision())
+        if self.long_term.directory is not None:
+            from vstream.memory_source import copy_sources
+
+            copy_sources(self.long_term.directory, directory)
 
     def close(self) -> None:
         """Stop perception and answering; waits at most responder.close_timeout_s."""

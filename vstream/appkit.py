@@ -1,19 +1,21 @@
-"""The Gradio app's controller and view helpers (plain Python: no Gradio import, unit-testable).
+"""The Gradio app's controller (plain Python: no Gradio import, unit-testable); view helpers in appchat.
 
 ``AppController`` holds the Agent and the one current Session and has a method per UI action
 (start_webcam, push_frame, start_url, start_upload, ask, toggle_commentary, add_alert, status, save,
 load). Bad user input raises ``ValueError`` with a one-line message; the app shows it and the
-running session is left as it was. The chat, the evidence of the latest answer and the commentary
-are kept here (with version counters) so that callbacks from the session's threads (alerts,
-commentary) and the UI's periodic refresh all see one consistent picture.
+running session is left as it was. The stream (session), its alerts and commentary are shared by every
+browser; each browser has its own ``Chat`` (``new_chat()``, kept in Gradio's per-session state): its
+questions, answers and the evidence of its latest answer. Alerts and source changes are posted into
+every chat. Chats and commentary carry version counters so that callbacks from the session's threads
+and the UI's periodic refresh all see one consistent picture.
 """
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import re
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -21,121 +23,21 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vstream.appchat import (_NAME_RE, SHARING_NOTE, Chat, check_memory_name, clean_text,  # re-exported
+                             evidence_caption, evidence_items, format_status, human_bytes, latency_frame)
 from vstream.responder import stream_answer
 from vstream.sources import VIDEO_EXTENSIONS, PushSource, SourceError, is_url, open_source, probe
 from vstream.types import Alert, Answer, CommentaryItem
 
 logger = logging.getLogger(__name__)
 
-#: Saved-memory names: a plain folder name inside the app's memory root (no paths, no "..").
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: Control characters (random tiny models emit them) removed before text reaches the browser.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 NO_SOURCE = "No source is running: start the webcam, a URL, an upload, or load a saved memory first."
-
-
-def clean_text(text: str) -> str:
-    """Text safe to show: control characters removed."""
-    return _CONTROL_RE.sub("", text or "")
-
-
-def human_bytes(n: float | None) -> str:
-    """``1536`` -> ``"1.5 KiB"``."""
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def evidence_caption(start_s: float, end_s: float, score: float) -> str:
-    """``"12.0-13.0s (0.83)"``."""
-    return f"{start_s:.1f}-{end_s:.1f}s ({score:.2f})"
-
-
-def evidence_items(answer: Answer | None) -> list[tuple[Any, str]]:
-    """Gallery items ``(PIL image, caption)`` for the evidence of ``answer`` that has a thumbnail."""
-    from PIL import Image
-
-    out = []
-    for ev in (answer.evidence if answer is not None else []):
-        if not ev.thumbnail:
-            continue
-        try:
-            img = Image.open(io.BytesIO(ev.thumbnail)).convert("RGB")
-        except Exception as e:  # a damaged thumbnail should not break the answer
-            logger.warning("evidence thumbnail %.1f-%.1fs unreadable: %s", ev.start_s, ev.end_s, e)
-            continue
-        out.append((img, evidence_caption(ev.start_s, ev.end_s, ev.score)))
-    return out
-
-
-def check_memory_name(name: str) -> str:
-    """Return ``name`` stripped if it is a valid saved-memory name, else raise ValueError."""
-    name = (name or "").strip()
-    if not name:
-        raise ValueError("give the memory a name, e.g. lecture-1")
-    if ".." in name or not _NAME_RE.match(name) or name.endswith(".partial"):
-        raise ValueError(f"bad memory name {name!r}: use 1-64 letters, digits, '-', '_' or '.', "
-                         "with no '/' and no '..'")
-    return name
-
-
-def _fmt_s(x: float | None, unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
-    return "-" if x is None else f"{x * scale:.{digits}f} {unit}"
-
-
-def format_status(st: dict) -> str:
-    """The status panel as Markdown (a two-column table)."""
-    s = st.get("stats")
-    rows = [("model", f"{st['model']} on {st['device']}"), ("source", st["source"] or "none"),
-            ("commentary", st["commentary"])]
-    if s is not None:
-        mem = s.get("memory_bytes") or {}
-        rows += [
-            ("stream time", f"{s['stream_time_s']:.1f} s" + (" (ended)" if s.get("ended") else "")),
-            ("frames kept / dropped", f"{s['frames_kept']} / {s['frames_dropped']} (in {s['frames_in']})"),
-            ("chunks (dropped)", f"{s['chunks']} ({s.get('chunks_dropped', 0)})"),
-            ("chunk latency last / p50 / p95",
-             f"{_fmt_s(st.get('last_latency_s'), 'ms', 1e3, 0)} / {_fmt_s(s['chunk_latency_p50'], 'ms', 1e3, 0)}"
-             f" / {_fmt_s(s['chunk_latency_p95'], 'ms', 1e3, 0)}"),
-            ("time to first token p50 / p95",
-             f"{_fmt_s(s['ttft_p50'], 'ms', 1e3, 0)} / {_fmt_s(s['ttft_p95'], 'ms', 1e3, 0)}"),
-            ("decode speed", "-" if s.get("tokens_per_s") is None else f"{s['tokens_per_s']:.1f} tok/s"),
-            ("context tokens", str(s.get("context_tokens", "-"))),
-            ("memory device / RAM / disk",
-             f"{human_bytes(mem.get('device'))} / {human_bytes(mem.get('ram'))} / {human_bytes(mem.get('disk'))}"),
-            ("long-term entries", str(s.get("long_term_entries", 0))),
-            ("questions pending / answered", f"{s.get('queries_pending', 0)} / {s.get('queries_answered', 0)}"),
-        ]
-        if s.get("error"):
-            rows.append(("error", clean_text(str(s["error"]))))
-    wc = st.get("webcam")
-    if wc:
-        rows.append(("webcam frames pushed / dropped / ignored",
-                     f"{wc['pushed']} / {wc['dropped']} / {wc['ignored']}"))
-    if st.get("alerts"):
-        rows.append(("standing alerts", "; ".join(st["alerts"])))
-    body = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
-    return "| status | |\n|---|---|\n" + body
-
-
-def latency_frame(points: list[tuple[float, float]]):
-    """A DataFrame for the latency plot: stream time (s) vs chunk latency (ms)."""
-    import pandas as pd
-
-    return pd.DataFrame({"stream time (s)": [p[0] for p in points],
-                         "chunk latency (ms)": [p[1] for p in points]})
-
-
 class AppController:
     """The app's state: an Agent, the current Session, the chat, commentary and standing alerts.
 
-    One controller serves the whole app process (a single-person tool on 127.0.0.1): every browser
-    tab sees the same session. Methods are thread-safe; Gradio calls them from its worker threads.
+    One controller serves the whole app process: every browser tab sees the same session (stream,
+    alerts, commentary) and has its own ``Chat`` (``new_chat()``); methods that take ``chat=None`` use
+    the controller's default chat (one-user callers). Thread-safe; Gradio calls it from worker threads.
     """
 
     def __init__(self, agent, *, memory_root: str | Path = "vstream_memory", max_upload_mb: float = 500.0,
@@ -163,11 +65,9 @@ class AppController:
         self._generation = 0  # bumped at each session change; stale callbacks are ignored
         self._lock = threading.RLock()  # guards the session swap
         self._view = threading.Lock()  # guards chat / evidence / commentary
-        self._chat: list[dict] = []
         self._chat_limit = chat_limit
-        self.chat_version = 0
-        self._evidence: list[tuple[Any, str]] = []
-        self.evidence_version = 0
+        self._chats: weakref.WeakSet[Chat] = weakref.WeakSet()  # every live browser's chat
+        self.default_chat = self.new_chat()
         self._commentary: deque[str] = deque(maxlen=commentary_limit)
         self.commentary_version = 0
         self._alerts: dict[int, tuple[str, float | None]] = {}
@@ -185,28 +85,39 @@ class AppController:
         return f"{a.device} ({str(a.dtype).replace('torch.', '')})"
 
     # ---- chat, evidence, commentary --------------------------------------------------------------
-    def _post(self, role: str, content: str) -> dict:
-        msg = {"role": role, "content": content}
+    def new_chat(self) -> Chat:
+        """A chat for one more browser (it gets alerts and source changes from now on)."""
+        chat = Chat(self._chat_limit)
         with self._view:
-            self._chat.append(msg)
-            del self._chat[:-self._chat_limit]
-            self.chat_version += 1
-        return msg
+            self._chats.add(chat)
+        return chat
 
-    def _edit(self, msg: dict, content: str) -> None:
+    def _broadcast(self, role: str, content: str) -> None:
+        """Post into every live chat (source changes and alerts concern everyone watching)."""
         with self._view:
-            msg["content"] = content
-            self.chat_version += 1
+            chats = list(self._chats)
+        for chat in chats:
+            chat.post(role, content)
 
-    def messages(self) -> list[dict]:
+    def _chat(self, chat: Chat | None) -> Chat:
+        return self.default_chat if chat is None else chat
+
+    def messages(self, chat: Chat | None = None) -> list[dict]:
         """The chat as Gradio messages (copies)."""
-        with self._view:
-            return [dict(m) for m in self._chat]
+        return self._chat(chat).messages()
 
-    def evidence(self) -> list[tuple[Any, str]]:
-        """Gallery items of the latest answer: ``(PIL image, "12.0-13.0s (0.83)")``."""
-        with self._view:
-            return list(self._evidence)
+    def evidence(self, chat: Chat | None = None) -> list[tuple[Any, str]]:
+        """Gallery items of the chat's latest answer: ``(PIL image, "12.0-13.0s (0.83)")``."""
+        return self._chat(chat).evidence()
+
+    @property
+    def chat_version(self) -> int:
+        """The default chat's version (see ``Chat.version`` for a browser's own)."""
+        return self.default_chat.version
+
+    @property
+    def evidence_version(self) -> int:
+        return self.default_chat.evidence_version
 
     def commentary_text(self) -> str:
         """The latest commentary lines, newest last: ``"[12.0-13.0s] text"``."""
@@ -227,7 +138,7 @@ class AppController:
         text = f"◆ **Alert at {alert.at_s:.1f}s**: {clean_text(alert.condition)} (p={alert.probability:.2f})"
         if alert.answer is not None and alert.answer.text.strip():
             text += "\n\n" + clean_text(alert.answer.text).strip()
-        self._post("assistant", text)
+        self._broadcast("assistant", text)
 
     # ---- sessions -----------------------------------------------------------------------------
     def _swap(self, make_session, kind: str, label: str, push: PushSource | None = None):
@@ -250,7 +161,7 @@ class AppController:
             self.commentary_version += 1
         note = (f"▶ Opened {label} (no live source)" if kind == "memory" else
                 f"▶ Started {kind}: {label}" + (" (live commentary on)" if commentary else ""))
-        self._post("assistant", f"*{note}*")
+        self._broadcast("assistant", f"*{note}*")
         logger.info("%s", note)
         return session
 
@@ -421,60 +332,59 @@ class AppController:
         return f"Removed {n} alert(s)."
 
     # ---- questions ----------------------------------------------------------------------------
-    def ask(self, question: str, *, max_new_tokens: int | None = None,
-            piece_timeout_s: float = 120.0) -> Iterator[list[dict]]:
-        """Ask about the stream; yields the chat after the question and after each streamed piece.
+    def ask(self, question: str, *, max_new_tokens: int | None = None, piece_timeout_s: float = 120.0,
+            chat: Chat | None = None) -> Iterator[list[dict]]:
+        """Ask about the stream; yields ``chat``'s messages after the question and after each streamed piece.
 
-        The feed keeps playing meanwhile. At the end the answer carries its evidence time spans and
-        ``evidence()`` holds its thumbnails.
+        Only ``chat`` (default: the controller's own) shows the question and its answer. The feed keeps
+        playing meanwhile. At the end the answer carries its evidence time spans and ``evidence(chat)``
+        holds its thumbnails.
         """
         question = " ".join((question or "").split())
         if not question:
             raise ValueError("type a question about the stream")
+        chat = self._chat(chat)
         with self._lock:
             session = self.session
-        self._post("user", clean_text(question))
+        chat.post("user", clean_text(question))
         if session is None:
-            self._post("assistant", NO_SOURCE)
-            yield self.messages()
+            chat.post("assistant", NO_SOURCE)
+            yield chat.messages()
             return
-        msg = self._post("assistant", "▌")
-        yield self.messages()
+        msg = chat.post("assistant", "▌")
+        yield chat.messages()
         try:
             fut, pieces = stream_answer(session.ask_async, question, max_new_tokens=max_new_tokens,
                                         piece_timeout_s=piece_timeout_s)
         except (ValueError, RuntimeError) as e:
-            self._edit(msg, f"⚠ {clean_text(str(e))}")
-            yield self.messages()
+            chat.edit(msg, f"⚠ {clean_text(str(e))}")
+            yield chat.messages()
             return
         text = ""
         try:
             for p in pieces:
                 text += p
-                self._edit(msg, clean_text(text) + " ▌")
-                yield self.messages()
+                chat.edit(msg, clean_text(text) + " ▌")
+                yield chat.messages()
             ans = fut.result()
         except TimeoutError:  # decoding was cancelled with it
-            self._edit(msg, clean_text(text) + f" … (no answer within {piece_timeout_s:.0f} s)")
-            yield self.messages()
+            chat.edit(msg, clean_text(text) + f" … (no answer within {piece_timeout_s:.0f} s)")
+            yield chat.messages()
             return
         except CancelledError:
-            self._edit(msg, clean_text(text) + " … (interrupted: the session was closed)")
-            yield self.messages()
+            chat.edit(msg, clean_text(text) + " … (interrupted: the session was closed)")
+            yield chat.messages()
             return
         except Exception as e:
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            self._edit(msg, f"⚠ answering failed: {clean_text(why)}")
-            yield self.messages()
+            chat.edit(msg, f"⚠ answering failed: {clean_text(why)}")
+            yield chat.messages()
             return
         finally:
             pieces.close()  # the UI stopped reading early: stop decoding too
-        items = evidence_items(ans)
-        with self._view:
-            self._evidence = items
-            self.evidence_version += 1
-        self._edit(msg, format_answer(ans))
-        yield self.messages()
+        chat.set_evidence(evidence_items(ans))
+        chat.edit(msg, format_answer(ans))
+        yield chat.messages()
 
     # ---- status -------------------------------------------------------------------------------
     def status(self) -> dict:

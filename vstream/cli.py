@@ -8,12 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import signal
 import sys
+import warnings
 from typing import Any, Sequence
 
 from eval.cli import add_eval_parser
 from vstream import bench
 from vstream.cliargs import agent_from_args
+from vstream.fleet_cli import add_parser as add_fleet_parser
 
 logger = logging.getLogger(__name__)
 
@@ -24,15 +29,62 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager stopping vstream): unwinds like Ctrl-C, so memory is flushed the same way."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def _parse_ask(spec: str) -> tuple[float, str]:
     t, sep, q = spec.partition(":")
+    example = 'write TIME:QUESTION, e.g. --ask "12.5:What is on the board?"'
+    if not sep or not q.strip():
+        raise CLIError(f"--ask {spec!r} is not TIME:QUESTION; {example}")
     try:
         tt = float(t)
     except ValueError:
-        tt = -1.0
-    if not sep or tt < 0 or not q.strip():
-        raise CLIError(f"--ask {spec!r} is not TIME:QUESTION; write e.g. --ask \"12.5:What is on the board?\"")
+        raise CLIError(f"--ask {spec!r}: {t.strip()!r} is not a time in seconds; {example}") from None
+    if not math.isfinite(tt) or tt < 0:
+        raise CLIError(f"--ask {spec!r}: the time must be a finite number of seconds >= 0; {example}")
     return tt, q.strip()
+
+
+def _check_fps(fps: float | None) -> None:
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise CLIError(f"--fps {fps:g} is not a finite number > 0; pass e.g. --fps 2")
+
+
+def _check_config(args) -> None:
+    """What the config says about --fps, before anything is loaded: at least one frame per chunk."""
+    from vstream.cliargs import config_overrides
+    from vstream.config import from_name
+
+    cfg = from_name(args.config or ("tiny" if (args.model or "").startswith("tiny-") else "default"))
+    cfg = cfg.replace(**config_overrides(args))
+    if args.fps is not None:
+        cfg = cfg.replace(**{"sampler.fps": args.fps})
+    cfg.validate()
+    sc = cfg.sampler
+    if sc.fps * sc.chunk_seconds < 1 - 1e-9:
+        raise CLIError(f"--fps {sc.fps:g} keeps one frame every {1 / sc.fps:g} s, fewer than one per "
+                       f"{sc.chunk_seconds:g}-s chunk; use --fps {1 / sc.chunk_seconds:g} or more")
+
+
+def _fix_negative_values(argv: list[str]) -> list[str]:
+    """``--ask -5:q`` would read as an unknown option: join it as ``--ask=-5:q`` so that it gets a clear error."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("--ask", "--fps") and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--":
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
 
 
 class Emitter:
@@ -57,12 +109,38 @@ def _answer_fields(ans) -> dict:
 
 
 def cmd_watch(args) -> int:
+    from vstream.models.registry import check_model_name
+    from vstream.sources import open_source
+
+    # everything that can be checked is checked before the model loads: arguments, model name, source
     asks = sorted((_parse_ask(a) for a in args.ask), key=lambda x: x[0])
+    _check_fps(args.fps)
+    _check_config(args)
+    check_model_name(args.model)
+    source = open_source(args.source)
+    if args.memory_dir:
+        from vstream.memory_source import check_memory_dir
+
+        try:
+            check_memory_dir(args.memory_dir, source, append=args.memory_append)
+        except BaseException:
+            source.close()
+            raise
+    duration = getattr(source, "duration", None)
+    for t, q in asks:
+        if duration is not None and t > duration + 1e-6:
+            logger.warning("--ask at %gs is past the end of %r (%.1f s): it is asked at the end", t,
+                           getattr(source, "name", args.source), duration)
     em = Emitter(args.json)
-    agent = agent_from_args(args)
-    session = agent.watch(args.source, background=args.realtime, realtime=args.realtime, fps=args.fps,
-                          memory_dir=args.memory_dir, commentary=args.commentary,
+    try:
+        agent = agent_from_args(args)
+    except BaseException:
+        source.close()
+        raise
+    session = agent.watch(source, background=args.realtime, realtime=args.realtime, fps=args.fps,
+                          memory_dir=args.memory_dir, commentary=args.commentary, memory_append=args.memory_append,
                           progress=not args.json and not args.realtime and sys.stderr.isatty())
+    offset = session.time_offset_s  # appended to a memory dir: this stream's times start there
     with session:
         if args.commentary:
             session.on_commentary(lambda c: em.emit("commentary", f"[{c.start_s:.1f}-{c.end_s:.1f}s] {c.text}",
@@ -74,11 +152,13 @@ def cmd_watch(args) -> int:
                 at_s=al.at_s, condition=al.condition, probability=al.probability,
                 text=al.answer.text if al.answer else None))
         for t, q in asks:
+            t += offset
             reached = session.advance_to(t)
             if session.error:
                 break
             if reached < t:
-                logger.info("stream ended at %.1fs, before %.1fs; asking now", reached, t)
+                logger.warning("the stream ended at %.1fs, before the question's time %gs: asked at %.1fs",
+                               reached, t, reached)
             ans = session.ask(q)
             em.emit("answer", f"[{ans.asked_at_s:.1f}s] Q: {q}\n        A: {ans.text}", **_answer_fields(ans))
         if not asks or args.commentary or args.notify or args.memory_dir:
@@ -86,14 +166,42 @@ def cmd_watch(args) -> int:
         if session.error:
             raise CLIError(session.error)
         st = session.stats()
+        for g in st["gaps"]:
+            em.emit("gap", f"[{g['at_s']:.1f}s] stream lost for {g['duration_s']:.1f}s ({g['reason']}); reconnected",
+                    **g)
         em.emit("stats", f"watched {st['stream_time_s']:.1f}s: {st['chunks']} chunks, {st['frames_kept']} frames kept, "
-                         f"{st['frames_dropped']} dropped, chunk latency p50 {st['chunk_latency_p50'] or 0:.3f}s",
+                         f"{st['frames_dropped']} dropped, chunk latency p50 {st['chunk_latency_p50'] or 0:.3f}s"
+                         + (f", {len(st['gaps'])} gap(s), {st['reconnects']} reconnect(s)" if st["gaps"] else ""),
                 **{k: v for k, v in st.items() if k != "error"})
     return 0
 
 
+def _recorded_model(memory_dir: str) -> str | None:
+    """The model a memory directory was written by (its config.json), or None when unreadable."""
+    from pathlib import Path
+
+    try:
+        cfg = json.loads((Path(memory_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
 def cmd_ask(args) -> int:
+    from pathlib import Path
+
+    from vstream.models.registry import check_model_name
+
     em = Emitter(args.json)
+    if not (Path(args.memory_dir) / "config.json").is_file():  # before loading anything
+        raise CLIError(f"{args.memory_dir} is not a vstream memory directory (no config.json); give the directory "
+                       f"written by `vstream watch --memory-dir` or session.save()")
+    check_model_name(args.model)
+    if args.model is None:  # the model that wrote the memory (its entries only make sense for it)
+        args.model = _recorded_model(args.memory_dir)
+        if args.model is not None:
+            logger.info("using the model recorded in %s: %s", args.memory_dir, args.model)
     if args.retriever is None:  # the retrievers the memory was indexed with (no rebuild), else both
         from memory.index import MemoryIndex
 
@@ -152,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--token-drop", type=float, default=None, metavar="T",
                    help="skip visual tokens whose cosine similarity to the same cell of the previous frame is > T")
     w.add_argument("--realtime", action="store_true", help="pace to the wall clock, drop frames when behind")
-    w.add_argument("--memory-dir", default=None, help="persist long-term memory here (crash-safe, as it goes)")
+    w.add_argument("--memory-dir", default=None, help="persist long-term memory here (crash-safe, as it goes); "
+                                                      "the same source again resumes it")
+    w.add_argument("--memory-append", action="store_true",
+                   help="the memory dir holds another video: add this one after it, its times starting where "
+                        "the stored ones end (its own time base)")
     w.add_argument("--ocr", action="store_true", help="OCR a keyframe per chunk into memory (slides, signs); "
                                                       "turns on the text retriever too (--retriever both)")
     w.set_defaults(func=cmd_watch)
@@ -168,18 +280,53 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     bench.add_parser(sub)
+    add_fleet_parser(sub)
     add_eval_parser(sub)
     return ap
 
 
+def _quiet_stderr(verbose: bool) -> None:
+    """Keep stderr to vstream's own lines unless -v: no native decoder logs, library warnings or load bars."""
+    if verbose:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers/huggingface_hub import
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.simplefilter("ignore")  # damage worth telling is logged by vstream (once, not also as a warning)
+    try:
+        import av.logging
+
+        av.logging.set_level(None)  # PyAV: libav's own lines off
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import decord.logging
+
+        decord.logging.set_level(decord.logging.QUIET)  # decord ships its own libav
+    except ImportError:  # pragma: no cover
+        pass
+    for mod, fn in (("transformers.utils.logging", "disable_progress_bar"),
+                    ("huggingface_hub.utils", "disable_progress_bars")):
+        if mod.split(".")[0] in sys.modules:  # already imported: the environment variable came too late
+            getattr(sys.modules.get(mod) or __import__(mod, fromlist=[fn]), fn)()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_fix_negative_values(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_stderr(args.verbose)
     as_json = getattr(args, "json", False)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)  # flush memory as Ctrl-C does
+    except ValueError:  # not the main thread (e.g. called from a test's worker): leave SIGTERM alone
+        pass
     try:
         return int(args.func(args) or 0)
+    except Terminated:
+        print("vstream: terminated (SIGTERM); what was watched is saved (as on Ctrl-C)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -191,3 +338,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logger.exception("details")
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -49,6 +49,9 @@ class MemoryConfig:
     token_drop: float | None = None  # drop a visual token when its cosine similarity to the same grid cell of
     #                                  the previous kept frame is above this (None: off; 1.0 drops nothing)
     token_drop_floor: float = 0.1  # token drop keeps at least this fraction (and >= 1) of a chunk's visual tokens
+    max_disk_bytes: int = 0  # retention: the store (segments + journal) is kept under this many bytes, oldest
+    #                          entries deleted first (0 = no cap)
+    max_age_s: float = 0.0  # retention: entries that ended more than this much stream time ago are deleted (0 = keep)
 
     def validate(self) -> None:
         if self.window_chunks < 1:
@@ -68,6 +71,11 @@ class MemoryConfig:
             raise ValueError("retrieve_k must be >= 0")
         if not 0 < self.query_layers <= 1:
             raise ValueError(f"query_layers must be in (0, 1], got {self.query_layers}")
+        if not isinstance(self.max_disk_bytes, int) or self.max_disk_bytes < 0:
+            raise ValueError(f"max_disk_bytes must be a whole number of bytes >= 0 (0 = no cap), "
+                             f"got {self.max_disk_bytes!r}")
+        if not self.max_age_s >= 0:
+            raise ValueError(f"max_age_s must be >= 0 seconds (0 = keep forever), got {self.max_age_s!r}")
 
 
 @dataclass

@@ -166,13 +166,42 @@ class Engine:
         self._require_started()
         self.apply_inbox()
         t0 = time.perf_counter()
-        a, mm, mc = self.adapter, self.memory, self.config.memory
+        a, mm = self.adapter, self.memory
         tokens = a.embed_chunk(chunk.marker, chunk.frames)
-        tokens, dropped = self._drop_tokens(tokens)
+        tokens = self.drop_tokens(tokens)
         start = mm.next_pos
         with a.capture_projection_means("k") as kmeans:
             prefill(a, mm.cache, tokens, start, logits="none")
         key_summary = torch.stack([m.cpu() for m in kmeans]) if kmeans and kmeans[0] is not None else None  # [L, HD]
+        return self._commit_chunk(chunk, tokens, start, key_summary, t0)
+
+    @_writes
+    @_on_stream("perception")
+    def ingest_prefilled(self, chunk, tokens, start: int, cache_keys: Sequence[torch.Tensor],
+                         cache_values: Sequence[torch.Tensor], key_summary: torch.Tensor | None,
+                         t0: float | None = None) -> ChunkReport:
+        """Commit a chunk prefilled elsewhere (a batched prefill over several streams, vstream.batching).
+
+        ``tokens`` is the chunk's ``Tokens``; ``start`` must be this memory's next position (the prefill ran
+        there); ``cache_keys``/``cache_values`` per layer [1, H_kv, N + S, D]: this engine's cache (N tokens)
+        followed by the chunk's K/V post-RoPE at ``start + rel_pos`` — the cache a prefill would leave (new
+        tensors: snapshots keep the old ones). ``key_summary`` [L, H_kv * D] fp32. From here on it is
+        ``ingest``: the same segment, evictions and long-term store.
+        """
+        self._require_started()
+        mm = self.memory
+        if start != mm.next_pos:
+            raise RuntimeError(f"chunk was prefilled at position {start} but the memory is at {mm.next_pos}; "
+                               f"prefill against this engine's current cache")
+        if len(cache_keys) != self.adapter.num_layers or \
+                int(cache_keys[0].shape[-2]) != mm.context_tokens + tokens.n_tokens:
+            raise RuntimeError("prefilled K/V do not match the model's layers or this cache plus the chunk")
+        mm.cache = fill_cache(self.adapter.new_cache(), cache_keys, cache_values)
+        return self._commit_chunk(chunk, tokens, start, key_summary, time.perf_counter() if t0 is None else t0)
+
+    def _commit_chunk(self, chunk, tokens, start: int, key_summary: torch.Tensor | None, t0: float) -> ChunkReport:
+        """The prefilled chunk (the last ``tokens.n_tokens`` of the cache) becomes a live segment."""
+        mm, mc = self.memory, self.config.memory
         mid = chunk.frames[len(chunk.frames) // 2]
         text = chunk.marker
         if self.ocr is not None:
@@ -189,14 +218,16 @@ class Engine:
         evicted = mm.commit(seg)
         return ChunkReport(index=chunk.index, start_s=chunk.start_s, end_s=chunk.end_s, n_tokens=tokens.n_tokens,
                            latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens,
-                           visual_kept=tokens.n_vision, visual_dropped=dropped)
+                           visual_kept=tokens.n_vision, visual_dropped=tokens.n_dropped)
 
-    def _drop_tokens(self, tokens):
-        """Token drop (memory.token_drop): the chunk's tokens to prefill, and how many visual ones were dropped."""
-        tokens, dropped, self.last_keep = drop_chunk_tokens(self.adapter, self.token_drop, tokens)
+    def drop_tokens(self, tokens):
+        """Token drop (memory.token_drop): the chunk's tokens to prefill (``n_dropped`` says how many went).
+
+        Perception calls it once per chunk, in stream order, before the prefill (the batched path too)."""
+        tokens, _, self.last_keep = drop_chunk_tokens(self.adapter, self.token_drop, tokens)
         self.visual_tokens_kept += tokens.n_vision
-        self.visual_tokens_dropped += dropped
-        return tokens, dropped
+        self.visual_tokens_dropped += tokens.n_dropped
+        return tokens
 
     @_writes
     @_on_stream("perception")

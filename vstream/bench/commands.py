@@ -12,7 +12,7 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``bench`` with ``ingest``, ``memory`` and ``realtime`` to ``sub`` (argparse sub-parsers)."""
+    """Add ``bench`` with ``ingest``, ``memory``, ``realtime`` and ``fleet`` to ``sub`` (argparse sub-parsers)."""
     b = sub.add_parser("bench", help="efficiency benchmarks -> JSON + PNG")
     bs = b.add_subparsers(dest="bench", required=True)
     i = bs.add_parser("ingest", help="per-chunk latency/memory: engine vs full attention vs recompute")
@@ -59,6 +59,17 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--out", default="bench_out")
     t.set_defaults(func=_cli_tokens)
+    f = bs.add_parser("fleet", help="many streams: batched Fleet vs separate sessions (chunks/s, latency, memory)")
+    f.add_argument("--streams", default="1,2,4,8,16", help="stream counts")
+    f.add_argument("--model", default="small-llava-onevision")
+    f.add_argument("--chunks", type=int, default=24, help="chunks per stream")
+    f.add_argument("--window", type=int, default=8)
+    f.add_argument("--size", type=int, default=64, help="synthetic frame side in pixels")
+    f.add_argument("--max-batch", type=int, default=16)
+    f.add_argument("--repeats", type=int, default=3, help="runs per stream count and mode (median reported)")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--out", default="bench_out")
+    f.set_defaults(func=_cli_fleet)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -124,4 +135,11 @@ def _cli_tokens(args: argparse.Namespace) -> int:
     p = write_json(res, out, "tokens")
     plot_tokens(res, out / "tokens.png")
     _report({"json": str(p), "png": str(out / "tokens.png"), "summary": summary(res)})
+    return 0
+
+
+def _cli_fleet(args: argparse.Namespace) -> int:
+    from vstream.bench.fleet import run
+
+    _report(run(args))
     return 0

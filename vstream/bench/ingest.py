@@ -29,8 +29,21 @@ def bench_ingest(model: str = "small-llava-onevision", chunks: int = 1000, windo
                  size: int | None = None, modes=("engine", "full", "recompute"), device: str = "auto",
                  full_max_chunks: int | None = None, recompute_chunks: int | None = 200,
                  progress: bool = True) -> dict[str, Any]:
-    """Per-chunk latency and memory against stream position for the three strategies."""
+    """Per-chunk latency and memory against stream position for the three strategies.
+
+    The steady state starts once the window is full: ``chunks`` (and ``recompute_chunks`` for the recompute
+    baseline) must exceed ``window``; checked before the model loads.
+    """
     from tqdm import tqdm
+
+    if window < 1:
+        raise ValueError(f"--window must be >= 1, got {window}")
+    if chunks <= window:
+        raise ValueError(f"--chunks {chunks} is not above --window {window}: the steady state starts once the "
+                         f"window is full; use e.g. --chunks {max(2 * window, window + 10)}")
+    if "recompute" in modes and recompute_chunks and recompute_chunks <= window:
+        raise ValueError(f"--recompute-chunks {recompute_chunks} is not above --window {window}; use e.g. "
+                         f"--recompute-chunks {window + 10}")
 
     from vstream.config import from_name
     from vstream.engine import Engine

@@ -36,6 +36,7 @@ class Tokens:
     inputs_embeds: torch.Tensor  # [1, S, D] model dtype, on the model's device
     rel_pos: torch.Tensor  # [P, S] int64, relative to the segment's first position
     n_vision: int = 0  # vision tokens among the S
+    n_dropped: int = 0  # vision tokens removed by token drop (``select``)
 
     @property
     def n_tokens(self) -> int:
@@ -58,7 +59,8 @@ class Tokens:
             raise ValueError(f"keep must be a bool tensor [{self.n_tokens}], got {keep.dtype} {tuple(keep.shape)}")
         keep = keep.to(self.input_ids.device)
         out = Tokens(input_ids=self.input_ids[:, keep], inputs_embeds=self.inputs_embeds[:, keep],
-                     rel_pos=self.rel_pos[:, keep], n_vision=self.n_vision - int((~keep).sum().item()))
+                     rel_pos=self.rel_pos[:, keep], n_vision=self.n_vision - int((~keep).sum().item()),
+                     n_dropped=self.n_dropped + int((~keep).sum().item()))
         if out.span != self.span:
             raise RuntimeError(f"token drop changed the chunk's span from {self.span} to {out.span}; "
                                f"the token at the last position must be kept")
@@ -288,6 +290,42 @@ class ModelAdapter(ABC):
             captures.pop(f"{which}_stop", None)
             result.extend(acc)
 
+    @contextlib.contextmanager
+    def capture_projection_rows(self, which: str, rows: torch.Tensor) -> Iterator[list]:
+        """Batched ``capture_projection_means``: per layer a [B, H_kv * head_dim] fp32 mean over the tokens
+        where ``rows`` [B, S] is True (padding excluded), one row per sequence of the batch."""
+        if rows.dim() != 2 or rows.dtype != torch.bool:
+            raise ValueError(f"rows must be a [B, S] bool mask, got {tuple(rows.shape)} {rows.dtype}")
+        with self.capture_projection_means(which) as acc:
+            self._captures.active[f"{which}_rows"] = rows
+            try:
+                yield acc
+            finally:
+                self._captures.active.pop(f"{which}_rows", None)
+
+    def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
+        """Several chunks (marker, frames [N, H, W, 3]) at once; families batch the vision encoder here.
+
+        Each result equals ``embed_chunk(marker, frames)``. The default encodes them one by one.
+        """
+        return [self.embed_chunk(marker, frames) for marker, frames in chunks]
+
+    @torch.inference_mode()
+    def forward_batch(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
+                      attention_mask: torch.Tensor) -> None:
+        """Run the LM over a padded batch, appending to ``cache`` (no logits).
+
+        inputs_embeds [B, S, D]; position_ids [B, S] (1-D RoPE) or [P, B, S]; attention_mask [B, 1, S, N + S]
+        bool (True = attend), N the cache length. Rows are independent sequences.
+        """
+        impl = getattr(self.language_model().config, "_attn_implementation", "sdpa")
+        mask = attention_mask
+        if impl == "eager":  # eager attention adds the mask to the scores
+            mask = torch.zeros(attention_mask.shape, dtype=inputs_embeds.dtype, device=attention_mask.device)
+            mask.masked_fill_(~attention_mask, torch.finfo(inputs_embeds.dtype).min)
+        self.language_model()(inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=mask,
+                              past_key_values=cache, use_cache=True)
+
     def _install_projection_hooks(self) -> None:
         """Permanent forward hooks on every layer's q_proj / k_proj (installed once, before any thread
         starts using the model, so hook dictionaries are never changed while another thread runs)."""
@@ -297,14 +335,19 @@ class ModelAdapter(ABC):
         group = self.num_heads // self.num_kv_heads
 
         def make_hook(i: int, which: str):
-            def hook(_mod, _inp, out):  # out: [1, S, H * D]
+            def hook(_mod, _inp, out):  # out: [B, S, H * D]
                 active = getattr(self._captures, "active", {})
                 acc = active.get(which)
                 if acc is None:
                     return
-                m = out[0].float().mean(dim=0)  # [H * D]
+                rows = active.get(f"{which}_rows")  # [B, S] bool: batched capture (one mean per row)
+                if rows is None:
+                    m = out[0].float().mean(dim=0)  # [H * D]
+                else:
+                    w = rows.to(out.device, torch.float32).unsqueeze(-1)  # [B, S, 1]
+                    m = (out.float() * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)  # [B, H * D]
                 if which == "q" and group > 1:
-                    m = m.view(self.num_kv_heads, group, self.head_dim).mean(dim=1).reshape(-1)
+                    m = m.view(*m.shape[:-1], self.num_kv_heads, group, self.head_dim).mean(dim=-2).flatten(-2)
                 acc[i] = m.detach()
                 if active.get(f"{which}_stop") == i + 1:
                     raise StopForward

@@ -178,6 +178,34 @@ class LlavaOneVisionAdapter(ModelAdapter):
         return frame, cell, self.tokens_per_frame
 
     @torch.no_grad()
+    def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
+        """Several chunks with one SigLIP pass over all their frames (pooling is per frame: results are
+        those of ``embed_chunk`` one by one)."""
+        if not chunks:
+            return []
+        pixels = [self.preprocess(frames) for _, frames in chunks]  # each [N_i, 3, S, S]
+        feats = self.vision_features(torch.cat(pixels))[:-1]  # [sum N_i * T, D] (the one newline dropped)
+        newline = self.model.model.image_newline.to(feats.dtype).view(1, -1)  # [1, D]
+        out, at = [], 0
+        for (marker, _), px in zip(chunks, pixels):
+            n = px.shape[0] * self.tokens_per_frame
+            out.append(self._video_tokens(marker, torch.cat([feats[at:at + n], newline])))  # [N_i * T + 1, D]
+            at += n
+        return out
+
+    def _video_tokens(self, marker: str, feats: torch.Tensor) -> Tokens:
+        """Tokens of a chunk from its video features [V, D] (marker text first); positions 0..S-1."""
+        if not isinstance(marker, str):
+            raise ValueError(f"marker must be a str, got {type(marker).__name__}")
+        text_ids = torch.tensor(self.tokenize(marker), dtype=torch.long, device=self.device)  # [St]
+        vis_ids = torch.full((feats.shape[0],), self.video_token_id, dtype=torch.long, device=self.device)  # [V]
+        ids = torch.cat([text_ids, vis_ids]).unsqueeze(0)  # [1, S]
+        text_emb = self.language_model().embed_tokens(text_ids.unsqueeze(0))  # [1, St, D]
+        emb = torch.cat([text_emb, feats.unsqueeze(0).to(text_emb.dtype)], dim=1)  # [1, S, D]
+        rel = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)  # [1, S]
+        return Tokens(input_ids=ids, inputs_embeds=emb, rel_pos=rel, n_vision=int(feats.shape[0]))
+
+    @torch.no_grad()
     def reference_logits(self, pieces: Sequence[Any]) -> torch.Tensor:
         """HF's own forward over the whole sequence (no cache, HF positions); last logits [V] fp32."""
         ids: list[int] = []

@@ -228,6 +228,28 @@ class Qwen25VLAdapter(ModelAdapter):
         rel = self._chunk_positions(ids, grid)  # [3, S]
         return Tokens(input_ids=ids, inputs_embeds=emb, rel_pos=rel, n_vision=int(mask.sum().item()))
 
+    @torch.inference_mode()
+    def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
+        """Several chunks with one vision-tower pass (videos are separated by their grids inside the tower:
+        windowed and full attention never cross two videos, so each result is that of ``embed_chunk``)."""
+        if not chunks:
+            return []
+        for marker, _ in chunks:
+            if not isinstance(marker, str):
+                raise ValueError(f"marker must be a string, got {type(marker).__name__}")
+        prepped = [self.preprocess(frames) for _, frames in chunks]  # (pixels [P_i, C*tp*p*p], grid [3])
+        grids = torch.stack([g for _, g in prepped])  # [B, 3]
+        feats = self.model.model.get_video_features(torch.cat([p for p, _ in prepped]), grids).pooler_output
+        out = []
+        for (marker, _), (_, grid), f in zip(chunks, prepped, feats):  # f: [n_vis_i, D]
+            ids = torch.tensor(self.chunk_ids(marker, grid), dtype=torch.long, device=self.device).unsqueeze(0)
+            emb = self.language_model().embed_tokens(ids)  # [1, S, D]
+            mask = ids == self.video_token_id  # [1, S]
+            emb = emb.masked_scatter(mask.unsqueeze(-1), f.to(emb.dtype))
+            out.append(Tokens(input_ids=ids, inputs_embeds=emb, rel_pos=self._chunk_positions(ids, grid),
+                              n_vision=int(mask.sum().item())))
+        return out
+
     def _chunk_positions(self, ids: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """[3, S] positions HF gives this chunk alone, shifted to start at 0."""
         types = (ids == self.video_token_id).to(torch.int) * 2  # [1, S] 0 text, 2 video

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -94,11 +95,29 @@ def default_model_name(device: torch.device) -> str:
     return DEFAULT_GPU_MODEL if device.type == "cuda" else DEFAULT_CPU_MODEL
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_model_name(name_or_path: str | None) -> None:
+    """Raise ValueError at once (nothing loaded, no network) unless the name is None, a preset, a local
+    directory or a plausible hub id (``org/name``)."""
+    if name_or_path is None or name_or_path in PRESETS or os.path.isdir(str(name_or_path)):
+        return
+    name = str(name_or_path)
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]:
+        raise ValueError(f"model directory {name!r} does not exist; give a hub id, a local checkpoint "
+                         f"directory, or an {OFFLINE_HINT}")
+    if not _HUB_ID.match(name):
+        raise ValueError(f"unknown model {name!r}: not a preset, a local directory or a hub id (org/name); "
+                         f"{OFFLINE_HINT}")
+
+
 def load_model(name_or_path: str | None, device: str = "auto", dtype: str = "auto", seed: int = 0) -> ModelAdapter:
     """Load a preset (random weights) or a real checkpoint (hub id or local directory).
 
     Raises ValueError with a one-line message naming the problem and the fix.
     """
+    check_model_name(name_or_path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if name_or_path is None:

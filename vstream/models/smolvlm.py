@@ -242,6 +242,27 @@ class SmolVLMAdapter(ModelAdapter):
         return frame, cell, self.image_seq_len
 
     @torch.inference_mode()
+    def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
+        """Several chunks with one vision-tower + connector pass over all their frames (frames are encoded
+        independently, so each result is that of ``embed_chunk``)."""
+        if not chunks:
+            return []
+        pixels = [self.preprocess(frames) for _, frames in chunks]  # each [N_i, 3, side, side]
+        feats = self.encode_frames(torch.cat(pixels))  # [sum N_i, L, D]
+        out, at = [], 0
+        for (marker, _), px in zip(chunks, pixels):
+            n = int(px.shape[0])
+            ids = torch.tensor(self._chunk_ids(marker, n), dtype=torch.long, device=self.device).unsqueeze(0)  # [1, S]
+            emb = self.language_model().embed_tokens(ids)  # [1, S, D]
+            mask = (ids == self.image_token_id).unsqueeze(-1)  # [1, S, 1]
+            f = feats[at:at + n]  # [N_i, L, D]
+            emb = emb.masked_scatter(mask, f.reshape(-1, f.shape[-1]).to(emb.dtype))
+            rel = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)  # [1, S]
+            out.append(Tokens(input_ids=ids, inputs_embeds=emb, rel_pos=rel, n_vision=n * self.image_seq_len))
+            at += n
+        return out
+
+    @torch.inference_mode()
     def reference_logits(self, pieces: Sequence[Any]) -> torch.Tensor:
         """HF forward over the whole sequence (no cache, HF positions) -> last logits [V] fp32."""
         ids: list[int] = []

@@ -1,13 +1,19 @@
 """Live streams: ``LiveSource`` reads rtsp/rtmp/http(s)/srt/udp/tcp URLs and ``/dev/video*`` with PyAV.
 
 It reconnects with exponential back-off when a live stream fails or stalls, records the stream time
-lost in ``gaps``, and counts reconnects and undecodable packets.
+lost in ``gaps`` (and ``gap_records``: at, duration, reason), and counts reconnects and undecodable
+packets. An http(s) URL is live when it has no duration or is MPEG-TS/HLS. Answers that will not
+change (HTTP 4xx, a page that is not video) are not retried. An http(s) file that gives no frame
+(an MP4 with its index at the end, on a server without Range requests) is downloaded once, within
+``max_download_bytes``, and played from the local copy; otherwise it ends with one clear line.
 """
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
+import urllib.request
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -19,6 +25,19 @@ from vstream.sources.errors import (LIVE_SCHEMES, SourceError, _check_file, _con
 from vstream.sources.pyav import _decode_video, _DecodeLog, _open_container, _stream_facts
 
 logger = logging.getLogger(__name__)
+
+#: container formats that mean a live http(s) stream (no end to wait for)
+LIVE_HTTP_FORMATS = ("mpegts", "hls", "applehttp", "flv", "rtp", "sdp")
+
+
+def _final(err: BaseException) -> bool:
+    """True when reconnecting cannot help: HTTP 4xx (but 429) or data that is not video (e.g. an HTML page)."""
+    import av
+
+    cause = err.__cause__ if err.__cause__ is not None else err
+    if isinstance(cause, av.HTTPTooManyRequestsError):
+        return False
+    return isinstance(cause, (av.HTTPClientError, av.InvalidDataError))
 
 
 class LiveSource:
@@ -37,10 +56,11 @@ class LiveSource:
     def __init__(self, url: str | os.PathLike, *, max_side: int | None = None, reconnect: bool = True,
                  max_retries: int = 5, backoff_s: float = 0.5, open_timeout_s: float = 10.0,
                  read_timeout_s: float | None = None, options: dict | None = None,
+                 max_download_bytes: int = 2 << 30,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         check_max_side(max_side)
-        if max_retries < 0 or backoff_s < 0 or open_timeout_s <= 0:
-            raise ValueError("need max_retries >= 0, backoff_s >= 0 and open_timeout_s > 0")
+        if max_retries < 0 or backoff_s < 0 or open_timeout_s <= 0 or max_download_bytes < 0:
+            raise ValueError("need max_retries >= 0, backoff_s >= 0, open_timeout_s > 0 and max_download_bytes >= 0")
         self.url = str(url)
         self.name = _redact(self.url)
         self.max_side, self.reconnect, self.max_retries, self.backoff_s = max_side, reconnect, max_retries, backoff_s
@@ -54,8 +74,11 @@ class LiveSource:
         self._options = dict(options or {})
         if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps"):
             self._options.setdefault("rtsp_transport", "tcp")
+        self.max_download_bytes = int(max_download_bytes)
         self.gaps: list[tuple[float, float]] = []
+        self.gap_records: list[dict] = []  # {"at_s", "duration_s", "reason"} per gap (for stats and JSON lines)
         self.reconnects = 0
+        self._download: str | None = None  # local copy of an http(s) file that could not be streamed
         self.bad_packets = 0  # undecodable packets skipped (damaged data, packet loss)
         self._closed = False
         self._container = None
@@ -63,6 +86,12 @@ class LiveSource:
             _check_file(self.url)
         self._container = self._connect_with_retries(first=True)
         facts = _stream_facts(self._container)
+        if self._is_url and not self._live:  # http(s): live when it has no end or is a live format
+            fmt = str(getattr(getattr(self._container, "format", None), "name", "") or "")
+            if facts["duration"] is None or any(f in fmt.split(",") for f in LIVE_HTTP_FORMATS):
+                self._live = True
+                logger.info("stream %r (%s, duration %s) is live: it reconnects when it drops", self.name,
+                            fmt or "?", facts["duration"])
         self.fps = facts["fps"]
         self.duration = None if self._live else facts["duration"]
         self.width, self.height, self.codec = facts["width"], facts["height"], facts["codec"]
@@ -89,7 +118,7 @@ class LiveSource:
             try:
                 return self._connect()
             except SourceError as err:
-                if attempt >= attempts:
+                if attempt >= attempts or _final(err):
                     raise
                 wait = min(self.backoff_s * (2 ** attempt), 30.0)
                 logger.warning("%s %r failed (%s); retry %d/%d in %.1fs", "opening" if first else "reconnecting",
@@ -112,6 +141,8 @@ class LiveSource:
         last_wall = self._clock()
         fallback_dt = 1.0 / (self.fps or 25.0)
         first_pass = True
+        fruitless = 0  # connections in a row that ended before their first frame
+        last_error: BaseException | None = None
         while not self._closed:
             # the iterating thread owns the open container: close() from another thread only sets a flag
             container, self._container = self._container, None
@@ -132,6 +163,7 @@ class LiveSource:
             first_pts: float | None = None
             error: BaseException | None = None
             log = _DecodeLog(container if self._is_file else None)
+            frames_here = 0
             try:
                 for pts, rgb in self._decode(container, log):
                     if self._is_file:
@@ -143,6 +175,10 @@ class LiveSource:
                             else:  # resume after a reconnect: the wall-clock outage is stream time lost
                                 base = last_t + max(fallback_dt, self._clock() - last_wall)
                                 self.gaps.append((last_t, base))
+                                self.gap_records.append({"at_s": round(last_t, 3),
+                                                         "duration_s": round(base - last_t, 3),
+                                                         "reason": _exc_text(last_error) if last_error is not None
+                                                         else "stream ended"})
                                 logger.warning("stream %r resumed; lost %.2fs of stream time", self.name, base - last_t)
                             first_pts = pts
                         if pts is None or first_pts is None:
@@ -150,6 +186,7 @@ class LiveSource:
                         else:
                             t = base + float(pts) - float(first_pts)
                     last_t, last_wall = t, self._clock()
+                    frames_here += 1
                     log.add(t)
                     yield Frame(t, resize_max_side(rgb, self.max_side))
                     if self._closed:
@@ -172,18 +209,66 @@ class LiveSource:
                     raise SourceError(f"stream {self.name!r} failed ({_exc_text(error)}); "
                                       "pass reconnect=True or check the source")
                 return
-            logger.warning("stream %r %s at t=%s; reconnecting", self.name,
+            last_error = error
+            fruitless = fruitless + 1 if frames_here == 0 else 0
+            if fruitless and last_t is None and not self._live and self._try_download():
+                continue  # an http(s) file that cannot be streamed: play the local copy
+            if fruitless > self.max_retries:
+                why = f" (last: {_exc_text(error)})" if error is not None else ""
+                fix = ("check that the source sends video" if self._live else
+                       "an MP4 over http(s) needs its index first (ffmpeg -movflags +faststart) or a server with "
+                       "Range requests, else download it and give the file")
+                raise SourceError(f"stream {self.name!r} gave no frame in {fruitless} connections in a row{why}; "
+                                  f"{fix}")
+            wait = min(self.backoff_s * (2 ** (fruitless - 1)), 30.0) if fruitless else 0.0
+            logger.warning("stream %r %s at t=%s; reconnecting%s", self.name,
                            f"failed ({_exc_text(error)})" if error is not None else "ended",
-                           "?" if last_t is None else f"{last_t:.2f}s")
+                           "?" if last_t is None else f"{last_t:.2f}s",
+                           f" in {wait:.1f}s (attempt {fruitless}/{self.max_retries})" if fruitless else "")
+            if wait:
+                self._sleep(wait)
+
+    def _try_download(self) -> bool:
+        """Copy an http(s) file that gave no frame to a temp file and play that; False when not possible."""
+        if self._download is not None or not self._is_url or self.max_download_bytes <= 0:
+            return False
+        if urlsplit(self.url).scheme.lower() not in ("http", "https"):
+            return False
+        fd, path = tempfile.mkstemp(prefix="vstream-dl-", suffix=os.path.splitext(urlsplit(self.url).path)[1])
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(self.url, timeout=self.open_timeout_s) as resp:
+                size = int(resp.headers.get("Content-Length") or 0)
+                if size > self.max_download_bytes:
+                    raise OSError(f"{size} bytes is over max_download_bytes={self.max_download_bytes}")
+                copied = 0
+                while block := resp.read(1 << 20):
+                    copied += len(block)
+                    if copied > self.max_download_bytes:
+                        raise OSError(f"over max_download_bytes={self.max_download_bytes}")
+                    out.write(block)
+        except (OSError, ValueError) as exc:
+            os.unlink(path)
+            logger.warning("stream %r gives no frame and cannot be downloaded (%s)", self.name, _exc_text(exc))
+            return False
+        logger.warning("stream %r cannot be streamed (no frame; the server may lack Range requests): "
+                       "downloaded it (%d bytes) and playing the local copy", self.name, copied)
+        self._download = path
+        self.url, self._is_url, self._is_file = path, False, True
+        return True
 
     def close(self) -> None:
-        """Stop iterating (at the next frame or read timeout) and close the connection."""
+        """Stop iterating (at the next frame or read timeout) and close the connection (and a download)."""
         self._closed = True
         container, self._container = self._container, None
         if container is not None:
             try:
                 container.close()
             except Exception:  # noqa: BLE001
+                pass
+        if self._download is not None:
+            try:
+                os.unlink(self._download)
+            except OSError:
                 pass
 
     def __enter__(self) -> "LiveSource":

@@ -1,0 +1,163 @@
+"""The app's view side (plain Python, no Gradio): one browser's ``Chat``, what the UI says about sharing
+(``SHARING_NOTE``), and the helpers that turn answers and stats into what the UI shows.
+
+The app's stream is shared by every browser; each browser gets its own ``Chat`` from
+``AppController.new_chat()`` (``vstream.appkit``) and keeps it in Gradio's per-session state.
+"""
+from __future__ import annotations
+
+import io
+import re
+import threading
+from typing import Any
+
+from vstream.types import Answer
+
+__all__ = ["Chat", "SHARING_NOTE", "check_memory_name", "clean_text", "evidence_caption", "evidence_items",
+           "format_status", "human_bytes", "latency_frame"]
+
+#: Saved-memory names: a plain folder name inside the app's memory root (no paths, no "..").
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Control characters (random tiny models emit them) removed before text reaches the browser.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+#: What the UI says about sharing (one stream for everyone, one chat per browser).
+SHARING_NOTE = ("The video source, its memory, the alerts and the commentary are shared by everyone using this "
+                "app; your chat and its evidence are yours alone (one per browser tab; earlier questions from any "
+                "chat are part of the model's context).")
+
+
+class Chat:
+    """One browser's chat over the shared stream: messages and the evidence of its latest answer."""
+
+    def __init__(self, limit: int = 200) -> None:
+        self._lock = threading.Lock()
+        self._messages: list[dict] = []
+        self._limit = int(limit)
+        self.version = 0
+        self._evidence: list[tuple[Any, str]] = []
+        self.evidence_version = 0
+
+    def post(self, role: str, content: str) -> dict:
+        msg = {"role": role, "content": content}
+        with self._lock:
+            self._messages.append(msg)
+            del self._messages[:-self._limit]
+            self.version += 1
+        return msg
+
+    def edit(self, msg: dict, content: str) -> None:
+        with self._lock:
+            msg["content"] = content
+            self.version += 1
+
+    def messages(self) -> list[dict]:
+        """The chat as Gradio messages (copies)."""
+        with self._lock:
+            return [dict(m) for m in self._messages]
+
+    def set_evidence(self, items: list[tuple[Any, str]]) -> None:
+        with self._lock:
+            self._evidence = list(items)
+            self.evidence_version += 1
+
+    def evidence(self) -> list[tuple[Any, str]]:
+        with self._lock:
+            return list(self._evidence)
+
+
+def clean_text(text: str) -> str:
+    """Text safe to show: control characters removed."""
+    return _CONTROL_RE.sub("", text or "")
+
+
+def human_bytes(n: float | None) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def evidence_caption(start_s: float, end_s: float, score: float) -> str:
+    """``"12.0-13.0s (0.83)"``."""
+    return f"{start_s:.1f}-{end_s:.1f}s ({score:.2f})"
+
+
+def evidence_items(answer: Answer | None) -> list[tuple[Any, str]]:
+    """Gallery items ``(PIL image, caption)`` for the evidence of ``answer`` that has a thumbnail."""
+    from PIL import Image
+
+    out = []
+    for ev in (answer.evidence if answer is not None else []):
+        if not ev.thumbnail:
+            continue
+        try:
+            img = Image.open(io.BytesIO(ev.thumbnail)).convert("RGB")
+        except Exception as e:  # a damaged thumbnail should not break the answer
+            logger.warning("evidence thumbnail %.1f-%.1fs unreadable: %s", ev.start_s, ev.end_s, e)
+            continue
+        out.append((img, evidence_caption(ev.start_s, ev.end_s, ev.score)))
+    return out
+
+
+def check_memory_name(name: str) -> str:
+    """Return ``name`` stripped if it is a valid saved-memory name, else raise ValueError."""
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("give the memory a name, e.g. lecture-1")
+    if ".." in name or not _NAME_RE.match(name) or name.endswith(".partial"):
+        raise ValueError(f"bad memory name {name!r}: use 1-64 letters, digits, '-', '_' or '.', "
+                         "with no '/' and no '..'")
+    return name
+
+
+def _fmt_s(x: float | None, unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if x is None else f"{x * scale:.{digits}f} {unit}"
+
+
+def format_status(st: dict) -> str:
+    """The status panel as Markdown (a two-column table)."""
+    s = st.get("stats")
+    rows = [("model", f"{st['model']} on {st['device']}"), ("source", st["source"] or "none"),
+            ("commentary", st["commentary"])]
+    if s is not None:
+        mem = s.get("memory_bytes") or {}
+        rows += [
+            ("stream time", f"{s['stream_time_s']:.1f} s" + (" (ended)" if s.get("ended") else "")),
+            ("frames kept / dropped", f"{s['frames_kept']} / {s['frames_dropped']} (in {s['frames_in']})"),
+            ("chunks (dropped)", f"{s['chunks']} ({s.get('chunks_dropped', 0)})"),
+            ("chunk latency last / p50 / p95",
+             f"{_fmt_s(st.get('last_latency_s'), 'ms', 1e3, 0)} / {_fmt_s(s['chunk_latency_p50'], 'ms', 1e3, 0)}"
+             f" / {_fmt_s(s['chunk_latency_p95'], 'ms', 1e3, 0)}"),
+            ("time to first token p50 / p95",
+             f"{_fmt_s(s['ttft_p50'], 'ms', 1e3, 0)} / {_fmt_s(s['ttft_p95'], 'ms', 1e3, 0)}"),
+            ("decode speed", "-" if s.get("tokens_per_s") is None else f"{s['tokens_per_s']:.1f} tok/s"),
+            ("context tokens", str(s.get("context_tokens", "-"))),
+            ("memory device / RAM / disk",
+             f"{human_bytes(mem.get('device'))} / {human_bytes(mem.get('ram'))} / {human_bytes(mem.get('disk'))}"),
+            ("long-term entries", str(s.get("long_term_entries", 0))),
+            ("questions pending / answered", f"{s.get('queries_pending', 0)} / {s.get('queries_answered', 0)}"),
+        ]
+        if s.get("error"):
+            rows.append(("error", clean_text(str(s["error"]))))
+    wc = st.get("webcam")
+    if wc:
+        rows.append(("webcam frames pushed / dropped / ignored",
+                     f"{wc['pushed']} / {wc['dropped']} / {wc['ignored']}"))
+    if st.get("alerts"):
+        rows.append(("standing alerts", "; ".join(st["alerts"])))
+    body = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
+    return "| status | |\n|---|---|\n" + body
+
+
+def latency_frame(points: list[tuple[float, float]]):
+    """A DataFrame for the latency plot: stream time (s) vs chunk latency (ms)."""
+    import pandas as pd
+
+    return pd.DataFrame({"stream time (s)": [p[0] for p in points],
+                         "chunk latency (ms)": [p[1] for p in points]})

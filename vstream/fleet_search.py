@@ -1,0 +1,56 @@
+"""Scoring one stream's memory against a question without decoding (``Fleet.ask_all``).
+
+Scores must compare across streams, so every candidate of a stream — its long-term entries and the
+chunks still in its window — is scored by one function: the cosine of text embeddings (entry text =
+time marker + OCR + commentary) when the stream keeps a text retriever, else the internal retriever's
+mean per-layer cosine between the question's query vectors and the chunk's key summary.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from memory.segment import VISION
+from vstream.types import Evidence
+
+logger = logging.getLogger(__name__)
+
+
+def stream_evidence(engine, question: str, k: int) -> list[Evidence]:
+    """Up to ``k`` pieces of evidence of one stream for ``question``, best first (window and long-term)."""
+    snap = engine.snapshot()
+    lt = engine.long_term
+    live = [s for s in snap.live if s.kind == VISION]
+    index = lt.index if lt is not None else None
+    out: list[Evidence] = []
+    if index is not None and index.use_text and index.embedder is not None:
+        q = index.embedder.encode([question])[0]  # [dim], unit norm
+        if len(lt) and index.text is not None:
+            ids, scores = index.text.search(q, k)
+            out += [e for e in (_long_term(lt, int(i), float(sc)) for i, sc in zip(ids, scores)) if e]
+        texts = [s.text for s in live]
+        if texts:
+            vecs = index.embedder.encode(texts)  # [n, dim], unit norm
+            out += [Evidence(start_s=s.start_s, end_s=s.end_s, score=float(v @ q), source="window",
+                             thumbnail=s.thumbnail) for s, v in zip(live, vecs)]
+    else:
+        a = engine.adapter
+        with torch.inference_mode():
+            qmeans = engine._query_means(a.embed_text(a.question_text(question)), snap)  # [L, H_kv*D]
+        if index is not None and len(lt) and index.use_internal:
+            out += [e for e in (_long_term(lt, i, sc) for i, sc in index.search(query_means=qmeans, k=k)) if e]
+        out += engine._window_evidence(live, qmeans, top=k)
+    out = [e for e in out if np.isfinite(e.score)]
+    out.sort(key=lambda e: -e.score)
+    return out[:k]
+
+
+def _long_term(lt, entry_id: int, score: float) -> Evidence | None:
+    try:
+        info = lt.store.info(entry_id)
+    except KeyError:  # deleted by retention since the search
+        return None
+    return Evidence(start_s=info.start_s, end_s=info.end_s, score=float(score), source="long_term",
+                    entry_id=entry_id, thumbnail=info.thumbnail)

@@ -209,8 +209,8 @@ def preflight(args: argparse.Namespace) -> None:
 
     cmd = args.eval_cmd
     wanted = parse_video_filter(args.videos)
-    if cmd == "streamingbench":  # omni items need no video (they are skipped)
-        srcs = [(q.source, q.video_path, q.kind != "omni")
+    if cmd == "streamingbench":  # omni items are watched with their audio too
+        srcs = [(q.source, q.video_path, True)
                 for q in formats.load_streamingbench(args.bench, args.video_root)]
     elif cmd == "ovobench":
         srcs = [(q.source, q.video, True) for q in formats.load_ovobench(args.bench, args.video_root)]

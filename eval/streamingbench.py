@@ -1,4 +1,7 @@
-"""StreamingBench: real-time MCQ, sequential QA, proactive output; omni-source items skipped and counted.
+"""StreamingBench: real-time MCQ, sequential QA, proactive output; omni-source items with speech in memory.
+
+Omni-source items are asked like the real-time MCQs on a session that recognises the audio track into
+memory (ASR is on for the run when any is selected; a video without audio is watched vision only).
 
 ``protocol="official"`` (default) runs THUNLP-MT/StreamingBench's protocol: its prompts and option
 layout; sequential QA with the earlier questions, options and gold answers inside the prompt; proactive
@@ -142,14 +145,9 @@ def run_streamingbench(agent: Any, bench_path: str, out_dir: str, *, protocol: s
     by_id = {q.qid: q for q in questions}
     contexts = sqa_contexts(questions) if protocol == "official" else {}
     with JsonlLog(out / PREDICTIONS) as log:
-        for q in questions:  # omni items are recorded as skipped without touching the model
-            if q.kind == "omni" and q.qid not in log:
-                log.append(_record(q, prompts.mcq_prompt(q.question, q.options), None, protocol, tolerance_s))
         groups: dict[Any, list[Query]] = {}
         prompt_of: dict[str, str] = {}
         for q in sorted(questions, key=lambda q: q.time_s):
-            if q.kind == "omni":
-                continue
             query = _query(q, q.qid in log, protocol, contexts.get(q.qid, ""), max_new_tokens, proactive_tokens)
             prompt_of[q.qid] = query.prompt
             # official proactive: the clip starts at time_stamp, so the item gets its own stream from there
@@ -162,6 +160,8 @@ def run_streamingbench(agent: Any, bench_path: str, out_dir: str, *, protocol: s
         def on_result(_src: str, res: QueryResult) -> None:
             log.append(_record(by_id[res.qid], prompt_of[res.qid], res, protocol, tolerance_s))
 
+        if any(q.kind == "omni" for q in questions):  # omni items need the audio: speech into memory
+            watch_kwargs = {**(watch_kwargs or {}), "asr": True}
         run_videos(run_agent, groups, on_result, watch_kwargs=watch_kwargs, desc="StreamingBench",
                    show_progress=show_progress, threshold=threshold, proactive_mode=mode)
         records = [log.records[q.qid] for q in questions if q.qid in log]

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from memory.segment import Segment
+from memory.segment import VISION, Segment
 from memory.types import Retrieved, StoreMeta
 
 __all__ = ["LongTerm", "LongTermConfig", "Retrieved", "StoreMeta"]
@@ -48,7 +48,8 @@ class LongTerm:
         self.cfg = cfg
         self.directory = directory
         self._ocr = ocr
-        self._stored_chunks: set[float] = {info.start_s for info in store.infos()}
+        self._stored_chunks: set[float] = {info.start_s for info in store.infos() if info.kind == VISION}
+        self._stored_texts: set[tuple[float, str]] = {(i.start_s, i.text) for i in store.infos() if i.kind != VISION}
         self._lock = threading.Lock()
 
     @classmethod
@@ -112,17 +113,36 @@ class LongTerm:
         return len(self.store)
 
     def on_evict(self, seg: Segment) -> None:
-        """Store an evicted chunk (K/V to RAM/disk) and index it (not in a read-only memory)."""
+        """Store an evicted chunk or tagged text segment (speech) (K/V to RAM/disk) and index it (not in a
+        read-only memory)."""
         with self._lock:
             if self.read_only:
                 logger.debug("read-only memory: chunk at %.2fs is not stored", seg.start_s)
                 return
-            if seg.start_s in self._stored_chunks:
+            key = (seg.start_s, seg.text)
+            if (seg.start_s in self._stored_chunks) if seg.kind == VISION else (key in self._stored_texts):
                 return
             cpu = self._for_store(seg)
             entry_id = self.store.add(cpu)
             self.index.add(entry_id, cpu)
-            self._stored_chunks.add(seg.start_s)
+            if seg.kind == VISION:
+                self._stored_chunks.add(seg.start_s)
+            else:
+                self._stored_texts.add(key)
+
+    def attach_text(self, start_s: float, end_s: float, text: str) -> int:
+        """Append ``text`` to the stored vision entries overlapping ``[start_s, end_s]``; returns how many."""
+        n = 0
+        if self.read_only:
+            return n
+        with self._lock:
+            for info in self.store.infos():
+                if info.kind == VISION and info.start_s < end_s and info.end_s > start_s and text not in info.text:
+                    new = f"{info.text} {text}".strip()
+                    self.store.set_text(info.entry_id, new)
+                    self.index.update_text(info.entry_id, new)
+                    n += 1
+        return n
 
     def _for_store(self, seg: Segment) -> Segment:
         """The segment on CPU in the store's dtype (a store reopened from another device may differ)."""
@@ -142,10 +162,32 @@ class LongTerm:
             if len(ok) >= k or len(hits) < want or want >= len(self.store):
                 break
             want *= 4
+        if self._stored_texts:
+            ok = self._with_speech(ok, before_s)
         out = []
         for entry_id, score in ok[:k]:
             seg = self.store.get(entry_id, device=device, dtype=dtype)
             out.append(Retrieved(segment=seg, score=float(score), entry_id=int(entry_id)))
+        return out
+
+    def _with_speech(self, hits: list[tuple[int, float]], before_s: float) -> list[tuple[int, float]]:
+        """A vision entry that carries a transcript brings the text entry of that speech right after it (the
+        words' own K/V), at the same score; order kept, no entry twice."""
+        texts = [i for i in self.store.infos() if i.kind != VISION and i.start_s < before_s]
+        out: list[tuple[int, float]] = []
+        seen: set[int] = set()
+        for eid, score in hits:
+            if eid in seen:
+                continue
+            out.append((eid, score))
+            seen.add(eid)
+            info = self.store.info(eid)
+            if info.kind != VISION:
+                continue
+            for t in texts:
+                if t.entry_id not in seen and t.start_s < info.end_s and info.start_s < t.end_s and t.text in info.text:
+                    out.append((t.entry_id, score))
+                    seen.add(t.entry_id)
         return out
 
     def _search(self, question: str, query_means: torch.Tensor | None, n: int) -> list[tuple[int, float]]:
@@ -193,10 +235,10 @@ class LongTerm:
         seen = set()
         for info in self.store.infos():
             seg = self.store.get(info.entry_id)
-            seen.add(seg.start_s)
+            seen.add((seg.start_s, seg.text) if seg.kind != VISION else seg.start_s)
             idx.add(out.add(seg), seg)
         for seg in extra:
-            if seg.start_s not in seen:
+            if ((seg.start_s, seg.text) if seg.kind != VISION else seg.start_s) not in seen:
                 cpu = self._for_store(seg)
                 idx.add(out.add(cpu), cpu)
         idx.save(tmp)

@@ -188,7 +188,8 @@ class MemoryManager:
     def commit(self, seg: Segment) -> list[Segment]:
         """Record a live segment that was just prefilled at the end of the context; evict as needed.
 
-        Returns the evicted segments (vision chunks went to ``on_evict``; text went to previous text).
+        Returns the evicted segments (vision chunks and tagged text such as speech went to ``on_evict``;
+        text went to previous text).
         """
         if seg.kind not in (VISION, TEXT):
             raise ValueError(f"live segments are vision or text, got {seg.kind!r}")
@@ -209,7 +210,7 @@ class MemoryManager:
             self.evicted_total += len(evicted)
             if self.on_evict is not None:
                 for s in evicted:
-                    if s.kind == VISION:
+                    if s.kind == VISION or s.source:  # tagged text (speech) is kept in long-term too
                         self.on_evict(s)
         self._publish()
         return evicted

@@ -38,6 +38,7 @@ class Segment:
     key_summary: torch.Tensor | None = None  # [L, H_kv * D] fp32: per-layer mean of pre-RoPE keys
     thumbnail: bytes | None = None  # small JPEG of a keyframe
     chunk_index: int | None = None
+    source: str = ""  # text: where it came from ("speech": recognised audio, kept in long-term on eviction)
     seg_id: int = field(default_factory=next_segment_id)
 
     def __post_init__(self) -> None:
@@ -71,4 +72,4 @@ class Segment:
         return Segment(kind=self.kind, keys=keys, values=values, rel_pos=self.rel_pos.to(device),
                        start_s=self.start_s, end_s=self.end_s, text=self.text, token_ids=self.token_ids,
                        key_summary=self.key_summary, thumbnail=self.thumbnail, chunk_index=self.chunk_index,
-                       seg_id=self.seg_id)
+                       source=self.source, seg_id=self.seg_id)

@@ -42,7 +42,7 @@ from memory import quant
 from memory.journal import DirLock, Journal, atomic_write, encode_line, read_journal, warn
 from memory.segment import KINDS, VISION, Segment
 from memory.store_retention import RETENTION_OPS, RetentionMixin, replay
-from memory.types import FORMAT_VERSION, EntryInfo, StoreMeta
+from memory.types import FORMAT_VERSION, TEXT_FORMAT_VERSION, EntryInfo, StoreMeta
 
 __all__ = ["LongTermStore", "StoreMeta", "EntryInfo", "UnknownEntryError", "atomic_write"]
 
@@ -58,7 +58,7 @@ LOCK_NAME = ".lock"
 _QUANT_BITS = {"none": (0, 0), "int8": (8, 8), "int4": (4, 4), "k4v2": (4, 2),
                "k2v1.58": (quant.KEYS_2_1, quant.TERNARY5)}
 #: the memory format version a cold tier needs (readers older than it refuse the directory with one line)
-_QUANT_VERSION = {"k2v1.58": 2}
+_QUANT_VERSION = {"k2v1.58": 3}
 _QUANT_NAMES = ", ".join(_QUANT_BITS)
 
 
@@ -177,7 +177,7 @@ class LongTermStore(RetentionMixin):
                 if not self.read_only:
                     self._acquire_lock()
                 if not self.read_only and format_version_for(quantize) > found.format_version:
-                    self._bump_format(format_version_for(quantize))  # e.g. a v1 store reopened with k2v1.58
+                    self._upgrade_format(format_version_for(quantize))  # e.g. a v1 store reopened with k2v1.58
                 self._load(verify)
             else:
                 if self.directory.exists() and any(not _leftover_of_creation(p) for p in self.directory.iterdir()):
@@ -222,14 +222,6 @@ class LongTermStore(RetentionMixin):
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
-    def _bump_format(self, version: int) -> None:
-        """Raise the directory's format version before entries that need it are written (crash-safe rewrite)."""
-        config = self.directory / CONFIG_NAME
-        cfg = json.loads(config.read_text())
-        cfg["format_version"] = int(version)
-        atomic_write(config, json.dumps(cfg, indent=1).encode(), self._durable)
-        self.meta = dataclasses.replace(self.meta, format_version=int(version))
-        logger.info("memory at %s now has format version %d (cold tier %s)", self.directory, version, self.quantize)
 
     def _acquire_lock(self) -> None:
         self._dir_lock = DirLock(self.directory, LOCK_NAME)
@@ -394,10 +386,14 @@ class LongTermStore(RetentionMixin):
             self._check_open()
             eid = self._next_id
             blob = safetensors.torch.save(tensors, metadata={"entry_id": str(eid), "quant": self.quantize,
-                                                             "format_version": str(format_version_for(self.quantize))})
+                                                             "format_version": str(max(
+                format_version_for(self.quantize), TEXT_FORMAT_VERSION if seg.kind != VISION else 1))})
             rel = f"{SEGMENT_DIR}/{eid:08d}.safetensors"
             info = EntryInfo(entry_id=eid, start_s=start, end_s=end, n_tokens=seg.n_tokens, span=seg.span,
-                             text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes)
+                             text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes, kind=seg.kind,
+                             source=seg.source)
+            if seg.kind != VISION and self.meta.format_version < TEXT_FORMAT_VERSION:
+                self._upgrade_format(TEXT_FORMAT_VERSION)
             entry = _Entry(info, kind=seg.kind, file=rel, sha256=hashlib.sha256(blob).hexdigest(), size=len(blob),
                            quant=self.quantize, chunk_index=seg.chunk_index)
             path = self.directory / rel
@@ -419,6 +415,19 @@ class LongTermStore(RetentionMixin):
                 self._ram_put(eid, tensors)
         return eid
 
+    def _upgrade_format(self, version: int) -> None:
+        """Raise the store's format version before the first entry that needs it (a text entry: 2, a k2v1.58
+        entry: 3); crash-safe rewrite of the config. The caller holds _write_lock (or is still constructing)."""
+        path = self.directory / CONFIG_NAME
+        try:
+            cfg = json.loads(path.read_text())
+            cfg["format_version"] = int(version)
+            atomic_write(path, json.dumps(cfg, indent=1).encode(), self._durable)
+        except (OSError, ValueError) as e:
+            raise _io_error("upgrading the memory format", self.directory, e if isinstance(e, OSError)
+                            else OSError(str(e))) from None
+        self.meta = dataclasses.replace(self.meta, format_version=int(version))
+        logger.info("memory at %s now has format version %d", self.directory, version)
     @staticmethod
     def _entry_line(e: _Entry) -> bytes:
         return _entry_line(e)
@@ -517,7 +526,7 @@ class LongTermStore(RetentionMixin):
         return Segment(kind=e.kind, keys=tuple(layer("k", i) for i in range(n)),
                        values=tuple(layer("v", i) for i in range(n)), rel_pos=tensors["rel_pos"].to(dev),
                        start_s=e.info.start_s, end_s=e.info.end_s, text=e.info.text, key_summary=summary,
-                       thumbnail=e.info.thumbnail, chunk_index=e.chunk_index)
+                       thumbnail=e.info.thumbnail, chunk_index=e.chunk_index, source=e.info.source)
 
     def key_summary(self, entry_id: int) -> torch.Tensor | None:
         """The entry's key summary [L, H_kv * D] fp32 (None if it had none); reads only that tensor from disk."""
@@ -582,6 +591,35 @@ class LongTermStore(RetentionMixin):
 # helpers
 
 
+def read_infos(directory: str | Path) -> list[EntryInfo]:
+    """The entries of a memory directory, read without writing anything (no lock, no repair, no checksum
+    pass): for read-only tools (search, export). Damaged journal lines and a cut-off last line are skipped."""
+    from memory.journal import decode_line
+
+    d = Path(directory)
+    _read_config(d)  # raises ValueError when it is not a memory directory
+    try:
+        data = (d / JOURNAL_NAME).read_bytes()
+    except FileNotFoundError:
+        data = b""
+    entries: dict[int, EntryInfo] = {}
+    for raw in data.split(b"\n")[:-1]:  # the piece after the last newline is cut off or empty
+        body = decode_line(raw) if raw.strip() else None
+        if not body:
+            continue
+        if body.get("op") == "add":
+            try:
+                info = _entry_from_line(body).info
+            except (KeyError, TypeError, ValueError):
+                continue
+            if (d / str(body["file"])).is_file():
+                entries[info.entry_id] = info
+        elif body.get("op") == "text" and int(body.get("id", -1)) in entries:
+            i = int(body["id"])
+            entries[i] = dataclasses.replace(entries[i], text=str(body.get("text", "")))
+    return [entries[i] for i in sorted(entries)]
+
+
 def _leftover_of_creation(p: Path) -> bool:
     """What a crash while creating a store can leave behind (the creation is simply redone)."""
     if p.name == LOCK_NAME or (p.name.startswith(".") and p.name.endswith(".tmp")):
@@ -608,6 +646,7 @@ def _entry_line(e: _Entry) -> bytes:
         "n_tokens": i.n_tokens, "span": i.span, "text": i.text, "nbytes": i.nbytes, "file": e.file,
         "sha256": e.sha256, "size": e.size, "quant": e.quant, "chunk_index": e.chunk_index,
         "thumb": base64.b64encode(i.thumbnail).decode("ascii") if i.thumbnail is not None else None,
+        **({"source": i.source} if i.source else {}),
     })
 
 
@@ -621,7 +660,8 @@ def _entry_from_line(d: dict) -> _Entry:
     thumb = d.get("thumb")
     info = EntryInfo(entry_id=int(d["id"]), start_s=float(d["start_s"]), end_s=float(d["end_s"]),
                      n_tokens=int(d["n_tokens"]), span=int(d["span"]), text=str(d.get("text", "")),
-                     thumbnail=base64.b64decode(thumb) if thumb is not None else None, nbytes=int(d["nbytes"]))
+                     thumbnail=base64.b64decode(thumb) if thumb is not None else None, nbytes=int(d["nbytes"]),
+                     kind=kind, source=str(d.get("source", "")))
     return _Entry(info, kind=kind, file=file, sha256=str(d["sha256"]), size=int(d["size"]),
                   quant=str(d.get("quant", "none")),
                   chunk_index=None if d.get("chunk_index") is None else int(d["chunk_index"]))

@@ -10,10 +10,14 @@ import torch
 
 from memory.segment import Segment
 
-#: Newest memory format this code reads. 1: K/V as is, int8, int4, k4v2. 2: adds the k2v1.58 cold tier (mixed
-#: 2/1-bit keys, ternary values packed five per byte). A store is written with the lowest version its cold tier
-#: needs (memory.store.format_version_for), so older readers keep reading what they can.
-FORMAT_VERSION = 2
+#: Newest memory format this code reads. 1: vision entries only, K/V as is or int8 / int4 / k4v2. 2: entries may
+#: also be text (``kind="text"``, e.g. ``source="speech"``): a reader of format 1 would take them for video
+#: chunks, so a store is marked 2 once it holds one. 3: the k2v1.58 cold tier (mixed 2/1-bit keys, ternary values
+#: packed five per byte). A store is written with the lowest version its content needs (memory.store.
+#: format_version_for, upgraded in place when a text entry or a k2v1.58 entry first needs more), so older
+#: readers keep reading what they can.
+FORMAT_VERSION = 3
+TEXT_FORMAT_VERSION = 2  # the first format with text entries
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -87,6 +91,8 @@ class EntryInfo:
     text: str
     thumbnail: bytes | None
     nbytes: int  # K/V bytes as stored (after quantisation)
+    kind: str = "vision"  # "vision" (a video chunk) | "text" (format 2: e.g. recognised speech)
+    source: str = ""  # text entries: "speech"
 
 
 @dataclass

@@ -63,10 +63,10 @@ def test_save_load_same_entries_and_answers(tmp_path):
     with agent.load(tmp_path / "lec.vmem") as loaded:
         assert len(loaded.long_term) == n_stored == 9
         ans = loaded.ask("What is moving?", history=False)
-        assert ans.evidence and all(e.source == "long_term" for e in ans.evidence)
+        assert ans.evidence and all(e.tier == "long_term" for e in ans.evidence)
         assert {e.entry_id for e in ans.evidence} <= set(range(9))
     # the long-term part of the live answer came from the same entries
-    assert {e.start_s for e in before.evidence if e.source == "long_term"} <= {float(i) for i in range(9)}
+    assert {e.start_s for e in before.evidence if e.tier == "long_term"} <= {float(i) for i in range(9)}
 
 
 def test_memory_dir_then_cli_ask(tmp_path, capsys):
@@ -79,7 +79,7 @@ def test_memory_dir_then_cli_ask(tmp_path, capsys):
                  "--max-new-tokens", "4"]) == 0
     out = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.strip()]
     assert out[0]["type"] == "answer" and out[0]["evidence"]
-    assert all(e["source"] == "long_term" for e in out[0]["evidence"])
+    assert all(e["tier"] == "long_term" for e in out[0]["evidence"])
     # a directory written by another model is a clear one-line error
     code = main(["ask", str(mem), "hi", "--model", "tiny-qwen2.5-vl"])
     err = capsys.readouterr().err
@@ -103,9 +103,9 @@ def test_retrieval_is_causal(tmp_path):
     for ch in make_chunks(6, size=16, seed=10, start_index=6):
         eng.ingest(ch)  # store now also holds 4..9
     ans = eng.answer("What happened?", snap, max_new_tokens=2)
-    lt_ev = [e for e in ans.evidence if e.source == "long_term"]
+    lt_ev = [e for e in ans.evidence if e.tier == "long_term"]
     assert lt_ev and all(e.end_s <= 4.0 for e in lt_ev)
-    assert {e.start_s for e in ans.evidence if e.source == "window"} <= {4.0, 5.0}
+    assert {e.start_s for e in ans.evidence if e.tier == "window"} <= {4.0, 5.0}
     lt.close()
 
 

@@ -3,7 +3,7 @@
 Round trips are checked against bounds computed from the original tensors alone (channel ranges and
 maxima), the channel choice against an independent top-k, the bytes against the stated layout; then the
 store: a directory written with it reopens (also through the engine's long-term memory), carries format
-version 2, and a reader of version 1 refuses it with one clear line.
+version 3, and a reader of version 2 refuses it with one clear line.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_store_round_trip_reopen_and_version(tmp_path):
     with LongTermStore(meta(), d, quantize="k2v1.58") as st:
         ids = [st.add(s) for s in segs]
     cfg = json.loads((d / "config.json").read_text())
-    assert cfg["format_version"] == 2 == format_version_for("k2v1.58") and cfg["quantize"] == "k2v1.58"
+    assert cfg["format_version"] == 3 == format_version_for("k2v1.58") and cfg["quantize"] == "k2v1.58"
     with LongTermStore.open(d, expected=meta(), ram_bytes=0) as st:  # disk tier: read back from the files
         assert st.quantize == "k2v1.58" and len(st) == 3
         for i, s in zip(ids, segs):
@@ -122,12 +122,12 @@ def test_old_reader_refuses_newer_format(tmp_path, monkeypatch):
     d = tmp_path / "m"
     with LongTermStore(meta(), d, quantize="k2v1.58") as st:
         st.add(_kv_segment(0))
-    monkeypatch.setattr(mtypes, "FORMAT_VERSION", 1)  # a reader that knows format 1 only
+    monkeypatch.setattr(mtypes, "FORMAT_VERSION", 2)  # a reader that knows formats 1 and 2 (text entries) only
     with pytest.raises(ValueError) as e:
         LongTermStore.open(d)
     msg = str(e.value)
-    assert "\n" not in msg and "format version 2" in msg and "newer" in msg and "(1)" in msg and str(d) in msg
-    with pytest.raises(ValueError, match="format version 2"):
+    assert "\n" not in msg and "format version 3" in msg and "newer" in msg and "(2)" in msg and str(d) in msg
+    with pytest.raises(ValueError, match="format version 3"):
         LongTermStore(meta(), d)
 
 
@@ -151,8 +151,8 @@ def test_v1_store_reopened_with_k2v158_is_bumped(tmp_path):
     assert json.loads((d / "config.json").read_text())["format_version"] == 1
     with LongTermStore.open(d, quantize="k2v1.58") as st:
         st.add(_kv_segment(1))
-        assert st.meta.format_version == 2
-    assert json.loads((d / "config.json").read_text())["format_version"] == 2
+        assert st.meta.format_version == 3
+    assert json.loads((d / "config.json").read_text())["format_version"] == 3
     with LongTermStore.open(d) as st:
         assert [st.info(i).entry_id for i in range(2)] == [0, 1]
         a = _kv_segment(0).keys[0]

@@ -6,11 +6,12 @@ import logging
 __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["Agent", "Session", "Fleet", "Answer", "Evidence", "CommentaryItem", "Alert", "AgentConfig", "__version__"]
+__all__ = ["Agent", "Session", "Fleet", "Answer", "Evidence", "CommentaryItem", "Alert", "AgentConfig", "search",
+           "export", "transcript", "__version__"]
 
 
 def __getattr__(name: str):  # lazy: `import vstream` stays cheap (no torch import until needed)
-    if name in ("Agent", "Session"):
+    if name in ("Agent", "Session", "search", "export", "transcript"):
         from vstream import api
 
         return getattr(api, name)

@@ -22,7 +22,28 @@ from vstream.types import Alert, Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Agent", "Session", "Answer", "Evidence", "CommentaryItem", "Alert"]
+__all__ = ["Agent", "Session", "Answer", "Evidence", "CommentaryItem", "Alert", "search", "export", "transcript"]
+
+
+def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None) -> list:
+    """Moments of a memory directory matching ``query`` (no VLM, read-only): ``vstream.moments.search``."""
+    from vstream.moments import search as _search
+
+    return _search(directory, query, top=top, thumbs_dir=thumbs_dir)
+
+
+def export(directory: str | Path, fmt: str = "srt") -> str:
+    """The transcript of a memory directory as ``srt``, ``vtt`` or ``json`` text: ``vstream.moments.export``."""
+    from vstream.moments import export as _export
+
+    return _export(directory, fmt)
+
+
+def transcript(directory: str | Path) -> list:
+    """Timed speech (and commentary) lines of a memory directory: ``vstream.moments.transcript``."""
+    from vstream.moments import transcript as _transcript
+
+    return _transcript(directory)
 
 
 def _percentile(xs, q: float) -> float | None:
@@ -80,8 +101,12 @@ class Agent:
               chunk_seconds: float | None = None, memory_dir: str | Path | None = None, commentary: bool = False,
               previous_text: str = "", start_s: float = 0.0, end_s: float | None = None,
               commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False,
-              memory_append: bool = False) -> "Session":
+              memory_append: bool = False, asr: bool | None = None, audio: Any = None) -> "Session":
         """Open a session on ``source`` (path, URL, device, "synthetic:...", or a VideoSource).
+
+        asr: recognise the audio track into memory (default: ``memory.asr``); ``audio``: AudioBlocks to use
+        instead of the source's track (e.g. a ``vstream.audio_push.AudioPush``; a PushSource gets one,
+        ``session.audio_push``, when asr is on).
 
         ``memory_dir`` that already holds entries: resumed when it holds this source, else refused unless
         ``memory_append`` (then this stream's times start after the stored ones; ``vstream.memory_source``).
@@ -96,13 +121,15 @@ class Agent:
             changes["sampler.fps"] = fps
         if chunk_seconds is not None:
             changes["sampler.chunk_seconds"] = chunk_seconds
+        if asr is not None:
+            changes["memory.asr"] = bool(asr)
         if changes:
             cfg = cfg.replace(**changes).validate()
         kw: dict[str, Any] = {"start_s": start_s, "end_s": end_s} if (start_s or end_s is not None) else {}
         src = open_source(source, **kw)
         return Session(self, cfg, src, background=background, memory_dir=memory_dir, commentary=commentary,
                        previous_text=previous_text, commentary_replay=commentary_replay, progress=progress,
-                       memory_append=memory_append)
+                       memory_append=memory_append, audio=audio, window=(start_s, end_s))
 
     def load(self, directory: str | Path) -> "Session":
         """A session over memory saved earlier (no source): ``ask`` answers from the stored entries."""
@@ -119,7 +146,8 @@ class Session:
     def __init__(self, agent: Agent, config: AgentConfig, source: Any, *, background: bool,
                  memory_dir: str | Path | None = None, commentary: bool = False, previous_text: str = "",
                  commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False,
-                 load_existing: bool = False, memory_append: bool = False) -> None:
+                 load_existing: bool = False, memory_append: bool = False, audio: Any = None,
+                 window: tuple = (0.0, None)) -> None:
         self.agent = agent
         self.config = config
         self.adapter = agent.adapter
@@ -151,8 +179,32 @@ class Session:
                              cooldown_s=rc.notify_cooldown_s)
         self.pipeline = Pipeline(self.engine, source, config.sampler, self._perceive, background=background,
                                  progress=progress)
+        self.audio_push = None
+        self.speech = self._open_speech(audio, window) if (config.memory.asr and source is not None) else None
         self.pipeline.start()
 
+    def _open_speech(self, audio: Any, window: tuple):
+        """The session's SpeechTrack (audio decoding + ASR threads), or None when there is no audio."""
+        from vstream.sources import LiveSource, PushSource
+        from vstream.speech import SpeechTrack
+
+        src = getattr(self.source, "inner", self.source)  # a ShiftedSource (appended memory) wraps the source
+        live = isinstance(src, (LiveSource, PushSource)) or audio is not None
+        if audio is None and isinstance(src, PushSource):
+            from vstream.audio_push import AudioPush
+
+            audio = self.audio_push = AudioPush(clock=src._clock, origin=src._t0)
+        if audio is None:
+            from vstream.audio import audio_blocks
+
+            audio = audio_blocks(src, window[0] or 0.0, window[1])
+        if audio is None:
+            return None  # audio_blocks said why (one info line): vision only
+        if self.time_offset_s:  # the sound moves with the frames
+            from vstream.speech import shifted
+
+            audio = shifted(audio, self.time_offset_s)
+        return SpeechTrack(self.engine, self.config.asr, audio, wait=not (live or self.config.sampler.realtime))
     @staticmethod
     def _check_memory_dir(memory_dir, source, append: bool) -> None:
         from vstream.memory_source import check_memory_dir
@@ -215,12 +267,27 @@ class Session:
         return self.alerts.notifier
 
     def advance_to(self, t_s: float) -> float:
-        """Ingest until stream time >= ``t_s`` or the source ends; returns the stream time reached."""
-        return self.pipeline.advance_to(t_s)
+        """Ingest until stream time >= ``t_s`` or the source ends; returns the stream time reached.
+
+        With speech recognition on a file (not realtime), also waits until the speech up to then is heard.
+        """
+        reached = self.pipeline.advance_to(t_s)
+        if self.speech is not None and self.speech.wait:
+            self.speech.wait_until(reached)
+        return reached
 
     def run_to_end(self) -> float:
-        """Ingest the whole source; returns the final stream time."""
-        return self.advance_to(float("inf"))
+        """Ingest the whole source (and recognise all of its speech); returns the final stream time."""
+        t = self.advance_to(float("inf"))
+        if self.speech is not None and not self.pipeline.error:
+            self.speech.finish()
+            self.engine.apply_inbox()
+        return t
+
+    @property
+    def transcript(self) -> list:
+        """Speech recognised so far (``vstream.asr.SpeechSegment``s, stream times), oldest first."""
+        return list(self.speech.segments) if self.speech is not None else []
 
     def wait_chunks(self, n: int, timeout: float | None = None) -> bool:
         """Wait until ``n`` chunks have been ingested (or the stream ended)."""
@@ -290,6 +357,7 @@ class Session:
             "process_rss_bytes": psutil.Process().memory_info().rss,
             "ended": pipe.ended,
             "error": pipe.error,
+            "asr": self.speech.stats() if self.speech is not None else None,  # rtf, dropped_s, segments...
             # a live stream's outages: {"at_s", "duration_s", "reason"} each, and the reconnects that ended them
             "gaps": [{**g, "at_s": round(g["at_s"] + self.time_offset_s, 3)}
                      for g in list(getattr(self.source, "gap_records", None) or [])],
@@ -315,6 +383,9 @@ class Session:
         timeout = self.config.responder.close_timeout_s
         deadline = time.monotonic() + timeout
         self.pipeline.close(deadline)
+        if self.speech is not None:  # recognise what is queued; the segments enter memory before it is flushed
+            self.speech.close(max(0.0, deadline - time.monotonic()))
+            self.engine.apply_inbox()
         if not self.responder.close(max(0.0, deadline - time.monotonic())):
             logger.warning("responder did not stop within %.1fs", timeout)
         if self.long_term is not None:

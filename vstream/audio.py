@@ -37,7 +37,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from vstream.sources import LIVE_SCHEMES, SourceError, _check_file, _exc_text, _open_container, _redact, is_device, is_url
+from vstream.sources.errors import LIVE_SCHEMES, SourceError, _check_file, _exc_text, _redact, is_device, is_url
+from vstream.sources.pyav import _open_container
 
 logger = logging.getLogger(__name__)
 

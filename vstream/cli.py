@@ -1,4 +1,4 @@
-"""`vstream ...`: watch, ask, models, bench, eval. Errors are one line on stderr and a non-zero exit.
+"""`vstream ...`: watch, ask, search, export, models, bench, eval. Errors are one line on stderr and a non-zero exit.
 
 The top layer: it may import everything below it (``vstream.api``, ``vstream.bench``, ``eval.cli``);
 nothing imports it but ``vstream.__main__``.
@@ -142,6 +142,11 @@ def cmd_watch(args) -> int:
                           progress=not args.json and not args.realtime and sys.stderr.isatty())
     offset = session.time_offset_s  # appended to a memory dir: this stream's times start there
     with session:
+        if session.speech is not None:
+            session.speech.on_segment(lambda s: em.emit("speech", f"[{s.start_s:.1f}-{s.end_s:.1f}s] speech: {s.text}",
+                                                        start_s=s.start_s, end_s=s.end_s, text=s.text,
+                                                        words=[[w.text, round(w.start_s, 3), round(w.end_s, 3)]
+                                                               for w in s.words]))
         if args.commentary:
             session.on_commentary(lambda c: em.emit("commentary", f"[{c.start_s:.1f}-{c.end_s:.1f}s] {c.text}",
                                                     start_s=c.start_s, end_s=c.end_s, text=c.text))
@@ -211,8 +216,46 @@ def cmd_ask(args) -> int:
         for q in args.question:
             ans = session.ask(q)
             fields = _answer_fields(ans)
-            ev = ", ".join(f"{e.start_s:.1f}-{e.end_s:.1f}s ({e.score:.2f})" for e in ans.evidence)
+            ev = ", ".join(f"{e.start_s:.1f}-{e.end_s:.1f}s {e.source} ({e.score:.2f})" for e in ans.evidence)
             em.emit("answer", f"Q: {q}\nA: {ans.text}\n   evidence: {ev or 'none'}", **fields)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from pathlib import Path
+
+    from vstream.api import search
+
+    thumbs = args.thumbs_dir
+    if thumbs is None:
+        import tempfile
+
+        thumbs = tempfile.mkdtemp(prefix="vstream-search-")
+    em = Emitter(args.json)
+    for qi, query in enumerate(args.query):
+        sub_dir = thumbs if len(args.query) == 1 else str(Path(thumbs) / f"q{qi + 1:02d}")
+        moments = search(args.memory_dir, query, top=args.top, thumbs_dir=sub_dir)
+        if len(args.query) > 1 and not args.json:
+            em.emit("query", f"{query}", query=query)
+        if not moments:
+            em.emit("none", f"no moment in {args.memory_dir} matches {query!r}", query=query)
+        for rank, m in enumerate(moments, 1):
+            em.emit("moment", f"{rank}. [{m.start_s:.1f}-{m.end_s:.1f}s] ({m.source}, {m.score:.2f}) {m.text}"
+                              + (f"\n   thumbnail: {m.thumbnail}" if m.thumbnail else ""), query=query, rank=rank,
+                    **m.to_dict())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vstream.api import export
+
+    text = export(args.memory_dir, args.format)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -267,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the stored ones end (its own time base)")
     w.add_argument("--ocr", action="store_true", help="OCR a keyframe per chunk into memory (slides, signs); "
                                                       "turns on the text retriever too (--retriever both)")
+    w.add_argument("--asr", nargs="?", const="default", default=None, metavar="MODEL",
+                   help="recognise speech into memory (faster-whisper; MODEL: 'default' = shipped tiny.en, a "
+                        "model name or directory); turns on the text retriever too")
     w.set_defaults(func=cmd_watch)
 
     a = sub.add_parser("ask", help="answer questions from a saved memory directory, without the video")
@@ -274,6 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("question", nargs="+")
     _add_model_args(a)
     a.set_defaults(func=cmd_ask)
+
+    s = sub.add_parser("search", help="find moments in a memory directory by meaning (no VLM; read-only)")
+    s.add_argument("memory_dir")
+    s.add_argument("query", nargs="+", help="what to look for (several queries: each is answered in turn)")
+    s.add_argument("--top", type=int, default=5, help="moments to list (default 5)")
+    s.add_argument("--thumbs-dir", default=None, help="write each moment's thumbnail here (default: a temp dir)")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.set_defaults(func=cmd_search)
+
+    e = sub.add_parser("export", help="the transcript (and commentary) of a memory directory with times")
+    e.add_argument("memory_dir")
+    fmt = e.add_mutually_exclusive_group(required=True)
+    for f in ("srt", "vtt", "json"):
+        fmt.add_argument(f"--{f}", dest="format", action="store_const", const=f, help=f"write {f.upper()}")
+    e.add_argument("--out", "-o", default=None, help="file to write (default: stdout)")
+    e.set_defaults(func=cmd_export)
 
     m = sub.add_parser("models", help="list presets and supported model families")
     m.add_argument("--json", action="store_true")

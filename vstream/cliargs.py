@@ -20,8 +20,8 @@ def _value(text: str) -> Any:
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Dotted config overrides (``{"memory.window_chunks": 8, ...}``) from the options present in ``args``.
 
-    ``--set KEY=VALUE`` comes first, so the named options below win over it; ``--ocr`` turns the text
-    retriever on (``memory.retriever="both"``) unless ``--retriever`` names one.
+    ``--set KEY=VALUE`` comes first, so the named options below win over it; ``--ocr`` and ``--asr [MODEL]``
+    turn the text retriever on (``memory.retriever="both"``) unless ``--retriever`` names one.
     """
     overrides: dict[str, Any] = {}
     for kv in getattr(args, "set", None) or []:
@@ -36,6 +36,10 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "ocr", False):
         overrides["memory.ocr"] = True
         overrides["memory.retriever"] = "both"  # OCR text is only useful to the text retriever
+    if getattr(args, "asr", None):
+        overrides["memory.asr"] = True
+        overrides["asr.model"] = args.asr
+        overrides["memory.retriever"] = "both"  # speech is found by the text retriever
     if getattr(args, "retriever", None):
         overrides["memory.retriever"] = args.retriever
     if getattr(args, "top_k", None) is not None:

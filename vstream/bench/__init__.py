@@ -6,9 +6,11 @@ memory   FAISS search latency, KV bytes per hour, time to first token with 0 vs 
 realtime highest frame rate sustained with commentary on; TTFT mid-stream vs on an idle session.
 tokens   token drop (kept share, chunk latency and KV/h, drop on vs off) per source and threshold; cold-tier
          KV/h at 7B shapes for every format; which key channels the k2v1.58 tier stores at 1 bit.
+asr      speech recognition on a clip: real-time factor, WER, timestamp error, and per-chunk perception
+         latency with ASR on over off in one run.
 
 Modules: ``common`` (device sync and memory, random chunks, environment facts, JSON/PNG writing),
-``ingest``, ``memory_ttft``, ``realtime`` (one benchmark each) and ``commands`` (the argparse wiring).
+``ingest``, ``memory_ttft``, ``realtime``, ``asr`` (one benchmark each) and ``commands`` (the argparse wiring).
 
 Which way imports go: the benches are a top-layer command like the CLI. ``commands`` imports the three
 benchmark modules and ``eval.bench_memory`` (FAISS latency and KV bytes per hour); the benchmark modules

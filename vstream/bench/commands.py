@@ -12,7 +12,8 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``bench`` with ``ingest``, ``memory``, ``realtime`` and ``fleet`` to ``sub`` (argparse sub-parsers)."""
+    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet`` and ``asr`` to ``sub`` (argparse
+    sub-parsers)."""
     b = sub.add_parser("bench", help="efficiency benchmarks -> JSON + PNG")
     bs = b.add_subparsers(dest="bench", required=True)
     i = bs.add_parser("ingest", help="per-chunk latency/memory: engine vs full attention vs recompute")
@@ -59,6 +60,15 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--out", default="bench_out")
     t.set_defaults(func=_cli_tokens)
+    a = bs.add_parser("asr", help="speech recognition: real-time factor, WER, perception latency ASR on/off")
+    a.add_argument("video", nargs="?", default="data/lecture.mp4")
+    a.add_argument("--asr-model", default="default", help="faster-whisper model: default (tiny.en), name or dir")
+    a.add_argument("--vad", default="silero")
+    a.add_argument("--model", default="tiny-qwen2.5-vl", help="VLM for the perception latency ratio")
+    a.add_argument("--fps", type=float, default=2.0)
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", default="bench_out")
+    a.set_defaults(func=_cli_asr)
     f = bs.add_parser("fleet", help="many streams: batched Fleet vs separate sessions (chunks/s, latency, memory)")
     f.add_argument("--streams", default="1,2,4,8,16", help="stream counts")
     f.add_argument("--model", default="small-llava-onevision")
@@ -135,6 +145,26 @@ def _cli_tokens(args: argparse.Namespace) -> int:
     p = write_json(res, out, "tokens")
     plot_tokens(res, out / "tokens.png")
     _report({"json": str(p), "png": str(out / "tokens.png"), "summary": summary(res)})
+    return 0
+
+
+def _cli_asr(args: argparse.Namespace) -> int:
+    from vstream.bench.asr import bench_asr, bench_latency, plot_asr
+    from vstream.bench.common import environment, write_json
+    from vstream.config import ASRConfig
+
+    cfg = ASRConfig(model=args.asr_model, vad=args.vad).check()
+    res = bench_asr(args.video, config=cfg)
+    res["bench"] = "asr"
+    res["latency"] = bench_latency(args.video, args.model, cfg, device=args.device, fps=args.fps)
+    res["env"] = environment()
+    out = Path(args.out)
+    p = write_json(res, out, "asr")
+    plot_asr(res, out / "asr.png")
+    lat = res["latency"]
+    _report({"json": str(p), "png": str(out / "asr.png"), "rtf": res["rtf"], "wer": res["wer"],
+             "timestamp_error_s": res["timestamp_error_s"], "latency_ratio_p50": lat["ratio_p50"],
+             "latency_p50_off_s": lat["off"]["p50_s"], "latency_p50_on_s": lat["on"]["p50_s"]})
     return 0
 
 

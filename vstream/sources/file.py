@@ -67,6 +67,8 @@ class FileSource:
         if n == 0:
             raise RuntimeError("no frames")
         ts = np.asarray(vr.get_frame_timestamp(list(range(n))), dtype=np.float64)  # [N, 2] start, end
+        vr.get_batch([0])  # decord indexes some containers it cannot decode (plain MPEG-TS): fall back now
+        vr.seek(0)
         self._vr, self._ts = vr, ts[:, 0]
         self.fps = float(vr.get_avg_fps()) or None
         self.duration = float(ts[-1, 1]) if ts[-1, 1] > 0 else None
@@ -100,12 +102,19 @@ class FileSource:
             yield from self._iter_decord()
 
     def _iter_pyav(self) -> Iterator[Frame]:
-        container = _open_container(str(self.path))
-        try:
-            yield from _pyav_frames(container, path=self.name, start_s=self.start_s, end_s=self.end_s,
-                                    max_side=self.max_side)
-        finally:
-            container.close()
+        for seek in ((True, False) if self.start_s > 0 else (True,)):
+            container = _open_container(str(self.path))
+            n = 0
+            try:
+                for frame in _pyav_frames(container, path=self.name, start_s=self.start_s, end_s=self.end_s,
+                                          max_side=self.max_side, seek=seek):
+                    n += 1
+                    yield frame
+            finally:
+                container.close()
+            if n:
+                return
+            logger.info("seeking in %r gave no frame; decoding from the start", self.name)  # e.g. MPEG-TS
 
     def _iter_decord(self) -> Iterator[Frame]:
         if self._vr is None:

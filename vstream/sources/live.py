@@ -22,7 +22,7 @@ import numpy as np
 from vstream.frames import Frame, check_max_side, resize_max_side
 from vstream.sources.errors import (LIVE_SCHEMES, SourceError, _check_file, _container_error, _exc_text, _file_error,
                                     _redact, _stream_error, is_device, is_url)
-from vstream.sources.pyav import _decode_video, _DecodeLog, _open_container, _stream_facts
+from vstream.sources.pyav import _decode_video, _DecodeLog, _open_container, _stream_facts, _video_origin
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ class LiveSource:
             try:
                 for pts, rgb in self._decode(container, log):
                     if self._is_file:
-                        t = float(pts) if pts is not None else (0.0 if last_t is None else last_t + fallback_dt)
+                        t = float(pts) - _video_origin(container) if pts is not None else (
+                            0.0 if last_t is None else last_t + fallback_dt)  # first video frame = 0, as decord
                     else:
                         if base is None:  # first frame of this connection
                             if last_t is None:

@@ -27,6 +27,18 @@ def _open_container(target: str, *, timeout: float | tuple[float, float] | None 
     return av.open(target, mode="r", format=fmt, options=options or {}, timeout=timeout)
 
 
+def _video_origin(container) -> float:
+    """Container seconds of the first video stream's start: stream time 0 on every backend (decord counts
+    from there too, and ``vstream.audio`` puts the sound on the same clock). 0 when unknown."""
+    try:
+        vs = container.streams.video[0]
+        if vs.start_time is None or vs.time_base is None:
+            return 0.0
+        return float(vs.start_time * vs.time_base)
+    except (AttributeError, IndexError, TypeError, ValueError):  # no video stream / a stand-in container
+        return 0.0
+
+
 def _stream_facts(container) -> dict:
     """{"duration", "fps", "width", "height", "codec", "frames"} of the first video stream."""
     vs = container.streams.video[0]
@@ -140,16 +152,19 @@ def _decode_video(container, vs, log: _DecodeLog) -> Iterator[Any]:
 
 
 def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | None = None,
-                 max_side: int | None = None) -> Iterator[Frame]:
-    """Decode the first video stream of an open PyAV container (a file): what is readable, then a warning."""
+                 max_side: int | None = None, seek: bool = True) -> Iterator[Frame]:
+    """Decode the first video stream of an open PyAV container (a file): what is readable, then a warning.
+
+    ``seek=False`` decodes from the start and skips to ``start_s`` (for containers that seek badly)."""
     import av
 
     vs = container.streams.video[0]
     vs.thread_type = "AUTO"
     facts_fps = float(vs.average_rate) if vs.average_rate else None
-    if start_s > 0 and vs.time_base:
+    origin = _video_origin(container)  # frame times count from the video stream's start (MPEG-TS: ~1.4 s)
+    if seek and start_s > 0 and vs.time_base:
         try:
-            container.seek(int(start_s / vs.time_base), stream=vs, backward=True, any_frame=False)
+            container.seek(int((start_s + origin) / vs.time_base), stream=vs, backward=True, any_frame=False)
         except av.FFmpegError as exc:
             logger.debug("seek to %.2fs failed in %s (%s); decoding from the start", start_s, path, _exc_text(exc))
     log = _DecodeLog(container, whole=start_s <= 0, end_s=end_s)
@@ -159,7 +174,8 @@ def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | N
             t = frame.time
             if t is None:  # no pts: continue from the last time at the nominal rate
                 t = 0.0 if log.last_t is None else log.last_t + 1.0 / (facts_fps or 25.0)
-            t = float(t)
+            else:
+                t = float(t) - origin
             if t < start_s - 1e-6:
                 continue
             if end_s is not None and t >= end_s:

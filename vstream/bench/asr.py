@@ -9,20 +9,18 @@ instead of dropping, so the figure is the recogniser's own speed), and returns::
 
 ``wer`` and ``timestamp_error_s`` (mean |start of the recognised first word - spoken start| over the
 sentences whose first two words were recognised; ``timestamp_max_error_s`` the largest) need a reference: a ``lecture.json`` beside the clip is used when ``reference`` is None.
-With ``out`` the result is also written there as JSON. The per-chunk perception latency with ASR on
-over off is measured in the engine benchmark (it needs the engine).
+With ``out`` the result is also written there as JSON. ``bench_latency`` measures the per-chunk
+perception latency of a session with ASR on over off in one run; ``plot_asr`` draws both.
 
-    python -m vstream.bench_asr [VIDEO] [--model default] [--vad silero] [--out docs/bench/asr.json]
+    vstream bench asr [VIDEO] [--asr-model default] [--model tiny-qwen2.5-vl] [--out docs/bench]
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -109,25 +107,53 @@ def bench_asr(video: str | os.PathLike = "data/lecture.mp4", reference: str | os
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Real-time factor and WER of the streaming ASR on a clip.")
-    ap.add_argument("video", nargs="?", default="data/lecture.mp4")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--vad", default="silero")
-    ap.add_argument("--window", type=float, default=ASRConfig.window_s)
-    ap.add_argument("--overlap", type=float, default=ASRConfig.overlap_s)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--beam", type=int, default=ASRConfig.beam_size)
-    ap.add_argument("--out")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = ASRConfig(model=a.model, vad=a.vad, window_s=a.window, overlap_s=a.overlap, cpu_threads=a.threads,
-                    beam_size=a.beam)
-    r = bench_asr(a.video, config=cfg, out=a.out)
-    print(json.dumps({k: v for k, v in r.items() if k not in ("transcript", "reference", "config")}, indent=1))
-    print("transcript:", r["transcript"])
-    return 0
+def bench_latency(video: str | os.PathLike = "data/lecture.mp4", model: str = "tiny-qwen2.5-vl",
+                  config: ASRConfig | None = None, device: str = "cpu", fps: float = 2.0) -> dict:
+    """Per-chunk perception latency of one session over ``video`` with ASR off, then on, in one process.
+
+    The session with ASR on decodes and recognises the audio on its own threads while perception runs
+    (a file watched as fast as it decodes: the recogniser is waited for, nothing is dropped), so the
+    ratio of the medians is what speech recognition costs perception on this machine.
+    """
+    import numpy as np
+
+    from vstream.api import Agent
+
+    agent = Agent.from_pretrained(model, device=device)
+    out: dict = {"model": agent.model_name, "fps": fps}
+    for name, on in (("off", False), ("on", True)):
+        cfg = agent.config.replace(**{"memory.asr": on, "asr": config or ASRConfig()})
+        t = time.perf_counter()
+        with Agent(agent.adapter, cfg).watch(video, background=False, fps=fps) as session:
+            session.run_to_end()
+            lat = [r.latency_s for r in session.reports]
+            st = session.stats()
+        out[name] = {"chunks": len(lat), "p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)),
+                     "mean_s": float(np.mean(lat)), "wall_s": time.perf_counter() - t, "latencies_s": lat,
+                     "asr": {k: v for k, v in (st["asr"] or {}).items() if k != "error"} or None}
+    out["ratio_p50"] = out["on"]["p50_s"] / out["off"]["p50_s"]
+    out["ratio_mean"] = out["on"]["mean_s"] / out["off"]["mean_s"]
+    return out
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def plot_asr(result: dict, path: str | os.PathLike) -> None:
+    """PNG: per-chunk perception latency with ASR off and on (one run), with RTF and WER in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lat = result["latency"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name in ("off", "on"):
+        ys = lat[name]["latencies_s"]
+        ax.plot(range(len(ys)), ys, label=f"ASR {name} (p50 {lat[name]['p50_s'] * 1000:.0f} ms)")
+    ax.set_xlabel("chunk")
+    ax.set_ylabel("perception latency (s)")
+    wer = result.get("wer")
+    ax.set_title(f"{lat['model']}: latency ratio on/off {lat['ratio_p50']:.2f} (p50); ASR RTF {result['rtf']:.2f}"
+                 + (f", WER {wer:.2f}" if wer is not None else ""), fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -18,6 +18,7 @@ from vstream.engine import Engine, Retrieved
 from vstream.models.base import rotate_half
 
 TOL = 1e-4
+FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-llava-onevision", "tiny-smolvlm"]
 QUESTION = "What happened in the video?"
 
 
@@ -36,8 +37,8 @@ class Recorder:
         self.records: list[tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = []
         self._orig = adapter.forward
 
-        def forward(inputs_embeds, position_ids, cache, logits="last"):
-            out = self._orig(inputs_embeds, position_ids, cache, logits)
+        def forward(inputs_embeds, position_ids, cache, logits="last", **lm_inputs):
+            out = self._orig(inputs_embeds, position_ids, cache, logits, **lm_inputs)
             n = inputs_embeds.shape[1]
             self.records.append(([l.keys[:, :, -n:].clone() for l in cache.layers],
                                  [l.values[:, :, -n:].clone() for l in cache.layers], position_ids.clone()))
@@ -104,7 +105,7 @@ def _question_logits_on(adapter, keys, values, start):
     return adapter.forward(tokens.inputs_embeds, adapter.position_ids(tokens.rel_pos, start), cache)
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_streaming_equals_full_forward(name):
     adapter = tiny_adapter(name)
     eng = _engine(adapter, window=100)
@@ -124,7 +125,7 @@ def test_streaming_equals_full_forward(name):
     assert (ref2 - ref).abs().max().item() > 100 * TOL
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_evicted_cache_equals_reference(name):
     adapter = tiny_adapter(name)
     W = 3
@@ -148,7 +149,7 @@ def test_evicted_cache_equals_reference(name):
     assert (gapped - ref).abs().max().item() > 10 * TOL
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_retrieved_context_equals_reference(name):
     adapter = tiny_adapter(name)
     W = 2
@@ -168,7 +169,7 @@ def test_retrieved_context_equals_reference(name):
     assert len(used) == 2
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_retrieved_from_store_equals_reference(name, tmp_path):
     """Entries go to the real long-term store (disk + RAM tiers) and come back by id, exactly."""
     from vstream.memory_wiring import open_long_term

@@ -80,7 +80,8 @@ def test_streaming_equals_full_forward(adapter, frame_size):
 
 def test_streaming_respects_fps(adapter):
     adapter.fps = 1.0  # temporal spacing 4 instead of 2: streaming and reference must still agree
-    adapter.frame_size = 112  # merged grid side >= 4, so the spacing stays within the chunk's spatial extent
+    adapter.frame_size = 224
+    adapter.min_pixels = 112 * 112  # merged grids of >= 4 per side: the spacing stays within each chunk's extent
     try:
         pieces = _pieces(adapter)
         logits, _, toks, _ = _stream(adapter, pieces)
@@ -91,6 +92,7 @@ def test_streaming_respects_fps(adapter):
     finally:
         adapter.fps = 2.0
         adapter.frame_size = None
+        adapter.min_pixels = 56 * 56
 
 
 def test_delta_rotation(adapter):
@@ -166,10 +168,12 @@ def test_preprocess_layout(adapter):
     assert pix.shape == (gt * gh * gw, 3 * 2 * 14 * 14)
     pix4, grid4 = adapter.preprocess(np.concatenate([frames, frames[-1:]]))
     assert torch.equal(pix, pix4) and torch.equal(grid, grid4)
-    # independent reconstruction: resize + normalise, then read each patch straight from the image
-    x = torch.from_numpy(np.concatenate([frames, frames[-1:]])).permute(0, 3, 1, 2).float() / 255
-    x = torch.nn.functional.interpolate(x, size=(28, 56), mode="bicubic", align_corners=False, antialias=True)
-    x = (x.clamp(0, 1) - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    # independent reconstruction: PIL's bicubic resize + normalise, then read each patch straight from the image
+    from PIL import Image
+
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((56, 28), Image.BICUBIC)) for f in frames])
+    x = torch.from_numpy(np.concatenate([resized, resized[-1:]])).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     row = 0
     for t in range(gt):
         for bh in range(gh // 2):

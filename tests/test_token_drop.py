@@ -243,6 +243,11 @@ def test_scene_cut_keeps_all_and_frozen_frame_keeps_floor(name):
 def test_unsupported_threshold_and_family():
     with pytest.raises(ValueError, match="cosine similarity"):
         TokenDrop(1.5)
+    from vstream.models.registry import PRESETS
+
+    if "tiny-qwen3-vl" in PRESETS:  # deepstack inputs per visual token: refused when the engine is built
+        with pytest.raises(ValueError, match="not supported"):
+            _engine(tiny_adapter("tiny-qwen3-vl"), 0.9)
     with pytest.raises(ValueError, match="token_drop"):
         from_name("tiny").replace(**{"memory.token_drop": 2.0}).validate()
 

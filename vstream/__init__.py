@@ -6,8 +6,8 @@ import logging
 __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["Agent", "Session", "Fleet", "Answer", "Evidence", "CommentaryItem", "Alert", "AgentConfig", "search",
-           "export", "transcript", "__version__"]
+__all__ = ["Agent", "Session", "Fleet", "RayFleet", "Answer", "Evidence", "CommentaryItem", "Alert", "AgentConfig",
+           "search", "export", "transcript", "__version__"]
 
 
 def __getattr__(name: str):  # lazy: `import vstream` stays cheap (no torch import until needed)
@@ -19,6 +19,10 @@ def __getattr__(name: str):  # lazy: `import vstream` stays cheap (no torch impo
         from vstream.fleet import Fleet
 
         return Fleet
+    if name == "RayFleet":
+        from vstream.serve.client import RayFleet
+
+        return RayFleet
     if name in ("Answer", "Evidence", "CommentaryItem", "Alert"):
         from vstream import types
 

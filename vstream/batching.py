@@ -133,7 +133,7 @@ def prefill_ragged(adapter: ModelAdapter, caches: Sequence, tokens: Sequence[Tok
     try:
         with torch.inference_mode(), adapter.capture_projection_rows("k", rows) as kmeans:
             adapter.language_model()(inputs_embeds=emb, position_ids=position_ids, attention_mask=dummy,
-                                     past_key_values=state, use_cache=True)
+                                     cache=state, use_cache=True, **adapter.batch_lm_inputs(tokens, rows))
     finally:
         _tls.state = None
     return [Prefilled(tuple(state.keys[i]), tuple(state.values[i]), _summary(kmeans, i)) for i in range(len(new))]
@@ -213,7 +213,7 @@ def prefill_batch(adapter: ModelAdapter, caches: Sequence, tokens: Sequence[Toke
         cache = adapter.new_cache()
     mask = batch_mask(past, new, dev)
     with torch.inference_mode(), adapter.capture_projection_rows("k", rows) as kmeans:
-        adapter.forward_batch(emb, position_ids, cache, mask)
+        adapter.forward_batch(emb, position_ids, cache, mask, **adapter.batch_lm_inputs(tokens, rows))
     out = []
     for i, (c, s) in enumerate(zip(caches, new)):
         ks = tuple(torch.cat([old.keys, l.keys[i:i + 1, :, n_max:n_max + s]], dim=-2)

@@ -1,4 +1,5 @@
-"""`vstream ...`: watch, ask, search, export, models, bench, eval. Errors are one line on stderr and a non-zero exit.
+"""`vstream ...`: watch, ask, search, export, models, bench, doctor, eval. Errors are one line on stderr and a
+non-zero exit.
 
 The top layer: it may import everything below it (``vstream.api``, ``vstream.bench``, ``eval.cli``);
 nothing imports it but ``vstream.__main__``.
@@ -16,9 +17,10 @@ import warnings
 from typing import Any, Sequence
 
 from eval.cli import add_eval_parser
-from vstream import bench
+from vstream import bench, doctor
 from vstream.cliargs import agent_from_args
 from vstream.fleet_cli import add_parser as add_fleet_parser
+from vstream.serve.cli import add_parser as add_serve_parser
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     bench.add_parser(sub)
+    doctor.add_parser(sub)
     add_fleet_parser(sub)
+    add_serve_parser(sub)
     add_eval_parser(sub)
     return ap
 

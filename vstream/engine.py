@@ -457,6 +457,7 @@ class Engine:
         evidence += self._speech_evidence(question, [s for s in snap.live if s.source == "speech"])
         return Answer(question=question, text=text, asked_at_s=snap.stream_time_s, evidence=evidence,
                       ttft_s=ttft[0] if ttft else latency, latency_s=latency, tokens=len(res.token_ids),
+                      token_ids=[int(t) for t in res.token_ids],
                       cancelled=res.stopped == "cancelled")
 
     def _window_evidence(self, live_vision: Sequence[Segment], qmeans: torch.Tensor | None, top: int = 3

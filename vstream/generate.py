@@ -25,7 +25,8 @@ def prefill(adapter: ModelAdapter, cache: DynamicCache, tokens: Tokens, start: i
 
     Returns the last position's logits [1, V] (fp32) for logits="last".
     """
-    return adapter.forward(tokens.inputs_embeds, adapter.position_ids(tokens.rel_pos, start), cache, logits=logits)
+    return adapter.forward(tokens.inputs_embeds, adapter.position_ids(tokens.rel_pos, start), cache, logits=logits,
+                           **tokens.lm_inputs)
 
 
 def decode_one_token(adapter: ModelAdapter, cache: DynamicCache, token_id: int, pos: int) -> torch.Tensor:

@@ -115,9 +115,7 @@ def token_drop_for(adapter, threshold: float | None, floor: float) -> TokenDrop 
     """A TokenDrop for ``adapter`` (None when ``threshold`` is None); ValueError when its family has no grid."""
     if threshold is None:
         return None
-    from vstream.models.base import ModelAdapter
-
-    if type(adapter).visual_cells is ModelAdapter.visual_cells:
+    if not adapter.supports_token_drop():
         raise ValueError(f"token drop is not supported for the {adapter.family} family; "
                          f"leave memory.token_drop unset (no --token-drop)")
     return TokenDrop(threshold, floor)

@@ -36,6 +36,7 @@ class Answer:
     latency_s: float = 0.0  # wall time from the question's turn to the last token
     tokens: int = 0
     cancelled: bool = False
+    token_ids: list[int] = field(default_factory=list)  # the decoded ids (compare answers exactly)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

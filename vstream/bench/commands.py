@@ -80,6 +80,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--device", default="auto")
     f.add_argument("--out", default="bench_out")
     f.set_defaults(func=_cli_fleet)
+    from vstream.bench.serve import add_parser as add_serve_parser
+
+    add_serve_parser(bs)
 
 
 def run_cli(args: argparse.Namespace) -> int:

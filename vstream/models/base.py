@@ -14,10 +14,13 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
+import os
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
@@ -37,6 +40,10 @@ class Tokens:
     rel_pos: torch.Tensor  # [P, S] int64, relative to the segment's first position
     n_vision: int = 0  # vision tokens among the S
     n_dropped: int = 0  # vision tokens removed by token drop (``select``)
+    #: Extra keyword inputs of the language model for exactly these S tokens, passed to every forward that
+    #: prefills them (Qwen3-VL: ``visual_pos_masks`` [1, S] bool and ``deepstack_visual_embeds``, a list of
+    #: [n_vision, D] per injected layer). Empty for text and for families without such inputs.
+    lm_inputs: dict = field(default_factory=dict)
 
     @property
     def n_tokens(self) -> int:
@@ -57,6 +64,9 @@ class Tokens:
         """
         if keep.shape != (self.n_tokens,) or keep.dtype != torch.bool:
             raise ValueError(f"keep must be a bool tensor [{self.n_tokens}], got {keep.dtype} {tuple(keep.shape)}")
+        if self.lm_inputs:
+            raise ValueError("token drop cannot select tokens that carry extra language-model inputs (Qwen3-VL's "
+                             "deepstack features); leave memory.token_drop unset for this family")
         keep = keep.to(self.input_ids.device)
         out = Tokens(input_ids=self.input_ids[:, keep], inputs_embeds=self.inputs_embeds[:, keep],
                      rel_pos=self.rel_pos[:, keep], n_vision=self.n_vision - int((~keep).sum().item()),
@@ -120,7 +130,30 @@ class ModelAdapter(ABC):
     # ---- properties -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the input embeddings' execution device (accelerate placement) or the weights'."""
+        hook = getattr(self.language_model().embed_tokens, "_hf_hook", None)
+        dev = getattr(hook, "execution_device", None)
+        if dev is not None:
+            return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
         return next(self.model.parameters()).device
+
+    def layer_devices(self) -> list[torch.device]:
+        """Device each decoder layer runs on (its cache layer lives there); one device unless placed by accelerate.
+
+        Code that moves K/V into a cache (retrieved long-term entries) should put layer i on ``layer_devices()[i]``.
+        """
+        out = []
+        for layer in self.decoder_layers():
+            dev = getattr(getattr(layer, "_hf_hook", None), "execution_device", None)
+            if dev is None:
+                dev = next(layer.parameters()).device
+            out.append(torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev))
+        return out
+
+    @property
+    def placed(self) -> bool:
+        """True when accelerate spread the model over several devices or offloaded part of it."""
+        return bool(getattr(self.model, "hf_device_map", None)) and len(set(self.model.hf_device_map.values())) > 1
 
     @property
     def dtype(self) -> torch.dtype:
@@ -143,7 +176,7 @@ class ModelAdapter(ABC):
 
     # ---- family hooks -------------------------------------------------------------------------
     def language_model(self) -> nn.Module:
-        """The decoder stack (takes inputs_embeds, position_ids, past_key_values)."""
+        """The decoder stack (takes inputs_embeds, position_ids, cache)."""
         return self.model.model.language_model
 
     def lm_head(self) -> nn.Module:
@@ -164,6 +197,10 @@ class ModelAdapter(ABC):
         pieces: text strings and (marker, frames) chunks, in order, exactly as the engine would feed
         them. Returns the last position's logits [V] (fp32).
         """
+
+    def supports_token_drop(self) -> bool:
+        """Whether ``visual_cells`` gives this family's frame grid and its chunks can be prefilled in part."""
+        return type(self).visual_cells is not ModelAdapter.visual_cells
 
     def visual_cells(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Frame-grid layout of a chunk's tokens, for token drop.
@@ -247,19 +284,20 @@ class ModelAdapter(ABC):
 
     @torch.inference_mode()
     def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
-                logits: str = "last") -> torch.Tensor | None:
+                logits: str = "last", **lm_inputs: Any) -> torch.Tensor | None:
         """Run the LM over inputs_embeds [1, S, D] at position_ids, appending to cache.
 
-        logits: "last" -> [1, V] fp32, "all" -> [1, S, V] fp32, "none" -> None.
+        logits: "last" -> [1, V] fp32, "all" -> [1, S, V] fp32, "none" -> None. ``lm_inputs`` are the
+        segment's extra language-model inputs (``Tokens.lm_inputs``; DeepStack features for Qwen3-VL).
         """
         out = self.language_model()(inputs_embeds=inputs_embeds, position_ids=position_ids,
-                                    past_key_values=cache, use_cache=True)
+                                    cache=cache, use_cache=True, **lm_inputs)
         h = out.last_hidden_state  # [1, S, D]
         if logits == "none":
             return None
         if logits == "last":
             h = h[:, -1]
-        return self.lm_head()(h).float()
+        return self.lm_head()(h).float()  # with accelerate placement, the head's hook moves h to its device
 
     def rotate_keys(self, keys: torch.Tensor, delta: int) -> torch.Tensor:
         """Move keys [B, H, S, D] computed at positions p to positions p + delta."""
@@ -303,6 +341,13 @@ class ModelAdapter(ABC):
             finally:
                 self._captures.active.pop(f"{which}_rows", None)
 
+    def batch_lm_inputs(self, tokens: Sequence[Tokens], rows: torch.Tensor) -> dict:
+        """The segments' ``lm_inputs`` merged for a right-padded batch (rows [B, S] True = real token).
+
+        Default: none (families without per-token LM inputs). Qwen3-VL merges its DeepStack features.
+        """
+        return {}
+
     def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
         """Several chunks (marker, frames [N, H, W, 3]) at once; families batch the vision encoder here.
 
@@ -312,7 +357,7 @@ class ModelAdapter(ABC):
 
     @torch.inference_mode()
     def forward_batch(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
-                      attention_mask: torch.Tensor) -> None:
+                      attention_mask: torch.Tensor, **lm_inputs: Any) -> None:
         """Run the LM over a padded batch, appending to ``cache`` (no logits).
 
         inputs_embeds [B, S, D]; position_ids [B, S] (1-D RoPE) or [P, B, S]; attention_mask [B, 1, S, N + S]
@@ -324,7 +369,7 @@ class ModelAdapter(ABC):
             mask = torch.zeros(attention_mask.shape, dtype=inputs_embeds.dtype, device=attention_mask.device)
             mask.masked_fill_(~attention_mask, torch.finfo(inputs_embeds.dtype).min)
         self.language_model()(inputs_embeds=inputs_embeds, position_ids=position_ids, attention_mask=mask,
-                              past_key_values=cache, use_cache=True)
+                              cache=cache, use_cache=True, **lm_inputs)
 
     def _install_projection_hooks(self) -> None:
         """Permanent forward hooks on every layer's q_proj / k_proj (installed once, before any thread
@@ -365,3 +410,85 @@ def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
         raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
     t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# ---- helpers shared by the adapters -------------------------------------------------------------
+def placement_kwargs(device_map: Any = None, max_memory: dict | None = None,
+                     offload_folder: str | None = None) -> dict:
+    """``from_pretrained`` keyword arguments for accelerate's placement; {} = load on one device."""
+    if device_map is None:
+        return {}
+    out: dict[str, Any] = {"device_map": device_map}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type name."""
+    s = str(e).strip()
+    return s.splitlines()[0][:200] if s else type(e).__name__
+
+
+def read_checkpoint_json(name_or_path: str, filename: str) -> dict | None:
+    """A JSON file of a local checkpoint directory or hub repo; None when the checkpoint has no such file.
+
+    Raises ValueError when the file exists but cannot be read or parsed (the user must fix it).
+    """
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, filename)
+        if not os.path.isfile(path):
+            return None
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(name_or_path, filename)
+        except Exception as e:  # absent file, no network, offline mode: treated as absent
+            logger.debug("no %s for %s (%s)", filename, name_or_path, one_line(e))
+            return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {one_line(e)}; fix or remove the file") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds {type(data).__name__}, not a JSON object; fix or remove the file")
+    return data
+
+
+def read_preprocessor_config(name_or_path: str, filename: str = "preprocessor_config.json") -> dict:
+    """The checkpoint's (pre)processor config as a dict; {} (family defaults, with a warning) when absent."""
+    data = read_checkpoint_json(name_or_path, filename)
+    if data is None:
+        logger.warning("no %s for %s; using the family's default preprocessing", filename, name_or_path)
+        return {}
+    return data
+
+
+def default_side(pp: dict, fallback: int, *, factor: int = 1, cap: int | None = None) -> int:
+    """Default frame side from a preprocessor config, rounded down to a multiple of ``factor``.
+
+    A side budget (``max_image_size``: SmolVLM) is used as is; a pixel budget (``max_pixels`` or
+    ``size.longest_edge`` with ``size.shortest_edge``: Qwen) becomes the side of the square with that
+    area. The result is capped at ``cap`` (when given); ``fallback`` when the config names no budget.
+    """
+    side: int | None = None
+    mx = pp.get("max_image_size")
+    if isinstance(mx, dict) and isinstance(mx.get("longest_edge"), int):
+        side = int(mx["longest_edge"])
+    elif isinstance(mx, int):
+        side = mx
+    else:
+        size = pp.get("size") if isinstance(pp.get("size"), dict) else {}
+        area = pp.get("max_pixels") or size.get("max_pixels") or (
+            size.get("longest_edge") if "shortest_edge" in size else None)
+        if area:
+            side = int(math.isqrt(int(area)))
+    if side is None:
+        side = fallback
+    if cap is not None:
+        side = min(side, cap)
+    return max(factor, side // factor * factor)

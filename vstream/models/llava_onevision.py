@@ -6,10 +6,14 @@ placeholder token repeated once per pooled vision feature. Per frame the SigLIP 
 LM width and 2x bilinear pooling shrinks it to ceil(G/2)^2 tokens (14 x 14 = 196). After the last
 frame HF appends one ``image_newline`` token per video, so a chunk of N frames carries
 N * ceil(G/2)^2 + 1 vision tokens. Positions are plain 1-D: appending a chunk to a cache is exact.
+
+Frames are resized straight to ``image_size`` squared with PIL's bicubic reproduced exactly on the device
+(``resize.resize_like_pil``), so pixel values equal HF's PIL processor's. Deliberate prompt differences
+from the chat template (each chunk's marker before its video tokens, no newline after them) are listed
+and measured in tests/test_parity_prompt.py.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,7 +27,9 @@ from transformers import (AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionFor
                           SiglipVisionConfig)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from vstream.models.base import ModelAdapter, Tokens, frames_to_tensor
+from vstream.models.base import (ModelAdapter, Tokens, frames_to_tensor, one_line, placement_kwargs,
+                                 read_checkpoint_json)
+from vstream.models.resize import resize_like_pil
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -124,8 +130,8 @@ class LlavaOneVisionAdapter(ModelAdapter):
         if n == 0 or h == 0 or w == 0:
             raise ValueError(f"frames must hold at least one non-empty frame, got shape {frames.shape}")
         s = self.frame_size
-        if (h, w) != (s, s):  # HF's video processor resizes to size x size (bicubic), no aspect-preserving crop
-            x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+        # HF's processors resize straight to size x size (bicubic), no aspect-preserving crop; PIL's arithmetic
+        x = resize_like_pil(x, (s, s), "bicubic")
         mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.dtype)
@@ -260,8 +266,12 @@ class LlavaOneVisionAdapter(ModelAdapter):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, frame_size: int | None = None) -> "LlavaOneVisionAdapter":
-        """Load a real checkpoint (hub id or local directory); mean/std from its preprocessor config."""
+                        dtype: torch.dtype = torch.float32, frame_size: int | None = None, device_map: Any = None,
+                        max_memory: dict | None = None, offload_folder: str | None = None) -> "LlavaOneVisionAdapter":
+        """Load a real checkpoint (hub id or local directory); mean/std from its preprocessor config.
+
+        ``device_map`` / ``max_memory`` / ``offload_folder``: accelerate's placement; else the model goes to ``device``.
+        """
         path = str(name_or_path)
         if not os.path.isdir(path) and (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1):
             raise ValueError(f"LLaVA-OneVision checkpoint directory {path!r} does not exist; give a hub id or a "
@@ -270,11 +280,12 @@ class LlavaOneVisionAdapter(ModelAdapter):
             raise ValueError(f"{path!r} holds no config.json; point to a saved LLaVA-OneVision checkpoint directory")
         try:
             tok = AutoTokenizer.from_pretrained(path)
-            model = LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=dtype)
+            model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, **placement_kwargs(device_map, max_memory, offload_folder))
         except Exception as e:  # missing files, bad json, network: one line for the user
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ValueError(f"cannot load LLaVA-OneVision checkpoint {path!r}: {reason}") from None
-        model.to(device)
+            raise ValueError(f"cannot load LLaVA-OneVision checkpoint {path!r}: {one_line(e)}") from None
+        if device_map is None:
+            model.to(device)
         mean, std = _read_norm(path)
         return cls(model, tok, name=path, frame_size=frame_size, image_mean=mean, image_std=std)
 
@@ -293,7 +304,7 @@ def _read_norm(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     candidates = [("video_preprocessor_config.json", None), ("processor_config.json", "video_processor"),
                   ("preprocessor_config.json", None), ("processor_config.json", "image_processor")]
     for filename, key in candidates:
-        data = _load_json(path, filename)
+        data = read_checkpoint_json(path, filename)
         if data is not None and key is not None:
             data = data.get(key)
         if isinstance(data, dict) and data.get("image_mean") is not None and data.get("image_std") is not None:
@@ -306,24 +317,3 @@ def _read_norm(path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
             return tuple(float(m) for m in mean), tuple(float(s) for s in std)
     logger.warning("no image_mean/image_std found for %s; using %s / %s", path, DEFAULT_MEAN, DEFAULT_STD)
     return DEFAULT_MEAN, DEFAULT_STD
-
-
-def _load_json(path: str, filename: str) -> dict | None:
-    if os.path.isdir(path):
-        file = os.path.join(path, filename)
-        if not os.path.isfile(file):
-            return None
-    else:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            file = hf_hub_download(path, filename)
-        except Exception:  # absent file or no network: fall back to the next candidate
-            return None
-    try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        logger.warning("cannot read %s: %s", file, e)
-        return None
-    return data if isinstance(data, dict) else None

@@ -7,28 +7,30 @@ patchified the way Qwen2-VL's video processor does; an odd frame count repeats t
 (temporal patch size 2). Positions come from the HF model's own ``get_rope_index`` on the chunk's ids
 alone, so a chunk placed at ``start`` gets exactly the positions HF gives it in the whole sequence.
 
-``frame_size`` (constructor / ``random`` / ``from_pretrained`` argument) is the longest frame side in
-pixels after resizing (the aspect ratio is kept; both sides are rounded to multiples of 28). Default:
-448 for the published configs and real checkpoints (16 x 16 = 256 merged tokens per 2 frames of a
-square video; less when a checkpoint's ``max_pixels`` is smaller), 56 for the tiny preset.
+Frames are resized with the Qwen-VL rule (HF's ``smart_resize``, see ``resize.fit_to_grid``) under a
+per-frame pixel budget of ``frame_size ** 2`` and the checkpoint's ``min_pixels``: a frame that the
+HF processor would give grid (t, h, w) under that budget gets exactly that grid here (tests/
+test_parity_processor.py). ``frame_size`` (constructor / ``random`` / ``from_pretrained`` argument) is
+the side of the square with that area. Default: 448 for the published configs and real checkpoints
+(16 x 16 = 256 merged tokens per 2 frames of a square video; less when a checkpoint's ``max_pixels`` is
+smaller), 56 for the tiny preset. The resize is PIL's bicubic reproduced exactly on the device
+(``resize.resize_like_pil``): pixel values equal HF's PIL processor's (measured difference 0).
 ``fps`` (attribute, default 2.0) is the sampling rate of the frames; it sets the temporal position
 spacing (``second_per_grid_ts = temporal_patch_size / fps``).
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from vstream.models.base import ModelAdapter, Tokens, frames_to_tensor
+from vstream.models.base import (ModelAdapter, Tokens, default_side, frames_to_tensor, one_line, placement_kwargs,
+                                 read_preprocessor_config)
+from vstream.models.resize import fit_to_grid, resize_like_pil
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 DEFAULT_FRAME_SIZE = 448
 TINY_FRAME_SIZE = 56
+#: Smallest frame area (pixels) of the published Qwen2.5-VL preprocessor_config.json (``min_pixels``).
+DEFAULT_MIN_PIXELS = 56 * 56
 
 #: Vision tower shared by the published 3B and 7B checkpoints (Qwen2.5-VL-*-Instruct config.json).
 _PUBLISHED_VISION = dict(
@@ -71,11 +75,6 @@ _PUBLISHED_TEXT = dict(
     use_sliding_window=False, bos_token_id=151643, eos_token_id=151645,
     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
 )
-
-
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:200] if s else type(e).__name__
 
 
 def real_id_tokenizer():
@@ -109,7 +108,8 @@ class Qwen25VLAdapter(ModelAdapter):
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, frame_size: int | None = None,
                  default_frame_size: int = DEFAULT_FRAME_SIZE, image_mean: Sequence[float] = CLIP_MEAN,
-                 image_std: Sequence[float] = CLIP_STD, fps: float = 2.0) -> None:
+                 image_std: Sequence[float] = CLIP_STD, fps: float = 2.0,
+                 min_pixels: int = DEFAULT_MIN_PIXELS) -> None:
         super().__init__(model, tokenizer, name=name, frame_size=frame_size)
         cfg = model.config
         vc = cfg.vision_config
@@ -122,6 +122,7 @@ class Qwen25VLAdapter(ModelAdapter):
         if self.image_mean.numel() != 3 or self.image_std.numel() != 3 or bool((self.image_std <= 0).any()):
             raise ValueError("image_mean and image_std must have 3 values each (std > 0)")
         self.fps = float(fps)  # frames per second of the sampled stream; the engine sets it
+        self.min_pixels = int(min_pixels)
         self.video_token_id: int = int(cfg.video_token_id)
         self.vision_start_id: int = int(cfg.vision_start_token_id)
         self.vision_end_id: int = int(cfg.vision_end_token_id)
@@ -158,7 +159,7 @@ class Qwen25VLAdapter(ModelAdapter):
     # ---- preprocessing ------------------------------------------------------------------------
     @property
     def target_side(self) -> int:
-        """Longest frame side in pixels after resizing (``frame_size`` or the family default)."""
+        """Side of the square whose area is the per-frame pixel budget (``frame_size`` or the default)."""
         side = int(self.frame_size or self.default_frame_size)
         factor = self.patch_size * self.merge_size
         if side < factor:
@@ -166,19 +167,15 @@ class Qwen25VLAdapter(ModelAdapter):
         return side
 
     def resized_hw(self, height: int, width: int) -> tuple[int, int]:
-        """Size a [height, width] frame is resized to: longest side ~ target_side, both multiples of 28."""
-        if height < 1 or width < 1:
-            raise ValueError(f"frames must have a positive size, got {height}x{width}")
-        factor = self.patch_size * self.merge_size
-        scale = self.target_side / max(height, width)
-        h = max(factor, math.floor(height * scale / factor + 0.5) * factor)
-        w = max(factor, math.floor(width * scale / factor + 0.5) * factor)
-        return h, w
+        """Size a [height, width] frame is resized to: HF's rule with max_pixels = target_side ** 2."""
+        side = self.target_side
+        return fit_to_grid(height, width, self.patch_size * self.merge_size, min(self.min_pixels, side * side),
+                           side * side)
 
     def preprocess(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames [N, H, W, 3] uint8 -> (pixel patches [T*gh*gw, 3*tp*p*p] fp32, grid_thw [3] int64).
 
-        Runs on the model's device with torch: resize (bicubic, antialiased), normalise, pad the frame
+        Runs on the model's device with torch: resize (``resize_like_pil``), normalise, pad the frame
         count to a multiple of the temporal patch size by repeating the last frame, patchify in the
         layout of Qwen2-VL's video processor.
         """
@@ -188,8 +185,7 @@ class Qwen25VLAdapter(ModelAdapter):
         if n == 0:
             raise ValueError("a chunk needs at least one frame, got 0")
         h, w = self.resized_hw(x.shape[2], x.shape[3])
-        if (h, w) != tuple(x.shape[2:]):
-            x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+        x = resize_like_pil(x, (h, w))
         x = (x - self.image_mean.to(dev).view(1, 3, 1, 1)) / self.image_std.to(dev).view(1, 3, 1, 1)
         tp, p, m = self.temporal_patch_size, self.patch_size, self.merge_size
         if pad := -n % tp:
@@ -349,18 +345,24 @@ class Qwen25VLAdapter(ModelAdapter):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: torch.device | str, dtype: torch.dtype,
-                        frame_size: int | None = None) -> "Qwen25VLAdapter":
-        """Load a real checkpoint (hub id or local directory); mean/std from its preprocessor_config.json."""
+                        frame_size: int | None = None, device_map: Any = None, max_memory: dict | None = None,
+                        offload_folder: str | None = None) -> "Qwen25VLAdapter":
+        """Load a real checkpoint (hub id or local directory); mean/std from its preprocessor_config.json.
+
+        ``device_map`` / ``max_memory`` / ``offload_folder``: accelerate's placement (several GPUs, CPU or
+        disk offload); without them the model goes to ``device``.
+        """
         from transformers import AutoTokenizer
 
+        placement = placement_kwargs(device_map, max_memory, offload_folder)
         try:
             tok = AutoTokenizer.from_pretrained(name_or_path)
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype, **placement)
         except Exception as e:  # missing dir, no network, bad files: one line for the user
-            raise ValueError(f"cannot load Qwen2.5-VL checkpoint {name_or_path!r}: {_one_line(e)}; give a hub id "
+            raise ValueError(f"cannot load Qwen2.5-VL checkpoint {name_or_path!r}: {one_line(e)}; give a hub id "
                              f"or a local checkpoint directory, or use the tiny-qwen2.5-vl preset") from None
         model.to(torch.device(device))
-        pp = _read_preprocessor_config(name_or_path)
+        pp = read_preprocessor_config(name_or_path)
         vc = model.config.vision_config
         for key, have in (("patch_size", vc.patch_size), ("merge_size", vc.spatial_merge_size),
                           ("temporal_patch_size", vc.temporal_patch_size)):
@@ -368,8 +370,10 @@ class Qwen25VLAdapter(ModelAdapter):
                 logger.warning("preprocessor_config %s=%s differs from the model's %s; using the model's",
                                key, pp[key], have)
         return cls(model, tok, name=str(name_or_path), frame_size=frame_size,
-                   default_frame_size=_default_side(pp, vc.patch_size * vc.spatial_merge_size),
-                   image_mean=pp.get("image_mean", CLIP_MEAN), image_std=pp.get("image_std", CLIP_STD))
+                   default_frame_size=default_side(pp, DEFAULT_FRAME_SIZE, factor=vc.patch_size * vc.spatial_merge_size,
+                                                   cap=DEFAULT_FRAME_SIZE),
+                   image_mean=pp.get("image_mean", CLIP_MEAN), image_std=pp.get("image_std", CLIP_STD),
+                   min_pixels=_min_pixels(pp, DEFAULT_MIN_PIXELS))
 
 
 def _tiny_config(tok) -> Qwen2_5_VLConfig:
@@ -403,31 +407,8 @@ def _published_config(size: str) -> Qwen2_5_VLConfig:
                             tie_word_embeddings=spec["tie_word_embeddings"])
 
 
-def _default_side(pp: dict, factor: int) -> int:
-    """Default longest side: 448, or less when the checkpoint's pixel budget (max_pixels) is smaller."""
+def _min_pixels(pp: dict, default: int) -> int:
+    """The checkpoint's smallest frame area: ``min_pixels`` or ``size.shortest_edge`` (an area for Qwen)."""
     size = pp.get("size") if isinstance(pp.get("size"), dict) else {}
-    max_pixels = pp.get("max_pixels") or size.get("longest_edge")
-    if not max_pixels:
-        return DEFAULT_FRAME_SIZE
-    return max(factor, min(DEFAULT_FRAME_SIZE, int(math.isqrt(int(max_pixels))) // factor * factor))
-
-
-def _read_preprocessor_config(name_or_path: str) -> dict:
-    """preprocessor_config.json of a local directory or hub repo; {} (defaults) when absent."""
-    path = os.path.join(name_or_path, "preprocessor_config.json")
-    if not os.path.isdir(name_or_path):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = hf_hub_download(name_or_path, "preprocessor_config.json")
-        except Exception as e:
-            logger.warning("no preprocessor_config.json for %s (%s); using CLIP mean/std", name_or_path, _one_line(e))
-            return {}
-    if not os.path.isfile(path):
-        logger.warning("no preprocessor_config.json in %s; using CLIP mean/std", name_or_path)
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path}: {_one_line(e)}; fix or remove the file") from None
+    value = pp.get("min_pixels") or size.get("min_pixels") or size.get("shortest_edge")
+    return int(value) if value else default

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 #: family name -> "module:Class" of its adapter (imported lazily).
 FAMILIES: dict[str, str] = {
     "qwen2.5-vl": "vstream.models.qwen2_5_vl:Qwen25VLAdapter",
+    "qwen3-vl": "vstream.models.qwen3_vl:Qwen3VLAdapter",
     "llava-onevision": "vstream.models.llava_onevision:LlavaOneVisionAdapter",
     "smolvlm": "vstream.models.smolvlm:SmolVLMAdapter",
 }
@@ -23,6 +24,7 @@ FAMILIES: dict[str, str] = {
 #: Hugging Face config.model_type -> family.
 MODEL_TYPES: dict[str, str] = {
     "qwen2_5_vl": "qwen2.5-vl",
+    "qwen3_vl": "qwen3-vl",
     "llava_onevision": "llava-onevision",
     "smolvlm": "smolvlm",
     "idefics3": "smolvlm",
@@ -41,12 +43,16 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny-qwen2.5-vl", "qwen2.5-vl", "tiny", "tiny random Qwen2.5-VL (M-RoPE), for tests"),
+    Preset("tiny-qwen3-vl", "qwen3-vl", "tiny", "tiny random Qwen3-VL (interleaved M-RoPE, DeepStack), for tests"),
     Preset("tiny-llava-onevision", "llava-onevision", "tiny", "tiny random LLaVA-OneVision (Qwen2 LM), for tests"),
     Preset("tiny-smolvlm", "smolvlm", "tiny", "tiny random SmolVLM (Llama LM), for tests"),
     Preset("small-llava-onevision", "llava-onevision", "small",
            "small random LLaVA-OneVision (8 layers, hidden 512), for CPU benchmarks"),
     Preset("qwen2.5-vl-3b-random", "qwen2.5-vl", "3b", "Qwen2.5-VL-3B published config, random weights (timing)"),
     Preset("qwen2.5-vl-7b-random", "qwen2.5-vl", "7b", "Qwen2.5-VL-7B published config, random weights (timing)"),
+    Preset("qwen3-vl-2b-random", "qwen3-vl", "2b", "Qwen3-VL-2B published config, random weights (timing)"),
+    Preset("qwen3-vl-4b-random", "qwen3-vl", "4b", "Qwen3-VL-4B published config, random weights (timing)"),
+    Preset("qwen3-vl-8b-random", "qwen3-vl", "8b", "Qwen3-VL-8B published config, random weights (timing)"),
     Preset("llava-onevision-0.5b-random", "llava-onevision", "0.5b",
            "LLaVA-OneVision-0.5B published config, random weights (timing)"),
     Preset("llava-onevision-7b-random", "llava-onevision", "7b",
@@ -58,7 +64,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 #: Real checkpoints chosen when no model is named.
 DEFAULT_CPU_MODEL = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 DEFAULT_GPU_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-OFFLINE_HINT = "offline presets: tiny-qwen2.5-vl, tiny-llava-onevision, tiny-smolvlm (see `vstream models`)"
+OFFLINE_HINT = ("offline presets: tiny-qwen2.5-vl, tiny-qwen3-vl, tiny-llava-onevision, tiny-smolvlm "
+                "(see `vstream models`)")
 
 
 def adapter_class(family: str) -> type[ModelAdapter]:
@@ -112,9 +119,14 @@ def check_model_name(name_or_path: str | None) -> None:
                          f"{OFFLINE_HINT}")
 
 
-def load_model(name_or_path: str | None, device: str = "auto", dtype: str = "auto", seed: int = 0) -> ModelAdapter:
+def load_model(name_or_path: str | None, device: str = "auto", dtype: str = "auto", seed: int = 0,
+               max_memory: dict | None = None, offload_folder: str | None = None) -> ModelAdapter:
     """Load a preset (random weights) or a real checkpoint (hub id or local directory).
 
+    Placement: ``device="auto"`` with CUDA loads checkpoints with accelerate's ``device_map="auto"``
+    (one GPU when the model fits, else spread over the GPUs and CPU; presets are spread when there are
+    several GPUs). ``max_memory`` (accelerate's {device: bytes or "10GiB"}, "cpu" included) forces a
+    placement within those budgets on any device; what fits nowhere goes to ``offload_folder`` on disk.
     Raises ValueError with a one-line message naming the problem and the fix.
     """
     check_model_name(name_or_path)
@@ -123,12 +135,38 @@ def load_model(name_or_path: str | None, device: str = "auto", dtype: str = "aut
     if name_or_path is None:
         name_or_path = default_model_name(dev)
         logger.info("no model named; using %s for %s", name_or_path, dev.type)
+    spread = max_memory is not None or (device == "auto" and torch.cuda.device_count() > 1)
     if name_or_path in PRESETS:
         p = PRESETS[name_or_path]
         cls = adapter_class(p.family)
-        return cls.random(size=p.size, device=dev, dtype=dt, seed=seed, name=p.name)
+        if not spread:
+            return cls.random(size=p.size, device=dev, dtype=dt, seed=seed, name=p.name)
+        adapter = cls.random(size=p.size, device="cpu", dtype=dt, seed=seed, name=p.name)
+        return place(adapter, max_memory, offload_folder)
     family = _family_of_checkpoint(name_or_path)
-    return adapter_class(family).from_pretrained(name_or_path, device=dev, dtype=dt)
+    auto = spread or (device == "auto" and dev.type == "cuda")
+    kwargs = dict(device_map="auto", max_memory=max_memory, offload_folder=offload_folder) if auto else {}
+    return adapter_class(family).from_pretrained(name_or_path, device=dev, dtype=dt, **kwargs)
+
+
+def place(adapter: ModelAdapter, max_memory: dict | None = None, offload_folder: str | None = None) -> ModelAdapter:
+    """Spread an adapter's model with accelerate: whole decoder/vision blocks per device within ``max_memory``
+    (None: accelerate's view of the free memory), the rest offloaded to ``offload_folder`` on disk.
+
+    The KV caches follow: a DynamicCache layer lives where its decoder layer runs.
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    model = adapter.model
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                       dtype=adapter.dtype)
+    if "disk" in device_map.values() and offload_folder is None:
+        raise ValueError(f"{adapter.name} does not fit in max_memory={max_memory}; give an offload folder for the "
+                         f"rest or raise max_memory")
+    adapter.model = dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
+    logger.info("placed %s: %s", adapter.name, dict(device_map))
+    return adapter
 
 
 def _family_of_checkpoint(name_or_path: str) -> str:

@@ -5,9 +5,13 @@ prompt lays out frames (``"\\nFrame from 00:01:"`` + image tokens, never split i
 
     "\\n" + marker + ":" + N x (<fake_token_around_image><global-img> + <image> * L + <fake_token_around_image>)
 
-Frames are resized to a square of ``frame_size`` pixels (default: the checkpoint's ``max_image_size``,
-i.e. the vision tower's image size: 512 for SmolVLM2-256M/500M, 384 for 2.2B) and normalised with the
-checkpoint's mean/std (0.5). The tower sees ``(frame_size // patch)^2`` patches and the connector's pixel
+Frames are resized as SmolVLM's video processor does: longest edge to the checkpoint's
+``video_sampling.video_size`` (aspect kept), then to a square of ``frame_size`` pixels (default: the
+checkpoint's ``max_image_size``, i.e. the vision tower's image size: 512 for SmolVLM2-256M/500M, 384 for
+2.2B), both with the checkpoint's filter (``resample`` 1 = LANCZOS) in PIL's exact arithmetic, then
+normalised with the checkpoint's mean/std (0.5). Pixel values equal HF's PIL processor's
+(tests/test_parity_processor.py). Deliberate prompt differences from HF's video prompt (no intro line,
+one time marker per chunk instead of one timestamp per frame) are listed in tests/test_parity_prompt.py. The tower sees ``(frame_size // patch)^2`` patches and the connector's pixel
 shuffle folds ``scale_factor^2`` of them into one LM token, so L = (frame_size // patch)^2 / scale_factor^2
 (64 for 256M at 512, 81 for 2.2B at 384). The LM uses 1-D RoPE: a chunk's positions are 0..S-1.
 
@@ -17,7 +21,6 @@ Chat format (SmolVLM's template; the stream lives in the user turn and the quest
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,10 +29,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vstream.models.base import ModelAdapter, Tokens, frames_to_tensor
+from vstream.models.base import (ModelAdapter, Tokens, default_side, frames_to_tensor, one_line, placement_kwargs,
+                                 read_preprocessor_config)
+from vstream.models.resize import PIL_RESAMPLE, resize_like_pil
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -82,11 +86,6 @@ SIZES: dict[str, _Size] = {
 }
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
-
 def _model_classes(model_type: str) -> tuple[type, type, type]:
     """(ForConditionalGeneration, Config, VisionConfig) classes for a model_type."""
     if model_type == "smolvlm":
@@ -114,7 +113,8 @@ class SmolVLMAdapter(ModelAdapter):
     pos_dims = 1
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, frame_size: int | None = None,
-                 image_mean: Sequence[float] = DEFAULT_MEAN, image_std: Sequence[float] = DEFAULT_STD) -> None:
+                 image_mean: Sequence[float] = DEFAULT_MEAN, image_std: Sequence[float] = DEFAULT_STD,
+                 resample: str = "lanczos", video_longest_edge: int | None = None) -> None:
         super().__init__(model, tokenizer, name=name, frame_size=frame_size)
         cfg = model.config
         self.patch_size = int(cfg.vision_config.patch_size)
@@ -122,10 +122,13 @@ class SmolVLMAdapter(ModelAdapter):
         side = int(frame_size if frame_size is not None else cfg.vision_config.image_size)
         per_side = side // self.patch_size
         if per_side < self.scale_factor or per_side % self.scale_factor:
-            raise ValueError(f"frame_size {side} gives {per_side} patches of {self.patch_size}px per side, which must be "
-                             f"a positive multiple of scale_factor {self.scale_factor}; use e.g. "
+            raise ValueError(f"frame_size {side} gives {per_side} patches of {self.patch_size}px per side, which must "
+                             f"be a positive multiple of scale_factor {self.scale_factor}; use e.g. "
                              f"{self.patch_size * self.scale_factor * max(1, per_side // self.scale_factor)}")
         self.frame_size = side  # effective square side every frame is resized to
+        self.resample = resample  # PIL filter of the checkpoint's processor ("resample": 1 = LANCZOS)
+        # first resize: longest edge to the video size (aspect kept), as SmolVLM's video processor does
+        self.video_longest_edge = int(video_longest_edge) if video_longest_edge else side
         self.image_seq_len = per_side * per_side // (self.scale_factor ** 2)  # LM tokens per frame
         if len(image_mean) != 3 or len(image_std) != 3 or min(abs(float(s)) for s in image_std) == 0:
             raise ValueError("image_mean and image_std must be 3 numbers each, std non-zero")
@@ -199,13 +202,27 @@ class SmolVLMAdapter(ModelAdapter):
         if frames.shape[0] < 1 or frames.shape[1] < 1 or frames.shape[2] < 1:
             raise ValueError(f"frames must hold at least one non-empty frame, got shape {frames.shape}")
 
+    def first_resize_hw(self, height: int, width: int) -> tuple[int, int]:
+        """SmolVLM's first resize: longest edge to ``video_longest_edge``, the other side by the aspect ratio
+        (truncated, then made even; HF's ``_resize_output_size_rescale_to_max_len``)."""
+        side = self.video_longest_edge
+        if width >= height:
+            h = int(side / (width / height))
+            return h + (h % 2), side
+        w = int(side * (width / height))
+        return side, w + (w % 2)
+
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        """frames [N, H, W, 3] uint8 -> pixel values [N, 3, side, side] fp32, normalised, on the model's device."""
+        """frames [N, H, W, 3] uint8 -> pixel values [N, 3, side, side] fp32, normalised, on the model's device.
+
+        The two resizes of SmolVLM's video processor (longest edge to the video size, then the square
+        ``frame_size``), each with PIL's arithmetic (``resize_like_pil``, the checkpoint's filter).
+        """
         self._check_frames(frames)
         x = frames_to_tensor(frames, self.device)  # [N, 3, H, W] in 0..1
         side = self.frame_size
-        if x.shape[-2:] != (side, side):
-            x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+        x = resize_like_pil(x, self.first_resize_hw(x.shape[-2], x.shape[-1]), self.resample)
+        x = resize_like_pil(x, (side, side), self.resample)
         mean = self.image_mean.to(x.device)
         std = self.image_std.to(x.device)
         return (x - mean) / std  # [N, 3, side, side]
@@ -317,8 +334,12 @@ class SmolVLMAdapter(ModelAdapter):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, frame_size: int | None = None) -> "SmolVLMAdapter":
-        """Load a real SmolVLM2 / SmolVLM / Idefics3 checkpoint (hub id or local directory)."""
+                        dtype: torch.dtype = torch.float32, frame_size: int | None = None, device_map: Any = None,
+                        max_memory: dict | None = None, offload_folder: str | None = None) -> "SmolVLMAdapter":
+        """Load a real SmolVLM2 / SmolVLM / Idefics3 checkpoint (hub id or local directory).
+
+        ``device_map`` / ``max_memory`` / ``offload_folder``: accelerate's placement; else the model goes to ``device``.
+        """
         name_or_path = str(name_or_path)
         local = os.path.isdir(name_or_path)
         if not local and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
@@ -329,7 +350,7 @@ class SmolVLMAdapter(ModelAdapter):
         try:
             config = AutoConfig.from_pretrained(name_or_path)
         except Exception as e:  # missing files, network, bad json
-            raise ValueError(f"cannot read the config of {name_or_path!r} ({_one_line(e)}); give a hub id or a local "
+            raise ValueError(f"cannot read the config of {name_or_path!r} ({one_line(e)}); give a hub id or a local "
                              "SmolVLM checkpoint directory") from None
         model_type = getattr(config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -338,16 +359,20 @@ class SmolVLMAdapter(ModelAdapter):
         model_cls = _model_classes(model_type)[0]
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            model = model_cls.from_pretrained(name_or_path, dtype=dtype)
+            model = model_cls.from_pretrained(name_or_path, dtype=dtype,
+                                              **placement_kwargs(device_map, max_memory, offload_folder))
         except Exception as e:
-            raise ValueError(f"cannot load SmolVLM weights or tokenizer from {name_or_path!r} ({_one_line(e)}); "
+            raise ValueError(f"cannot load SmolVLM weights or tokenizer from {name_or_path!r} ({one_line(e)}); "
                              "check the checkpoint files") from None
-        model = model.to(device).eval()
-        pre = _read_preprocessor_config(name_or_path, local)
+        model = (model if device_map is not None else model.to(device)).eval()
+        pre = read_preprocessor_config(name_or_path)
         mean = pre.get("image_mean") or DEFAULT_MEAN
         std = pre.get("image_std") or DEFAULT_STD
-        side = frame_size if frame_size is not None else _default_side(pre, config)
-        return cls(model, tokenizer, name=name_or_path, frame_size=side, image_mean=mean, image_std=std)
+        side = frame_size if frame_size is not None else default_side(pre, int(config.vision_config.image_size))
+        video = (pre.get("video_sampling") or {}).get("video_size") or {}
+        return cls(model, tokenizer, name=name_or_path, frame_size=side, image_mean=mean, image_std=std,
+                   resample=PIL_RESAMPLE.get(pre.get("resample"), "lanczos"),
+                   video_longest_edge=video.get("longest_edge") if frame_size is None else None)
 
 
 def _build_config(spec: _Size, tokenizer: Any, model_type: str) -> Any:
@@ -375,34 +400,3 @@ def _build_config(spec: _Size, tokenizer: Any, model_type: str) -> Any:
     )
     return config_cls(text_config=text, vision_config=vision, scale_factor=spec.scale_factor,
                       image_token_id=_token_id(tokenizer, IMAGE_TOKEN), tie_word_embeddings=False)
-
-
-def _read_preprocessor_config(name_or_path: str, local: bool) -> dict:
-    """The checkpoint's preprocessor_config.json as a dict ({} when absent or unreadable)."""
-    try:
-        if local:
-            path = os.path.join(name_or_path, "preprocessor_config.json")
-            if not os.path.isfile(path):
-                logger.warning("%s has no preprocessor_config.json; using mean/std 0.5 and the tower's image size",
-                               name_or_path)
-                return {}
-        else:
-            from huggingface_hub import hf_hub_download
-
-            path = hf_hub_download(name_or_path, "preprocessor_config.json")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except Exception as e:  # network, bad json: fall back to the family defaults
-        logger.warning("cannot read preprocessor_config.json of %s (%s); using defaults", name_or_path, _one_line(e))
-        return {}
-
-
-def _default_side(pre: dict, config: Any) -> int:
-    """Frame side: the processor's max_image_size (square frames, no tiling), else the tower's image size."""
-    mx = pre.get("max_image_size")
-    if isinstance(mx, dict) and isinstance(mx.get("longest_edge"), int):
-        return int(mx["longest_edge"])
-    if isinstance(mx, int):
-        return mx
-    return int(config.vision_config.image_size)

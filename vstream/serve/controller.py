@@ -1,0 +1,451 @@
+"""The RayFleet controller (a threaded Ray actor): workers, placement by load, failure detection, the event log.
+
+- Placement: a new stream goes to the live worker with the fewest streams (ties: the oldest worker).
+  ``add_worker`` rebalances (streams move from the most to the least loaded worker until they differ by
+  at most one); ``remove_worker`` moves its streams away first. A move flushes the stream's memory on
+  the old worker and resumes it from its memory directory on the new one.
+- Failure: a monitor thread polls every worker (``FleetWorker.poll``, also the event feed) every
+  ``health_interval_s``. A worker whose actor died, or that missed ``max_missed`` polls, is declared
+  dead and killed (fencing: its memory locks are released and it can write nothing more); the events
+  in its streams' outboxes are replayed into the log (de-duplicated by id) and its streams are re-placed
+  on live workers with ``resume=True``. With no live worker the streams wait for the next ``add_worker``.
+- Events: this actor is the only writer of the fleet's event log (vstream.serve.journal.Journal).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from vstream.serve.journal import Journal, safe_name
+
+logger = logging.getLogger(__name__)
+
+CONTROLLER_NAME = "vstream-controller"
+
+
+@dataclass
+class _Stream:
+    id: str
+    source: str
+    options: dict[str, Any]
+    memory_dir: str
+    worker: str | None = None
+    epoch: int = 0
+    moves: int = 0
+    resumes: int = 0
+    resumed_at_s: float = 0.0
+
+
+@dataclass
+class _Worker:
+    name: str
+    handle: Any
+    cursor: int = -1
+    missed: int = 0
+    alive: bool = True
+    pid: int | None = None
+    streams: set[str] = field(default_factory=set)
+    started_at: float = field(default_factory=time.time)
+
+
+class Controller:
+    """Holds the workers and the placement; see the module docstring. All public methods are actor calls."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = dict(spec)
+        self.storage = Path(spec["storage"])
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(spec.get("event_log") or self.storage / "events.jsonl")
+        self.webhook = None
+        if spec.get("webhook"):
+            from vstream.events import Webhook
+
+            self.webhook = Webhook(spec["webhook"], **(spec.get("webhook_options") or {}))
+            self.journal.log.add_listener(self.webhook.send)
+        self._lock = threading.RLock()
+        self._workers: dict[str, _Worker] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._names = itertools.count()
+        self._epochs = itertools.count(int(time.time() * 1000) % 10**9)  # unique across controller restarts
+        self._stop = threading.Event()
+        self.deaths = 0
+        self._t0 = time.monotonic()
+        self._monitor = threading.Thread(target=self._watch, name="vstream-controller-monitor", daemon=True)
+        self._monitor.start()
+
+    # ---- workers ------------------------------------------------------------------------------
+    def add_worker(self, rebalance: bool = True) -> str:
+        """Start a worker actor (loads the model; returns when it is ready) and rebalance onto it."""
+        return self.add_workers(1, rebalance)[0]
+
+    def add_workers(self, n: int, rebalance: bool = True) -> list[str]:
+        """Start ``n`` workers at once (their models load in parallel); returns their names when all are ready."""
+        from vstream.serve.worker import FleetWorker
+
+        sp = self.spec
+        device = sp.get("device") or ("cuda" if sp.get("num_gpus") else "cpu")
+        threads = int(max(1, sp.get("num_cpus") or 1)) if device == "cpu" else None
+        started = []
+        for _ in range(n):
+            name = f"worker-{next(self._names)}"
+            opts: dict[str, Any] = {"num_cpus": sp.get("num_cpus", 1), "num_gpus": sp.get("num_gpus", 0),
+                                    "max_concurrency": 32, "max_restarts": 0, "name": f"vstream-{sp['tag']}-{name}"}
+            handle = ray.remote(FleetWorker).options(**opts).remote(
+                name, sp["model"], sp.get("config"), device=device, dtype=sp.get("dtype"),
+                overrides=sp.get("overrides"), threads=threads, max_batch=sp.get("max_batch", 16))
+            started.append((name, handle))
+        pids = _gather([h.ping.remote() for _, h in started], timeout=sp.get("start_timeout_s", 600))
+        bad = [(nm, p) for (nm, _), p in zip(started, pids) if isinstance(p, Exception)]
+        if bad:
+            for _, h in started:
+                ray.kill(h)
+            raise RuntimeError(f"worker {bad[0][0]} did not start: {unwrap(bad[0][1])}")
+        with self._lock:
+            for (name, handle), pid in zip(started, pids):
+                self._workers[name] = _Worker(name, handle, pid=pid)
+        logger.info("controller: %s ready", ", ".join(nm for nm, _ in started))
+        self._place_waiting()
+        if rebalance:
+            self.rebalance()
+        return [nm for nm, _ in started]
+
+    def remove_worker(self, name: str | None = None) -> str:
+        """Move a worker's streams to the others, then stop it. Default: the newest live worker."""
+        with self._lock:
+            live = [w for w in self._workers.values() if w.alive]
+            if name is None:
+                if not live:
+                    raise ValueError("no live worker to remove")
+                name = live[-1].name
+            w = self._workers.get(name)
+            if w is None or not w.alive:
+                raise ValueError(f"no live worker {name!r}; workers: {', '.join(self.workers()) or 'none'}")
+            if len(live) == 1 and w.streams:
+                raise ValueError(f"{name} is the last live worker and holds streams; add a worker first")
+            w.alive = False  # nothing new is placed on it
+            moving = sorted(w.streams)
+        for sid in moving:
+            self._move(sid, self._least_loaded(exclude={name}))
+        self._poll(w)  # the last events of its streams
+        try:
+            ray.get(w.handle.close.remote(), timeout=60)
+        except Exception as e:
+            logger.warning("controller: closing %s failed: %s", name, e)
+        ray.kill(w.handle)
+        with self._lock:
+            self._workers.pop(name, None)
+        return name
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {w.name: {"alive": w.alive, "pid": w.pid, "streams": sorted(w.streams)}
+                    for w in self._workers.values()}
+
+    def _least_loaded(self, exclude: set[str] = frozenset()) -> str | None:
+        with self._lock:
+            live = [w for w in self._workers.values() if w.alive and w.name not in exclude]
+            if not live:
+                return None
+            return min(live, key=lambda w: (len(w.streams), w.started_at)).name
+
+    def rebalance(self) -> int:
+        """Move streams from the most to the least loaded live worker until loads differ by <= 1."""
+        moved = 0
+        while True:
+            with self._lock:
+                live = [w for w in self._workers.values() if w.alive]
+                if len(live) < 2:
+                    return moved
+                hi = max(live, key=lambda w: len(w.streams))
+                lo = min(live, key=lambda w: (len(w.streams), w.started_at))
+                if len(hi.streams) - len(lo.streams) <= 1:
+                    return moved
+                sid = sorted(hi.streams)[-1]
+            self._move(sid, lo.name)
+            moved += 1
+
+    # ---- streams ------------------------------------------------------------------------------
+    def add(self, stream_id: str, source: str, options: dict[str, Any] | None = None,
+            memory_dir: str | None = None) -> dict[str, Any]:
+        """Place a new stream on the least loaded worker."""
+        with self._lock:
+            if stream_id in self._streams:
+                raise ValueError(f"stream {stream_id!r} already exists; remove it first or pick another id")
+            md = memory_dir or str(self.storage / "streams" / safe_name(stream_id) / "memory")
+            st = _Stream(stream_id, source, dict(options or {}), md)
+            target = self._least_loaded()
+            if target is None:
+                raise RuntimeError("no live worker; add one with add_actor()")
+            self._streams[stream_id] = st
+        try:
+            return self._place(st, target, resume=False)
+        except BaseException:
+            with self._lock:
+                self._streams.pop(stream_id, None)
+            raise
+
+    def remove(self, stream_id: str) -> None:
+        st = self._get(stream_id)
+        with self._lock:
+            w = self._workers.get(st.worker) if st.worker else None
+        if w is not None and w.alive:
+            ray.get(w.handle.remove.remote(stream_id))
+            self._poll(w)
+        with self._lock:
+            self._streams.pop(stream_id, None)
+            if w is not None:
+                w.streams.discard(stream_id)
+
+    def streams(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {s.id: {"worker": s.worker, "source": s.source, "memory_dir": s.memory_dir, "epoch": s.epoch,
+                           "moves": s.moves, "resumes": s.resumes, "resumed_at_s": s.resumed_at_s,
+                           "options": s.options}
+                    for s in self._streams.values()}
+
+    def locate(self, stream_id: str, timeout: float = 60.0):
+        """(worker name, actor handle) of a stream, waiting up to ``timeout`` s while it is being re-placed."""
+        end = time.monotonic() + timeout
+        while True:
+            st = self._get(stream_id)
+            with self._lock:
+                w = self._workers.get(st.worker) if st.worker else None
+                if w is not None and w.alive:
+                    return w.name, w.handle
+            if time.monotonic() >= end:
+                raise RuntimeError(f"stream {stream_id!r} has no live worker (waiting for one)")
+            time.sleep(0.05)
+
+    def _get(self, stream_id: str) -> _Stream:
+        with self._lock:
+            st = self._streams.get(stream_id)
+            if st is None:
+                raise ValueError(f"no stream {stream_id!r}; streams: {', '.join(sorted(self._streams)) or 'none'}")
+            return st
+
+    def _outbox(self, st: _Stream, epoch: int) -> Path:
+        return self.storage / "outbox" / f"{safe_name(st.id)}.{epoch}.jsonl"
+
+    def _place(self, st: _Stream, target: str, *, resume: bool) -> dict[str, Any]:
+        epoch = next(self._epochs)
+        with self._lock:
+            w = self._workers[target]
+            w.streams.add(st.id)  # counted now so that concurrent placements spread
+        kw = dict(memory_dir=st.memory_dir, outbox=str(self._outbox(st, epoch)), epoch=epoch, resume=resume,
+                  options=st.options, alert_state=self.journal.alert_state(st.id))
+        out, err = None, None
+        for _ in range(40):  # a killed worker's memory lock goes with its process: wait for that
+            try:
+                out = ray.get(w.handle.add.remote(st.id, st.source, **kw))
+                break
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                err = e
+                if not (resume and isinstance(e, ray.exceptions.RayTaskError) and "lock" in str(e).lower()):
+                    break
+                time.sleep(0.25)
+        if out is None:
+            with self._lock:
+                w.streams.discard(st.id)
+            raise unwrap(err) if err is not None else RuntimeError(f"placing {st.id!r} on {target} failed")
+        with self._lock:
+            old = st.epoch
+            st.worker, st.epoch, st.resumed_at_s = target, epoch, float(out.get("resumed_at_s", 0.0))
+        if resume and old:
+            p = self._outbox(st, old)
+            self.journal.replay(p)  # anything the old placement logged but we did not poll
+            p.unlink(missing_ok=True)
+        logger.info("controller: %s on %s (epoch %d%s)", st.id, target, epoch, ", resumed" if resume else "")
+        return out
+
+    def _move(self, stream_id: str, target: str | None) -> None:
+        if target is None:
+            raise RuntimeError(f"no live worker to move {stream_id!r} to")
+        st = self._get(stream_id)
+        with self._lock:
+            src = self._workers.get(st.worker) if st.worker else None
+        if src is not None:
+            try:
+                ray.get(src.handle.remove.remote(stream_id, moving=True))
+            except ray.exceptions.RayActorError:
+                pass  # it died meanwhile: its memory is on disk all the same
+            self._poll(src)
+            with self._lock:
+                src.streams.discard(stream_id)
+        self._place(st, target, resume=True)
+        st.moves += 1
+
+    def _place_waiting(self) -> None:
+        with self._lock:
+            waiting = [s for s in self._streams.values() if s.worker is None]
+        for st in waiting:
+            target = self._least_loaded()
+            if target is None:
+                return
+            try:
+                self._place(st, target, resume=True)
+                st.resumes += 1
+            except Exception as e:
+                logger.error("controller: re-placing %s failed: %s", st.id, e)
+
+    # ---- failure detection and events ------------------------------------------------------------
+    def _poll(self, w: _Worker) -> bool:
+        """Pull a worker's new events into the log; False when the worker is dead."""
+        try:
+            res = ray.get(w.handle.poll.remote(w.cursor), timeout=self.spec.get("health_timeout_s", 5.0))
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.ActorUnavailableError):  # hung or unreachable now
+            w.missed += 1
+            return w.missed < self.spec.get("max_missed", 3)
+        except ray.exceptions.RayActorError:  # the actor died (killed, crashed, its node lost)
+            return False
+        w.missed = 0
+        for n, ev in res["events"]:
+            self.journal.record(ev)
+            w.cursor = max(w.cursor, n)
+        return True
+
+    def _watch(self) -> None:
+        interval = self.spec.get("health_interval_s", 0.5)
+        while not self._stop.wait(interval):
+            with self._lock:
+                ws = [w for w in self._workers.values() if w.alive]
+            for w in ws:
+                try:
+                    ok = self._poll(w)
+                except Exception:
+                    logger.exception("controller: polling %s failed", w.name)
+                    ok = True
+                if not ok and not self._stop.is_set():
+                    self._on_death(w)
+
+    def _on_death(self, w: _Worker) -> None:
+        with self._lock:
+            if not w.alive:
+                return
+            w.alive = False
+            orphans = sorted(w.streams)
+            w.streams.clear()
+            self.deaths += 1
+            self._workers.pop(w.name, None)
+        logger.warning("controller: %s (pid %s) is dead; re-placing %s", w.name, w.pid, ", ".join(orphans) or "nothing")
+        try:
+            ray.kill(w.handle)  # fence a hung worker; a dead one: no-op
+        except Exception:
+            pass
+        for sid in orphans:
+            with self._lock:
+                st = self._streams.get(sid)
+            if st is None:
+                continue
+            self.journal.replay(self._outbox(st, st.epoch))  # events it logged that we never polled
+            st.worker = None
+        self._place_waiting()
+
+    # ---- fan-out ------------------------------------------------------------------------------
+    def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
+        with self._lock:
+            ws = [w for w in self._workers.values() if w.alive and w.streams]
+        refs = [w.handle.ask_all.remote(question, top, evidence) for w in ws]
+        hits = [h for r in ray.get(refs) for h in r]
+        hits.sort(key=lambda h: -h["score"])
+        return hits[:top]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            ws = [w for w in self._workers.values() if w.alive]
+            placement = {s.id: s.worker for s in self._streams.values()}
+        per: dict[str, Any] = {}
+        workers: dict[str, Any] = {}
+        for w, res in zip(ws, _gather([w.handle.stats.remote() for w in ws])):
+            if isinstance(res, Exception):
+                workers[w.name] = {"alive": False, "error": str(res)}
+                continue
+            workers[w.name] = {"alive": True, "pid": w.pid, **res["total"]}
+            for sid, v in res["streams"].items():
+                per[sid] = {**v, "worker": w.name}
+        for sid, wn in placement.items():
+            per.setdefault(sid, {"worker": wn, "state": "placing"})
+        done = [v for v in per.values() if "chunks" in v]
+        total = {
+            "streams": len(per), "workers": len(workers), "worker_deaths": self.deaths,
+            "chunks": sum(v["chunks"] for v in done),
+            "chunks_dropped": sum(v["chunks_dropped"] for v in done),
+            "frames_dropped": sum(v["frames_dropped"] for v in done),
+            "chunks_per_s": sum((w.get("chunks_per_s") or 0.0) for w in workers.values() if w.get("alive")),
+            "memory_bytes": {k: sum(v["memory_bytes"][k] for v in done) for k in ("device", "ram", "disk")},
+            "events": self.journal.seq, "events_deduplicated": self.journal.duplicates,
+            "webhook": self.webhook.stats() if self.webhook is not None else None,
+            "uptime_s": time.monotonic() - self._t0,
+        }
+        return {"streams": per, "workers": workers, "total": total}
+
+    def events_since(self, since: int = 0, timeout: float = 1.0, limit: int = 1000) -> list[dict]:
+        """Logged events with ``seq >= since`` (waits up to ``timeout`` s for the first one)."""
+        out = []
+        for e in self.journal.iter(since, follow=True, timeout=timeout):
+            out.append(e)
+            if len(out) >= limit or e["seq"] + 1 >= self.journal.seq:
+                break
+        return out
+
+    def event_log_path(self) -> str | None:
+        p = self.journal.log.path
+        return str(p) if p is not None else None
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            live = sum(w.alive for w in self._workers.values())
+            waiting = sum(s.worker is None for s in self._streams.values())
+        return {"ok": live > 0 and waiting == 0, "workers_alive": live, "streams": len(self._streams),
+                "streams_waiting": waiting, "model": self.spec["model"], "pid": os.getpid()}
+
+    def shutdown(self) -> None:
+        """Stop every worker (memories flushed), then the log. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._monitor.join(5)
+        with self._lock:
+            ws = list(self._workers.values())
+        for w in ws:
+            self._poll(w)
+        _gather([w.handle.close.remote() for w in ws if w.alive], timeout=60)
+        for w in ws:
+            self._poll(w)
+            try:
+                ray.kill(w.handle)
+            except Exception:
+                pass
+        with self._lock:
+            self._workers.clear()
+        if self.webhook is not None:
+            self.webhook.close(5.0)
+        self.journal.close()
+
+    def config_json(self) -> str:
+        return json.dumps({k: v for k, v in self.spec.items() if k != "webhook_options"}, default=str)
+
+
+def unwrap(e: BaseException) -> BaseException:
+    """The caller's error inside a Ray task error (a worker's ValueError stays a ValueError)."""
+    while isinstance(e, ray.exceptions.RayTaskError) and isinstance(getattr(e, "cause", None), BaseException):
+        e = e.cause
+    return e
+
+
+def _gather(refs: list, timeout: float | None = 60) -> list:
+    out = []
+    for r in refs:
+        try:
+            out.append(ray.get(r, timeout=timeout))
+        except Exception as e:  # a dead worker: reported, not raised
+            out.append(e)
+    return out

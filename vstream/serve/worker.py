@@ -1,0 +1,259 @@
+"""A worker of a RayFleet: one loaded model and one ``vstream.Fleet``, run inside a Ray actor.
+
+The controller (vstream.serve.controller) wraps ``FleetWorker`` with ``ray.remote`` and pins it to one
+GPU or a number of CPUs. What a worker adds to a plain Fleet:
+
+- write-through memory: every chunk goes to the stream's long-term store on shared storage as soon as
+  it is ingested (not only when the window evicts it), so a stream re-placed after this process dies
+  resumes from its last ingested chunk (only chunks in flight are lost);
+- resume: a stream added with ``resume=True`` reopens its memory directory, continues the stream clock
+  and its source from the newest stored chunk, and starts its alert conditions in the state the
+  controller's log says they were in (a condition that fired stays "active": no second alert);
+- an outbox per placement (vstream.serve.journal): events are stamped with ids and fsynced there before
+  the controller polls them.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from vstream.fleet import Fleet
+from vstream.serve.journal import Outbox
+
+logger = logging.getLogger(__name__)
+
+_RESTARTABLE = ("synthetic", "file")  # sources that can be reopened at a stream time
+
+
+def source_kind(spec: str) -> str:
+    """'synthetic', 'url' (network / live: reopened from now), or 'file'."""
+    from vstream.sources import is_device, is_url
+
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        return "synthetic"
+    if is_url(spec) or is_device(spec):
+        return "url"
+    return "file"
+
+
+class _Gate:
+    """A source whose frames wait until ``open()``: alert state is set before the first chunk is checked."""
+
+    def __init__(self, src) -> None:
+        self.src = src
+        self.name = getattr(src, "name", "source")
+        self.fps = getattr(src, "fps", None)
+        self.duration = getattr(src, "duration", None)
+        self._open = threading.Event()
+        self._closed = False
+
+    def open(self) -> None:
+        self._open.set()
+
+    def __iter__(self):
+        while not self._open.wait(0.1):
+            if self._closed:
+                return
+        yield from self.src
+
+    def close(self) -> None:
+        self._closed = True
+        self._open.set()
+        if hasattr(self.src, "close"):
+            self.src.close()
+
+    def __repr__(self) -> str:
+        return repr(self.src)
+
+
+class _WriteThroughFleet(Fleet):
+    """A Fleet whose streams persist each chunk right after it is ingested (see the module docstring)."""
+
+    def _after_chunk(self, s, ch) -> None:
+        lt = s.long_term
+        if lt is not None and lt.persistent:
+            for seg in s.engine.memory.live:
+                if seg.kind == "vision" and seg.start_s == ch.start_s:
+                    lt.on_evict(seg)  # idempotent: the window's later eviction finds it stored
+                    break
+        super()._after_chunk(s, ch)
+
+
+class FleetWorker:
+    """One model, one Fleet; the methods are what the controller and clients call on the actor."""
+
+    def __init__(self, name: str, model: str, config: Any = None, *, device: str = "cpu", dtype: str | None = None,
+                 overrides: dict[str, Any] | None = None, threads: int | None = None, max_batch: int = 16) -> None:
+        import torch
+
+        from vstream.api import Agent
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.name = name
+        self.agent = Agent.from_pretrained(model, config=config, device=device, dtype=dtype, **(overrides or {}))
+        self.fleet = _WriteThroughFleet(self.agent, max_batch=max_batch)
+        self._lock = threading.Lock()
+        self._events: collections.deque[tuple[int, dict]] = collections.deque(maxlen=100_000)
+        self._n = 0  # poll cursor: events handed out get increasing numbers
+        self._outboxes: dict[str, Outbox] = {}
+        self._moving: set[str] = set()
+        self._added_wall: dict[str, float] = {}
+        self.fleet.log.add_listener(self._on_event)
+        self.pid = os.getpid()
+        logger.info("worker %s: %s loaded (pid %d)", name, self.agent.model_name, self.pid)
+
+    # ---- events -------------------------------------------------------------------------------
+    def _on_event(self, ev: dict) -> None:
+        sid = ev.get("stream")
+        if ev.get("type") == "removed" and sid in self._moving:
+            return  # a move is not a removal
+        box = self._outboxes.get(sid)
+        if box is None:
+            logger.warning("worker %s: event of unknown stream %s dropped", self.name, sid)
+            return
+        stamped = box.put(ev)
+        stamped["worker"] = self.name
+        with self._lock:
+            self._events.append((self._n, stamped))
+            self._n += 1
+
+    def poll(self, after: int = -1) -> dict[str, Any]:
+        """Events numbered above ``after`` and the streams held: the controller's heartbeat."""
+        with self._lock:
+            evs = [(n, e) for n, e in self._events if n > after]
+        return {"events": evs, "streams": self.fleet.streams, "pid": self.pid}
+
+    # ---- streams ------------------------------------------------------------------------------
+    def add(self, stream_id: str, source: str, *, memory_dir: str, outbox: str, epoch: int, resume: bool = False,
+            options: dict[str, Any] | None = None, alert_state: dict[str, float] | None = None) -> dict[str, Any]:
+        """Watch ``source`` as ``stream_id`` with memory in ``memory_dir``; ``resume``: continue that memory."""
+        from memory.longterm import LongTerm  # noqa: F401  (fail here, not in a thread, if memory is broken)
+        from vstream.sources import open_source
+
+        opts = dict(options or {})
+        resume_at = 0.0
+        if resume and (Path(memory_dir) / "config.json").exists():
+            resume_at = _latest_end_s(memory_dir)
+        kind = source_kind(source)
+        src = open_source(source, start_s=resume_at) if (resume_at > 0 and kind in _RESTARTABLE) else open_source(source)
+        gate = _Gate(src)
+        self._outboxes[stream_id] = Outbox(outbox, stream_id, epoch)
+        try:
+            s = self.fleet.add(stream_id, gate, memory_dir=memory_dir, notify=opts.get("notify") or (),
+                               fps=opts.get("fps"), realtime=opts.get("realtime"),
+                               chunk_seconds=opts.get("chunk_seconds"), config=opts.get("config"))
+        except BaseException:
+            self._outboxes.pop(stream_id).close()
+            gate.close()
+            raise
+        if resume_at > 0:
+            mm = s.engine.memory
+            mm.set_stream_time(max(mm.stream_time_s, resume_at))
+        for c in s.alerts.notifier.conditions.values():  # carry what the log knows: fired once, still "on"
+            if alert_state and c.text in alert_state:
+                c.last_fired_s = float(alert_state[c.text])
+                c.active = True
+        self._added_wall[stream_id] = time.monotonic()
+        gate.open()
+        return {"stream": stream_id, "worker": self.name, "resumed_at_s": resume_at, "epoch": epoch}
+
+    def remove(self, stream_id: str, *, moving: bool = False) -> None:
+        """Stop a stream (memory flushed to its directory). ``moving``: no "removed" event (it goes on elsewhere)."""
+        if moving:
+            self._moving.add(stream_id)
+        try:
+            self.fleet.remove(stream_id)
+        finally:
+            self._moving.discard(stream_id)
+            box = self._outboxes.pop(stream_id, None)
+            if box is not None:
+                box.close()
+            self._added_wall.pop(stream_id, None)
+
+    # ---- questions ----------------------------------------------------------------------------
+    def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None, history: bool = True,
+            timeout: float | None = None) -> dict[str, Any]:
+        ans = self.fleet.ask(stream_id, question, max_new_tokens=max_new_tokens, history=history, timeout=timeout)
+        return ans.to_dict()
+
+    def ask_stream(self, stream_id: str, question: str, max_new_tokens: int | None = None,
+                   history: bool = True) -> Iterator[Any]:
+        """Pieces of the answer as they are decoded (str), then the whole answer (dict)."""
+        import queue
+
+        s = self.fleet.stream(stream_id)
+        pieces: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        fut = s.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=pieces.put,
+                          cancel=cancel)
+        fut.add_done_callback(lambda _f: pieces.put(None))
+        try:
+            while True:
+                p = pieces.get()
+                if p is None:
+                    break
+                yield p
+            yield fut.result().to_dict()
+        finally:
+            if not fut.done():
+                cancel.set()
+                fut.cancel()
+
+    def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
+        """``Fleet.ask_all`` without the write-through copies: a stored entry of a chunk still in the window
+        is left out (the window's own evidence stands for it), so the scores equal a plain Fleet's."""
+        from vstream.fleet_search import stream_evidence
+
+        hits = []
+        for sid in self.fleet.streams:
+            try:
+                s = self.fleet.stream(sid)
+            except ValueError:
+                continue  # removed meanwhile
+            live = {seg.start_s for seg in s.engine.snapshot().live if seg.kind == "vision"}
+            ev = [e for e in stream_evidence(s.engine, question, evidence + len(live))
+                  if not (e.source == "long_term" and e.start_s in live)][:evidence]
+            if ev:
+                hits.append({"stream": sid, "score": ev[0].score, "evidence": [e.to_dict() for e in ev]})
+        hits.sort(key=lambda h: -h["score"])
+        return hits[:top]
+
+    def wait_chunks(self, stream_id: str, n: int, timeout: float | None = None) -> int:
+        """Wait until the stream's memory holds ``n`` ingested chunks in this placement; the count now."""
+        s = self.fleet.stream(stream_id)
+        s.wait_chunks(n, timeout)
+        return s.engine.memory.chunks_ingested
+
+    def stats(self) -> dict[str, Any]:
+        st = self.fleet.stats()
+        now = time.monotonic()
+        for sid, v in st["streams"].items():
+            v["uptime_s"] = now - self._added_wall.get(sid, now)
+        st["worker"] = {"name": self.name, "pid": self.pid, "model": self.agent.model_name}
+        return st
+
+    def ping(self) -> int:
+        return self.pid
+
+    def close(self) -> None:
+        self.fleet.close()
+        for box in self._outboxes.values():
+            box.close()
+        self._outboxes.clear()
+
+
+def _latest_end_s(memory_dir: str | Path) -> float:
+    """End of the newest chunk stored in a memory directory (0 when none)."""
+    from memory.store import LongTermStore
+
+    store = LongTermStore.open(Path(memory_dir), expected=None, ram_bytes=0, device="cpu", verify="size")
+    try:
+        return max((i.end_s for i in store.infos()), default=0.0)
+    finally:
+        store.close()

@@ -32,7 +32,7 @@ class LongTermConfig:
     """
 
     ram_bytes: int = 2 << 30  # RAM tier budget for K/V (LRU, bytes)
-    quantize: str = "none"  # cold-tier K/V: "none" | "int8" | "int4" | "k4v2"
+    quantize: str = "none"  # cold-tier K/V: "none" | "int8" | "int4" | "k4v2" | "k2v1.58"
     retriever: str = "internal"  # "internal" (key summaries) | "text" (entry texts) | "both"
     per_layer: bool = False  # internal retriever: layers vote with their own top entries
     exact_index_max: int = 50_000  # exact FAISS index up to this many entries, HNSW above

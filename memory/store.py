@@ -43,7 +43,7 @@ from memory.fsops import FileOps
 from memory.journal import DirLock, Journal, atomic_write, encode_line, read_journal, warn
 from memory.segment import KINDS, VISION, Segment
 from memory.store_retention import RETENTION_OPS, RetentionMixin, replay
-from memory.types import FORMAT_VERSION, EntryInfo, StoreMeta
+from memory.types import FORMAT_VERSION, TEXT_FORMAT_VERSION, EntryInfo, StoreMeta
 
 __all__ = ["LongTermStore", "StoreMeta", "EntryInfo", "UnknownEntryError", "atomic_write"]
 
@@ -53,8 +53,26 @@ CONFIG_NAME = "config.json"
 JOURNAL_NAME = "journal.jsonl"
 SEGMENT_DIR = "segments"
 LOCK_NAME = ".lock"
-#: cold-tier formats: (key bits, value bits); 0 = stored as is. "k4v2": int4 keys, ternary values (VidKV-like)
-_QUANT_BITS = {"none": (0, 0), "int8": (8, 8), "int4": (4, 4), "k4v2": (4, 2)}
+#: cold-tier formats: (key bits, value bits); 0 = stored as is. "k4v2": int4 keys, ternary values (VidKV-like);
+#: "k2v1.58": keys 2 bits per channel with half of each head's channels at 1 bit, ternary values 5 per byte
+#: (memory.quant codes 21 and 158; ~1.7 bits per element with the per-channel scales of a 197-token entry)
+_QUANT_BITS = {"none": (0, 0), "int8": (8, 8), "int4": (4, 4), "k4v2": (4, 2),
+               "k2v1.58": (quant.KEYS_2_1, quant.TERNARY5)}
+#: the memory format version a cold tier needs (readers older than it refuse the directory with one line)
+_QUANT_VERSION = {"k2v1.58": 3}
+_QUANT_NAMES = ", ".join(_QUANT_BITS)
+
+
+def quant_bits(quantize: str) -> tuple[int, int]:
+    """(key, value) codes of cold tier ``quantize`` for ``memory.quant.quantize`` (0: stored as is)."""
+    if quantize not in _QUANT_BITS:
+        raise ValueError(f"quantize must be one of {_QUANT_NAMES}, got {quantize!r}")
+    return _QUANT_BITS[quantize]
+
+
+def format_version_for(quantize: str) -> int:
+    """The lowest memory format version that can hold entries of cold tier ``quantize``."""
+    return _QUANT_VERSION.get(quantize, 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,8 +133,10 @@ class LongTermStore(RetentionMixin):
         a power-cut double).
         """
         self.fs: FileOps = fs or fsops.DEFAULT
+        if directory is not None and (Path(directory) / CONFIG_NAME).is_file():
+            _read_config(Path(directory)).check_readable(str(directory))  # a newer format first, then the rest
         if quantize not in _QUANT_BITS:
-            raise ValueError(f"quantize must be none, int8, int4 or k4v2, got {quantize!r}")
+            raise ValueError(f"quantize must be one of {_QUANT_NAMES}, got {quantize!r}")
         if verify not in ("full", "size"):
             raise ValueError(f"verify must be 'full' or 'size', got {verify!r}")
         if int(ram_bytes) < 0:
@@ -160,6 +180,8 @@ class LongTermStore(RetentionMixin):
                 self.meta = found
                 if not self.read_only:
                     self._acquire_lock()
+                if not self.read_only and format_version_for(quantize) > found.format_version:
+                    self._upgrade_format(format_version_for(quantize))  # e.g. a v1 store reopened with k2v1.58
                 self._load(verify)
             else:
                 if self.directory.exists() and any(not _leftover_of_creation(p) for p in self.directory.iterdir()):
@@ -167,6 +189,7 @@ class LongTermStore(RetentionMixin):
                                      f"pick an empty or new directory for the memory")
                 fsops.makedirs(self.fs, self.directory, self._durable)
                 self._acquire_lock()
+                self.meta = meta = dataclasses.replace(meta, format_version=format_version_for(quantize))
                 cfg = {"format": "vstream-memory", **meta.to_json(), "quantize": quantize}
                 atomic_write(config, json.dumps(cfg, indent=1).encode(), self._durable, self.fs)
                 self.fs.mkdir(self._seg_dir)  # its name is made durable with the journal's (same directory)
@@ -190,6 +213,7 @@ class LongTermStore(RetentionMixin):
         if not (directory / CONFIG_NAME).is_file():
             raise ValueError(f"{directory} is not a vstream memory directory (no {CONFIG_NAME})")
         found = _read_config(directory)
+        found.check_readable(str(directory))  # before anything a newer format may have changed (its quantize name)
         if expected is not None:
             expected.check_compatible(found, str(directory))
         if quantize is None:
@@ -201,6 +225,7 @@ class LongTermStore(RetentionMixin):
                    read_only=read_only, fs=fs)
 
     # ---- lifecycle ------------------------------------------------------------------------------
+
 
     def _acquire_lock(self) -> None:
         self._dir_lock = DirLock(self.directory, LOCK_NAME, self.fs)
@@ -366,13 +391,14 @@ class LongTermStore(RetentionMixin):
             self._check_open()
             eid = self._next_id
             blob = safetensors.torch.save(tensors, metadata={"entry_id": str(eid), "quant": self.quantize,
-                                                             "format_version": str(FORMAT_VERSION)})
+                                                             "format_version": str(max(
+                format_version_for(self.quantize), TEXT_FORMAT_VERSION if seg.kind != VISION else 1))})
             rel = f"{SEGMENT_DIR}/{eid:08d}.safetensors"
             info = EntryInfo(entry_id=eid, start_s=start, end_s=end, n_tokens=seg.n_tokens, span=seg.span,
                              text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes, kind=seg.kind,
                              source=seg.source)
-            if seg.kind != VISION and self.meta.format_version < FORMAT_VERSION:
-                self._upgrade_format()
+            if seg.kind != VISION and self.meta.format_version < TEXT_FORMAT_VERSION:
+                self._upgrade_format(TEXT_FORMAT_VERSION)
             entry = _Entry(info, kind=seg.kind, file=rel, sha256=hashlib.sha256(blob).hexdigest(), size=len(blob),
                            quant=self.quantize, chunk_index=seg.chunk_index)
             path = self.directory / rel
@@ -394,17 +420,19 @@ class LongTermStore(RetentionMixin):
                 self._ram_put(eid, tensors)
         return eid
 
-    def _upgrade_format(self) -> None:
-        """Mark a format-1 store as the current format before its first text entry (caller holds _write_lock)."""
+    def _upgrade_format(self, version: int) -> None:
+        """Raise the store's format version before the first entry that needs it (a text entry: 2, a k2v1.58
+        entry: 3); crash-safe rewrite of the config. The caller holds _write_lock (or is still constructing)."""
         path = self.directory / CONFIG_NAME
         try:
             cfg = json.loads(path.read_text())
-            cfg["format_version"] = FORMAT_VERSION
+            cfg["format_version"] = int(version)
             atomic_write(path, json.dumps(cfg, indent=1).encode(), self._durable)
         except (OSError, ValueError) as e:
             raise _io_error("upgrading the memory format", self.directory, e if isinstance(e, OSError)
                             else OSError(str(e))) from None
-        self.meta = dataclasses.replace(self.meta, format_version=FORMAT_VERSION)
+        self.meta = dataclasses.replace(self.meta, format_version=int(version))
+        logger.info("memory at %s now has format version %d", self.directory, version)
     @staticmethod
     def _entry_line(e: _Entry) -> bytes:
         return _entry_line(e)
@@ -494,7 +522,8 @@ class LongTermStore(RetentionMixin):
         def layer(prefix: str, li: int) -> torch.Tensor:
             t = tensors.get(f"{prefix}.{li}")
             if t is None:
-                t = quant.dequantize({n: tensors[f"{prefix}.{li}.{n}"] for n in ("q", "scale", "shape", "bits")}, dt)
+                head = f"{prefix}.{li}."
+                t = quant.dequantize({n[len(head):]: v for n, v in tensors.items() if n.startswith(head)}, dt)
             return t.to(device=dev, dtype=dt)
 
         n = self.meta.num_layers

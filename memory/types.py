@@ -10,10 +10,14 @@ import torch
 
 from memory.segment import Segment
 
-#: 1: vision entries only. 2: entries may also be text (``kind="text"``, e.g. ``source="speech"``): a reader of
-#: format 1 would take them for video chunks, so a store is marked 2 once it holds one; format 1 stores are
-#: read as they are (and upgraded in place when a text entry is first added).
-FORMAT_VERSION = 2
+#: Newest memory format this code reads. 1: vision entries only, K/V as is or int8 / int4 / k4v2. 2: entries may
+#: also be text (``kind="text"``, e.g. ``source="speech"``): a reader of format 1 would take them for video
+#: chunks, so a store is marked 2 once it holds one. 3: the k2v1.58 cold tier (mixed 2/1-bit keys, ternary values
+#: packed five per byte). A store is written with the lowest version its content needs (memory.store.
+#: format_version_for, upgraded in place when a text entry or a k2v1.58 entry first needs more), so older
+#: readers keep reading what they can.
+FORMAT_VERSION = 3
+TEXT_FORMAT_VERSION = 2  # the first format with text entries
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -45,15 +49,19 @@ class StoreMeta:
         return (f"{self.model!r} ({self.family}, {self.num_layers} layers, {self.num_kv_heads} kv heads, "
                 f"head_dim {self.head_dim}, pos_dims {self.pos_dims}, format {self.format_version})")
 
+    def check_readable(self, where: str) -> None:
+        """Raise ValueError (one line) when this format version is newer than this code reads."""
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(f"memory at {where} has format version {self.format_version}, newer than this "
+                             f"vstream supports ({FORMAT_VERSION}); upgrade vstream or use another memory directory")
+
     def check_compatible(self, other: "StoreMeta", where: str) -> None:
         """Raise ValueError (one line, naming both models) when ``other`` (found at ``where``) cannot be used.
 
         The dtype is not compared: K/V of the same model in another dtype are cast by ``get(dtype=...)``.
         """
-        if other.format_version > FORMAT_VERSION:
-            raise ValueError(f"memory at {where} has format version {other.format_version}, newer than this "
-                             f"vstream supports ({FORMAT_VERSION}); upgrade vstream or use another memory directory")
-        keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims")  # older formats are read
+        other.check_readable(where)
+        keys = ("model", "family", "num_layers", "num_kv_heads", "head_dim", "pos_dims")  # any version <= ours reads
         if any(getattr(self, k) != getattr(other, k) for k in keys):
             raise ValueError(f"memory at {where} was written by model {other.describe()}, but this run uses "
                              f"{self.describe()}; use a fresh memory directory for this model")

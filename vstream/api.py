@@ -346,6 +346,8 @@ class Session:
             "ttft_p95": _percentile(resp.ttfts, 95),
             "tokens_per_s": resp.tokens_per_s,
             "context_tokens": eng.context_tokens,
+            "visual_tokens_kept": eng.visual_tokens_kept,
+            "visual_tokens_dropped": eng.visual_tokens_dropped,
             "queries_pending": resp.pending,
             "queries_answered": resp.answered,
             "queries_rejected": resp.rejected,

@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask QUESTION when the stream reaches T seconds (repeatable)")
     w.add_argument("--commentary", action="store_true", help="live commentary after every chunk")
     w.add_argument("--notify", action="append", default=[], metavar="TEXT", help="alert when TEXT happens")
+    w.add_argument("--token-drop", type=float, default=None, metavar="T",
+                   help="skip visual tokens whose cosine similarity to the same cell of the previous frame is > T")
     w.add_argument("--realtime", action="store_true", help="pace to the wall clock, drop frames when behind")
     w.add_argument("--memory-dir", default=None, help="persist long-term memory here (crash-safe, as it goes); "
                                                       "the same source again resumes it")

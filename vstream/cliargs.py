@@ -46,6 +46,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["memory.retrieve_k"] = args.top_k
     if getattr(args, "no_long_term", False):
         overrides["memory.long_term"] = False
+    if getattr(args, "token_drop", None) is not None:
+        overrides["memory.token_drop"] = args.token_drop
     if getattr(args, "commentary_tokens", None):
         overrides["responder.commentary_tokens"] = args.commentary_tokens
     return overrides

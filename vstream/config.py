@@ -39,6 +39,7 @@ class MemoryConfig:
     long_term: bool = True  # keep evicted chunks in the long-term store (False: drop them)
     ram_bytes: int = 2 << 30  # RAM tier budget for long-term K/V (LRU, bytes)
     quantize: str = "none"  # cold-tier K/V: "none" | "int8" | "int4" | "k4v2" (int4 keys, ternary values)
+    #                         | "k2v1.58" (2/1-bit keys per channel, ternary values packed 5 per byte)
     retrieve_k: int = 4  # long-term entries brought back for a question
     retriever: str = "internal"  # "internal" | "text" | "both"
     per_layer: bool = False  # internal retriever: each layer picks its top entries and the most-picked win
@@ -49,6 +50,9 @@ class MemoryConfig:
     ocr: bool = False  # OCR a keyframe per chunk into the entry's text
     asr: bool = False  # recognise the audio track (settings: AgentConfig.asr) into text window and long-term
     thumbnail_px: int = 96  # long side of the JPEG thumbnail kept per entry
+    token_drop: float | None = None  # drop a visual token when its cosine similarity to the same grid cell of
+    #                                  the previous kept frame is above this (None: off; 1.0 drops nothing)
+    token_drop_floor: float = 0.1  # token drop keeps at least this fraction (and >= 1) of a chunk's visual tokens
     max_disk_bytes: int = 0  # retention: the store (segments + journal) is kept under this many bytes, oldest
     #                          entries deleted first (0 = no cap)
     max_age_s: float = 0.0  # retention: entries that ended more than this much stream time ago are deleted (0 = keep)
@@ -58,8 +62,13 @@ class MemoryConfig:
             raise ValueError(f"window_chunks must be >= 1, got {self.window_chunks}")
         if self.text_window_tokens < 0 or self.prev_text_head < 0 or self.prev_text_tail < 0:
             raise ValueError("text window sizes must be >= 0")
-        if self.quantize not in ("none", "int8", "int4", "k4v2"):
-            raise ValueError(f"quantize must be none, int8, int4 or k4v2, got {self.quantize!r}")
+        if self.quantize not in ("none", "int8", "int4", "k4v2", "k2v1.58"):
+            raise ValueError(f"quantize must be none, int8, int4, k4v2 or k2v1.58, got {self.quantize!r}")
+        if self.token_drop is not None and not -1.0 <= float(self.token_drop) <= 1.0:
+            raise ValueError(f"token_drop must be a cosine similarity in [-1, 1] or None (off), got {self.token_drop}; "
+                             f"e.g. --token-drop 0.9")
+        if not 0.0 <= float(self.token_drop_floor) <= 1.0:
+            raise ValueError(f"token_drop_floor must be a fraction in [0, 1], got {self.token_drop_floor}")
         if self.retriever not in ("internal", "text", "both"):
             raise ValueError(f"retriever must be internal, text or both, got {self.retriever!r}")
         if self.retrieve_k < 0:

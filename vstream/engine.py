@@ -29,6 +29,7 @@ from vstream.config import AgentConfig
 from vstream.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
 from vstream.frames import resize_max_side
+from vstream.tokendrop import drop_chunk_tokens, token_drop_for
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ class Engine:
                                     prev_text_head=mc.prev_text_head, prev_text_tail=mc.prev_text_tail,
                                     on_evict=long_term.on_evict if long_term is not None else None)
         adapter._install_projection_hooks()  # before any second thread touches the model
+        self.token_drop = token_drop_for(adapter, mc.token_drop, mc.token_drop_floor)
+        self.visual_tokens_kept = 0  # visual tokens prefilled over the stream
+        self.visual_tokens_dropped = 0  # ... and skipped by token drop
+        self.last_keep: torch.Tensor | None = None  # [S] bool: the last chunk's token-drop decision
         dev = adapter.device
         self._streams: dict[str, torch.cuda.Stream] = (
             {"perception": torch.cuda.Stream(device=dev), "answer": torch.cuda.Stream(device=dev)}
@@ -192,6 +197,7 @@ class Engine:
         t0 = time.perf_counter()
         a, mm = self.adapter, self.memory
         tokens = a.embed_chunk(chunk.marker, chunk.frames)
+        tokens = self.drop_tokens(tokens)
         start = mm.next_pos
         with a.capture_projection_means("k") as kmeans:
             prefill(a, mm.cache, tokens, start, logits="none")
@@ -243,7 +249,17 @@ class Engine:
                          thumbnail=make_thumbnail(mid, mc.thumbnail_px), chunk_index=chunk.index)
         evicted = mm.commit(seg)
         return ChunkReport(index=chunk.index, start_s=chunk.start_s, end_s=chunk.end_s, n_tokens=tokens.n_tokens,
-                           latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens)
+                           latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens,
+                           visual_kept=tokens.n_vision, visual_dropped=tokens.n_dropped)
+
+    def drop_tokens(self, tokens):
+        """Token drop (memory.token_drop): the chunk's tokens to prefill (``n_dropped`` says how many went).
+
+        Perception calls it once per chunk, in stream order, before the prefill (the batched path too)."""
+        tokens, _, self.last_keep = drop_chunk_tokens(self.adapter, self.token_drop, tokens)
+        self.visual_tokens_kept += tokens.n_vision
+        self.visual_tokens_dropped += tokens.n_dropped
+        return tokens
 
     @_writes
     @_on_stream("perception")

@@ -86,3 +86,5 @@ class ChunkReport:
     latency_s: float  # embed + prefill + bookkeeping, wall time
     evicted: int  # segments evicted from the active context by this chunk
     context_tokens: int  # tokens in the active context after the chunk
+    visual_kept: int = 0  # visual tokens prefilled (all of them without token drop)
+    visual_dropped: int = 0  # visual tokens skipped by token drop (memory.token_drop)

@@ -4,6 +4,8 @@ ingest   per-chunk latency and process memory vs stream position for (a) this en
          (b) full attention (nothing evicted) and (c) a sliding window recomputed from scratch each chunk.
 memory   FAISS search latency, KV bytes per hour, time to first token with 0 vs N stored entries.
 realtime highest frame rate sustained with commentary on; TTFT mid-stream vs on an idle session.
+tokens   token drop (kept share, chunk latency and KV/h, drop on vs off) per source and threshold; cold-tier
+         KV/h at 7B shapes for every format; which key channels the k2v1.58 tier stores at 1 bit.
 asr      speech recognition on a clip: real-time factor, WER, timestamp error, and per-chunk perception
          latency with ASR on over off in one run.
 

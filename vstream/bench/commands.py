@@ -45,6 +45,21 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--device", default="auto")
     r.add_argument("--out", default="bench_out")
     r.set_defaults(func=_cli_realtime)
+    t = bs.add_parser("tokens", help="token drop: kept share, latency, KV/h; cold-tier KV/h at 7B shapes")
+    t.add_argument("--models", default="small-llava-onevision,tiny-smolvlm,tiny-qwen2.5-vl",
+                   help="token drop runs per model; the channel-choice part on the first")
+    t.add_argument("--clips", default=None, help="folder with mmduet_drive.mp4 and mmduet_office.mp4 "
+                                                 "(default: ../shared/data/real_clips from the repository)")
+    t.add_argument("--thresholds", default="0.95,0.9,0.8,0.7")
+    t.add_argument("--floor", type=float, default=0.1, help="memory.token_drop_floor")
+    t.add_argument("--window", type=int, default=16)
+    t.add_argument("--fps", type=float, default=2.0)
+    t.add_argument("--static-seconds", type=float, default=60.0, help="length of the synthetic static scene")
+    t.add_argument("--max-chunks", type=int, default=60, help="chunks per source at most")
+    t.add_argument("--repeats", type=int, default=3, help="fresh runs per source (more latency samples)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--out", default="bench_out")
+    t.set_defaults(func=_cli_tokens)
     a = bs.add_parser("asr", help="speech recognition: real-time factor, WER, perception latency ASR on/off")
     a.add_argument("video", nargs="?", default="data/lecture.mp4")
     a.add_argument("--asr-model", default="default", help="faster-whisper model: default (tiny.en), name or dir")
@@ -120,6 +135,19 @@ def _cli_realtime(args: argparse.Namespace) -> int:
     p = write_json(res, out, "realtime")
     plot_realtime(res, out / "realtime.png")
     _report({"json": str(p), "png": str(out / "realtime.png"), "summary": res["summary"]})
+    return 0
+
+
+def _cli_tokens(args: argparse.Namespace) -> int:
+    from vstream.bench.common import environment, write_json
+    from vstream.bench.tokens import main_args, plot_tokens, summary
+
+    res = main_args(args)
+    res["env"] = environment()
+    out = Path(args.out)
+    p = write_json(res, out, "tokens")
+    plot_tokens(res, out / "tokens.png")
+    _report({"json": str(p), "png": str(out / "tokens.png"), "summary": summary(res)})
     return 0
 
 

@@ -39,6 +39,7 @@ class Tokens:
     inputs_embeds: torch.Tensor  # [1, S, D] model dtype, on the model's device
     rel_pos: torch.Tensor  # [P, S] int64, relative to the segment's first position
     n_vision: int = 0  # vision tokens among the S
+    n_dropped: int = 0  # vision tokens removed by token drop (``select``)
     #: Extra keyword inputs of the language model for exactly these S tokens, passed to every forward that
     #: prefills them (Qwen3-VL: ``visual_pos_masks`` [1, S] bool and ``deepstack_visual_embeds``, a list of
     #: [n_vision, D] per injected layer). Empty for text and for families without such inputs.
@@ -54,6 +55,26 @@ class Tokens:
         if self.rel_pos.numel() == 0:
             return 0
         return int(self.rel_pos.max().item()) + 1
+
+    def select(self, keep: torch.Tensor) -> "Tokens":
+        """The tokens where ``keep`` [S] bool is True, at their original positions (token drop).
+
+        The span must not change (the last position is never a dropped token), so whatever follows
+        the segment is placed exactly where it would be without dropping.
+        """
+        if keep.shape != (self.n_tokens,) or keep.dtype != torch.bool:
+            raise ValueError(f"keep must be a bool tensor [{self.n_tokens}], got {keep.dtype} {tuple(keep.shape)}")
+        if self.lm_inputs:
+            raise ValueError("token drop cannot select tokens that carry extra language-model inputs (Qwen3-VL's "
+                             "deepstack features); leave memory.token_drop unset for this family")
+        keep = keep.to(self.input_ids.device)
+        out = Tokens(input_ids=self.input_ids[:, keep], inputs_embeds=self.inputs_embeds[:, keep],
+                     rel_pos=self.rel_pos[:, keep], n_vision=self.n_vision - int((~keep).sum().item()),
+                     n_dropped=self.n_dropped + int((~keep).sum().item()))
+        if out.span != self.span:
+            raise RuntimeError(f"token drop changed the chunk's span from {self.span} to {out.span}; "
+                               f"the token at the last position must be kept")
+        return out
 
 
 #: A piece of a reference sequence: plain text, or (time marker, frames [N, H, W, 3] uint8).
@@ -176,6 +197,19 @@ class ModelAdapter(ABC):
         pieces: text strings and (marker, frames) chunks, in order, exactly as the engine would feed
         them. Returns the last position's logits [V] (fp32).
         """
+
+    def supports_token_drop(self) -> bool:
+        """Whether ``visual_cells`` gives this family's frame grid and its chunks can be prefilled in part."""
+        return type(self).visual_cells is not ModelAdapter.visual_cells
+
+    def visual_cells(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Frame-grid layout of a chunk's tokens, for token drop.
+
+        Returns (frame [S], cell [S], n_cells): the frame index within the chunk and the grid cell
+        (0..n_cells-1) of every visual token that sits on a frame's grid, -1 for all other tokens.
+        """
+        raise ValueError(f"token drop is not supported for the {self.family or type(self).__name__} family; "
+                         f"turn memory.token_drop off")
 
     def configure_sampling(self, fps: float) -> None:
         """Tell the adapter the stream's sampling rate (families with temporal positions use it)."""

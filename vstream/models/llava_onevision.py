@@ -174,6 +174,15 @@ class LlavaOneVisionAdapter(ModelAdapter):
         rel = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)  # [1, S]
         return Tokens(input_ids=ids, inputs_embeds=emb, rel_pos=rel, n_vision=int(feats.shape[0]))
 
+    def visual_cells(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Frame i's pooled token j is cell j of frame i; the closing image_newline is never dropped."""
+        vis = torch.nonzero(tokens.input_ids[0] == self.video_token_id).squeeze(1)[:-1]  # [N*T] newline excluded
+        frame = torch.full((tokens.n_tokens,), -1, dtype=torch.long, device=tokens.input_ids.device)
+        cell = frame.clone()
+        k = torch.arange(vis.numel(), device=frame.device)
+        frame[vis], cell[vis] = k // self.tokens_per_frame, k % self.tokens_per_frame
+        return frame, cell, self.tokens_per_frame
+
     @torch.no_grad()
     def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
         """Several chunks with one SigLIP pass over all their frames (pooling is per frame: results are

@@ -263,6 +263,27 @@ class Qwen25VLAdapter(ModelAdapter):
                            "chunk or a larger frame_size", int(rel.max()), int(rel[0, -1]))
         return rel.contiguous()
 
+    def visual_cells(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Merged video token (t, h, w) is cell (h, w) of temporal patch t ("frame" = 2 frames here).
+
+        Cells come from the h and w position ids; the temporal patch from the token order (t-major),
+        since temporal ids may repeat at high frame rates.
+        """
+        vis = torch.nonzero(tokens.input_ids[0] == self.video_token_id).squeeze(1)  # [T*h*w]
+        frame = torch.full((tokens.n_tokens,), -1, dtype=torch.long, device=tokens.input_ids.device)
+        cell = frame.clone()
+        if vis.numel() == 0:
+            return frame, cell, 0
+        h, w = tokens.rel_pos[1, vis], tokens.rel_pos[2, vis]  # [n]
+        h, w = h - h.min(), w - w.min()
+        gw = int(w.max().item()) + 1
+        n_cells = (int(h.max().item()) + 1) * gw
+        if vis.numel() % n_cells:
+            raise RuntimeError(f"{vis.numel()} video tokens do not fill whole {n_cells}-cell grids")
+        frame[vis] = torch.arange(vis.numel(), device=frame.device) // n_cells
+        cell[vis] = h * gw + w
+        return frame, cell, n_cells
+
     # ---- reference ----------------------------------------------------------------------------
     @torch.inference_mode()
     def reference_logits(self, pieces: Sequence[Any]) -> torch.Tensor:

@@ -117,6 +117,10 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
             raise ValueError(f"{self.deepstack_layers} DeepStack levels for {self.num_layers} decoder layers")
 
     # ---- chunks -------------------------------------------------------------------------------
+    def supports_token_drop(self) -> bool:
+        """No: deepstack features are injected per visual token (``lm_inputs``), so chunks are prefilled whole."""
+        return False
+
     def chunk_ids(self, marker: str, grid_thw: torch.Tensor, n_frames: int | None = None) -> list[int]:
         """Token ids of a chunk: per temporal patch ``<t seconds>``, vision start, pads, vision end."""
         gt, gh, gw = (int(v) for v in grid_thw.tolist())

@@ -249,6 +249,15 @@ class SmolVLMAdapter(ModelAdapter):
         rel = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)  # [1, S]
         return Tokens(input_ids=ids, inputs_embeds=emb, rel_pos=rel, n_vision=n * self.image_seq_len)
 
+    def visual_cells(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Frame i's image token j is cell j of frame i; the fake / global tags are never dropped."""
+        vis = torch.nonzero(tokens.input_ids[0] == self.image_token_id).squeeze(1)  # [N*L]
+        frame = torch.full((tokens.n_tokens,), -1, dtype=torch.long, device=tokens.input_ids.device)
+        cell = frame.clone()
+        k = torch.arange(vis.numel(), device=frame.device)
+        frame[vis], cell[vis] = k // self.image_seq_len, k % self.image_seq_len
+        return frame, cell, self.image_seq_len
+
     @torch.inference_mode()
     def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
         """Several chunks with one vision-tower + connector pass over all their frames (frames are encoded

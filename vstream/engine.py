@@ -35,8 +35,8 @@ from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 logger = logging.getLogger(__name__)
 
 
-def _evidence_source(seg: Segment) -> str:
-    """What an evidence span is: "vision" (a chunk), "speech" (recognised audio) or "text"."""
+def evidence_source(seg) -> str:
+    """"vision" (a chunk), "speech" (recognised audio) or "text", for a Segment or an EntryInfo."""
     return "vision" if seg.kind == VISION else ("speech" if seg.source == "speech" else "text")
 
 
@@ -451,7 +451,7 @@ class Engine:
         text = a.decode(res.token_ids).strip()
         evidence = [Evidence(start_s=r.segment.start_s, end_s=r.segment.end_s, score=float(r.score),
                              tier="long_term", entry_id=r.entry_id, thumbnail=r.segment.thumbnail,
-                             source=_evidence_source(r.segment), text=r.segment.text)
+                             source=evidence_source(r.segment), text=r.segment.text)
                     for r in retrieved]
         evidence += self._window_evidence([s for s in snap.live if s.kind == VISION], qmeans)
         evidence += self._speech_evidence(question, [s for s in snap.live if s.source == "speech"])

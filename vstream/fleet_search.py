@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from memory.segment import VISION
+from vstream.engine import evidence_source
 from vstream.types import Evidence
 
 logger = logging.getLogger(__name__)
@@ -54,4 +55,4 @@ def _long_term(lt, entry_id: int, score: float) -> Evidence | None:
         return None
     return Evidence(start_s=info.start_s, end_s=info.end_s, score=float(score), tier="long_term",
                     entry_id=entry_id, thumbnail=info.thumbnail, text=info.text,
-                    source="speech" if info.source == "speech" else ("text" if info.kind == "text" else "vision"))
+                    source=evidence_source(info))

@@ -3,7 +3,7 @@
     python app.py                          # tiny offline preset on http://127.0.0.1:7860
     python app.py --model Qwen/Qwen2.5-VL-3B-Instruct --port 8000 --auth me:secret
 
-UI only: every action calls ``vstream.appkit.AppController`` (which calls ``vstream.api``); no model
+UI only: every action calls ``vstream.app.controller.AppController`` (which calls ``vstream.api``); no model
 logic lives here. The app binds 127.0.0.1 unless ``--host`` is given; uploads are limited in size
 and type, and saved memories are only ever read from the app's own ``--memory-root`` by name.
 """
@@ -82,7 +82,7 @@ def build_app(ctl, args: argparse.Namespace):
     """Build the Blocks UI around ``ctl`` (an AppController); returns ``(demo, launch_kwargs)``."""
     import gradio as gr
 
-    from vstream.appkit import SHARING_NOTE, format_status, latency_frame
+    from vstream.app.controller import SHARING_NOTE, format_status, latency_frame
     from vstream.sources import VIDEO_EXTENSIONS
 
     def act(fn, *a):
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from vstream.api import Agent
-    from vstream.appkit import AppController
+    from vstream.app.controller import AppController
 
     try:
         agent = Agent.from_pretrained(args.model, config=args.config, device=args.device)

@@ -1,4 +1,4 @@
-"""`vstream eval ...`: the argparse sub-parser and its entry point (mounted by vstream/cli.py).
+"""`vstream eval ...`: the argparse sub-parser and its entry point (mounted by vstream/cli/main.py).
 
     vstream eval streamingbench BENCH.json --out runs/sb --model M [--video-root DIR] [--limit N] [--resume]
     vstream eval ovobench BENCH.json --out runs/ovo ...
@@ -157,14 +157,14 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def agent_from_args(args: argparse.Namespace) -> Any:
     """Agent.from_pretrained with the model/config options of an eval sub-command."""
-    from vstream.cliargs import agent_from_args as build
+    from vstream.cli.args import agent_from_args as build
 
     return build(args)
 
 
 def _agent(args: argparse.Namespace) -> Any:
     """The agent of a run: a uniform-N preset answers from N frames re-sampled over the stream."""
-    from vstream.uniform import PRESET_FRAMES, UniformAgent
+    from eval.uniform import PRESET_FRAMES, UniformAgent
 
     agent = agent_from_args(args)
     n = PRESET_FRAMES.get(getattr(args, "config", None) or "")
@@ -249,7 +249,7 @@ def _pct(v: float | None) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the chosen ``vstream eval`` sub-command; returns the exit code (errors raise ValueError /
-    RuntimeError with one-line messages, which vstream/cli.py prints)."""
+    RuntimeError with one-line messages, which vstream/cli/main.py prints)."""
     cmd = args.eval_cmd
     if getattr(args, "resume", False) and getattr(args, "overwrite", False):
         raise ValueError("--resume and --overwrite contradict each other; pass one")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from _lecture_helpers import edit_distance, lecture_module, need_tools, words
-from vstream.asr import ASRConfig, StreamingASR, resolve_model, transcribe
-from vstream.audio import SAMPLE_RATE, AudioBlock, audio_blocks
+from vstream.speech.asr import ASRConfig, StreamingASR, resolve_model, transcribe
+from vstream.sources.audio import SAMPLE_RATE, AudioBlock, audio_blocks
 
 SAID = [("Heat Engines\nWork from temperature differences", [
             ("Steam trains carried most passengers across the country a century ago.", ""),

@@ -1,6 +1,6 @@
 """Audio tracks: codecs, the stream clock, windows, no audio, damaged audio, the push interface.
 
-References are independent of vstream.audio: the espeak-ng samples written into the clip, resampled
+References are independent of vstream.sources.audio: the espeak-ng samples written into the clip, resampled
 to 16 kHz with scipy's polyphase filter; frame times from FileSource; the sample index of the speech.
 Measured here (2-core CPU): lag 0 samples for PCM/AAC/MP3 and -60 samples (-3.75 ms) for Opus in
 WebM; SNR against the reference 41 dB (PCM), 15 dB (AAC 48k), 23 dB (MP3 64k), 20 dB (Opus 48k).
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from _lecture_helpers import lecture_module, need_tools, reference_16k
-from vstream.audio import audio_blocks, read_audio
-from vstream.audio_push import AudioPush
+from vstream.sources.audio import audio_blocks, read_audio
+from vstream.sources.audio_push import AudioPush
 from vstream.sources import FileSource, write_video
 
 RATE = 22050
@@ -112,9 +112,9 @@ def test_start_end_window_matches_the_whole_track(clip):
 
 
 def test_no_audio_track_is_none_with_one_info_line(clip, caplog):
-    caplog.set_level(logging.INFO, logger="vstream.audio")
+    caplog.set_level(logging.INFO, logger="vstream.sources.audio")
     assert audio_blocks(clip["video"]) is None
-    lines = [r for r in caplog.records if r.name == "vstream.audio"]
+    lines = [r for r in caplog.records if r.name == "vstream.sources.audio"]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO and "no audio track" in lines[0].getMessage()
     assert audio_blocks("synthetic:seed=1") is None
 
@@ -146,11 +146,11 @@ def test_damaged_audio_stops_only_the_audio(clip, caplog):
     good = ml.mux(clip["video"], clip["wav"], clip["dir"] / "good.mp4", "aac")
     bad = clip["dir"] / "bad.mp4"
     assert _damage_audio(good, bad, 2.0) > 20
-    caplog.set_level(logging.INFO, logger="vstream.audio")
+    caplog.set_level(logging.INFO, logger="vstream.sources.audio")
     track = audio_blocks(bad)
     assert track is not None
     t0, y = read_audio(bad)  # what is readable
-    warnings = [r for r in caplog.records if r.name == "vstream.audio" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "vstream.sources.audio" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     _, y_good = read_audio(good)
     n = int(1.9 * 16000)
@@ -185,10 +185,10 @@ def test_garbage_audio_stream_gives_one_warning_and_no_sound(tmp_path, caplog):
             c.mux(p)
         for p in vs.encode():
             c.mux(p)
-    caplog.set_level(logging.INFO, logger="vstream.audio")
+    caplog.set_level(logging.INFO, logger="vstream.sources.audio")
     track = audio_blocks(path)
     got = [] if track is None else list(track)
-    warnings = [r for r in caplog.records if r.name == "vstream.audio" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "vstream.sources.audio" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and sum(len(b.samples) for b in got) < 16000 // 4
     assert len(list(FileSource(path, backend="pyav"))) == 10
 
@@ -255,12 +255,12 @@ def test_one_demux_loop_decodes_all_frames_past_damaged_audio(clip, caplog):
     """The engine's way for live streams: one container, video frames decoded, audio packets to AudioDecoder."""
     import av
 
-    from vstream.audio import AudioDecoder
+    from vstream.sources.audio import AudioDecoder
 
     good = clip["ml"].mux(clip["video"], clip["wav"], clip["dir"] / "good1.mp4", "aac")
     bad = clip["dir"] / "bad1.mp4"
     _damage_audio(good, bad, 1.0)
-    caplog.set_level(logging.INFO, logger="vstream.audio")
+    caplog.set_level(logging.INFO, logger="vstream.sources.audio")
     frames, blocks = [], []
     with av.open(str(bad)) as c:
         v, a = c.streams.video[0], c.streams.audio[0]
@@ -273,5 +273,5 @@ def test_one_demux_loop_decodes_all_frames_past_damaged_audio(clip, caplog):
         blocks += dec.flush()
     assert len(frames) == int(TOTAL_S * 2)
     assert dec.bad_packets > 0 and sum(b.duration_s for b in blocks) >= 0.9
-    warnings = [r for r in caplog.records if r.name == "vstream.audio" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "vstream.sources.audio" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1

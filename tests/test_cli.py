@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from vstream.cli import main
+from vstream.cli.main import main
 
 SAMPLE = str(REPO / "data" / "sample.mp4")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from vstream.cli import main
+from vstream.cli.main import main
 
 SAMPLE = str(REPO / "data" / "sample.mp4")  # 12 s
 OWN_LINE = re.compile(r"^(vstream: |(WARNING|ERROR|INFO|CRITICAL) (vstream|memory|eval)[\w.]*: )")
@@ -62,7 +62,7 @@ def test_odd_inputs_are_one_clear_error_before_loading(capsys, no_model, argv, n
 
 
 def test_ask_past_the_end_warns_and_says_when_it_was_asked(capsys, caplog):
-    with caplog.at_level(logging.WARNING, logger="vstream.cli"):
+    with caplog.at_level(logging.WARNING, logger="vstream.cli.main"):
         code, out, err = _run(capsys, "watch", SAMPLE, "--model", "tiny-smolvlm", "--ask", "100:q", "--json",
                               "--max-new-tokens", "2")
     assert code == 0

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from vstream.cli import build_parser
-from vstream.cliargs import agent_from_args, config_overrides
+from vstream.cli.main import build_parser
+from vstream.cli.args import agent_from_args, config_overrides
 
 
 def _parse(*argv: str):

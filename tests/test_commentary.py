@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import vstream.engine as engine_mod
+import vstream.engine.core as engine_mod
 from _kv_reference import TOL, Recorder, expected_layout, max_diff, place
 from conftest import make_chunks, tiny_adapter
 from memory.segment import TEXT, VISION
 from vstream.api import Agent
 from vstream.config import from_name
-from vstream.engine import Engine
+from vstream.engine.core import Engine
 from vstream.sources import SyntheticSource
 
 

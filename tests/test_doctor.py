@@ -35,7 +35,7 @@ def test_doctor_fails_with_nonzero_exit(tmp_path):
 
 def test_doctor_checks_catch_broken_adapters(monkeypatch):
     """A prompt that drifts from the template, or preprocessing that drifts from HF, fails its row."""
-    from vstream import doctor
+    from vstream.cli import doctor
     from vstream.config import from_name
 
     a = tiny_adapter("tiny-qwen2.5-vl")
@@ -54,7 +54,7 @@ def test_doctor_checks_catch_broken_adapters(monkeypatch):
 def test_bf16_tolerance_is_relative_to_the_logit_scale():
     import torch
 
-    from vstream.doctor import streaming_tolerance
+    from vstream.cli.doctor import streaming_tolerance
 
     ref = torch.tensor([10.0, -40.0])
     assert streaming_tolerance(torch.float32, ref) == 1e-4

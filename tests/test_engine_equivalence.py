@@ -14,7 +14,7 @@ import torch
 from conftest import make_chunks, tiny_adapter
 from memory.manager import fill_cache
 from vstream.config import from_name
-from vstream.engine import Engine, Retrieved
+from vstream.engine.core import Engine, Retrieved
 from vstream.models.base import rotate_half
 
 TOL = 1e-4
@@ -172,7 +172,7 @@ def test_retrieved_context_equals_reference(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_retrieved_from_store_equals_reference(name, tmp_path):
     """Entries go to the real long-term store (disk + RAM tiers) and come back by id, exactly."""
-    from vstream.memory_wiring import open_long_term
+    from vstream.engine.longterm import open_long_term
 
     adapter = tiny_adapter(name)
     W = 2

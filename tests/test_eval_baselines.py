@@ -8,7 +8,7 @@ import pytest
 
 from vstream.config import from_name
 from vstream.sources import SyntheticSource
-from vstream.uniform import UniformAgent
+from eval.uniform import UniformAgent
 
 
 def test_last_frames_presets_keep_only_the_recent_chunks():
@@ -58,7 +58,7 @@ def test_uniform_agent_refuses_a_config_that_would_evict(agent):
 
 def test_cli_runs_a_benchmark_with_the_uniform_preset(tmp_path, capsys):
     from eval.synthetic import make_bench
-    from vstream.cli import main
+    from vstream.cli.main import main
 
     bench = make_bench(tmp_path / "b", videos=1, duration_s=10, fps=2, size=(64, 48))
     rc = main(["eval", "ovobench", str(bench.ovobench), "--out", str(tmp_path / "o"), "--model", "tiny-smolvlm",

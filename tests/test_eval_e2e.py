@@ -153,7 +153,7 @@ def test_long_synthetic_stream_is_generated_on_the_fly(tmp_path):
 
 
 def test_cli_synthetic_and_one_line_errors(tmp_path, capsys):
-    from vstream.cli import main
+    from vstream.cli.main import main
 
     out = tmp_path / "syn"
     rc = main(["eval", "synthetic", "--out", str(out), "--model", "tiny-smolvlm", "--device", "cpu",

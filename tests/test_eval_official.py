@@ -293,7 +293,7 @@ def test_infstreams_interop_both_ways(tmp_path):
 
 
 def test_cli_score_prints_and_writes_the_official_numbers(tmp_path, capsys):
-    from vstream.cli import main
+    from vstream.cli.main import main
 
     d = tmp_path / "M"
     d.mkdir()

@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_adapter
 from vstream.api import Agent
 from vstream.config import from_name
-from vstream.fleet import Fleet
+from vstream.fleet.core import Fleet
 from vstream.sources import Frame, PushSource, SyntheticSource
 from vstream.types import Answer
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import make_chunks, tiny_adapter
-from vstream.batching import batch_mask, perceive_batch
+from vstream.engine.batching import batch_mask, perceive_batch
 from vstream.config import from_name
-from vstream.engine import Engine
-from vstream.memory_wiring import open_long_term
+from vstream.engine.core import Engine
+from vstream.engine.longterm import open_long_term
 
 TOL = 1e-4
 QUESTION = "What happened in the video?"
@@ -107,7 +107,7 @@ def test_fleet_memories_equal_sessions_on_the_same_sources(name):
     """End to end: a Fleet over three synthetic streams leaves each stream's memory as a Session on that
     stream alone does (readers, chunking, batching, evictions)."""
     from vstream.api import Agent
-    from vstream.fleet import Fleet
+    from vstream.fleet.core import Fleet
     from vstream.sources import SyntheticSource
 
     adapter = tiny_adapter(name)

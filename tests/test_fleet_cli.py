@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vstream.cli import main
-from vstream.events import EventLog
+from vstream.cli.main import main
+from vstream.fleet.events import EventLog
 
 CONFIG = """
 model = "tiny-smolvlm"

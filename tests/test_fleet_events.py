@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_adapter
 from vstream.api import Agent
 from vstream.config import from_name
-from vstream.events import EventLog, Webhook
-from vstream.fleet import Fleet
+from vstream.fleet.events import EventLog, Webhook
+from vstream.fleet.core import Fleet
 from vstream.sources import SyntheticSource
 
 CONDITIONS = ["a person enters", "a red car stops", "the light turns green"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from conftest import tiny_adapter
 from vstream.api import Agent
 from vstream.config import from_name
-from vstream.fleet import Fleet
+from vstream.fleet.core import Fleet
 from vstream.sources import SyntheticSource
 
 SCENES = {"cam-dock": "BLUE BOAT AT THE DOCK", "cam-street": "RED CAR PARKED", "cam-park": "GREEN TREE IN A PARK"}

@@ -9,7 +9,7 @@ import importlib.util
 import json
 
 from conftest import REPO
-from vstream.cli import main
+from vstream.cli.main import main
 from vstream.sources import write_video
 
 

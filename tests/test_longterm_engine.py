@@ -9,10 +9,10 @@ import psutil
 
 from conftest import REPO, make_chunks, tiny_adapter
 from vstream.api import Agent
-from vstream.cli import main
+from vstream.cli.main import main
 from vstream.config import from_name
-from vstream.engine import Engine
-from vstream.memory_wiring import open_long_term
+from vstream.engine.core import Engine
+from vstream.engine.longterm import open_long_term
 
 SAMPLE = str(REPO / "data" / "sample.mp4")
 

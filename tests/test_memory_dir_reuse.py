@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from vstream.cli import main
+from vstream.cli.main import main
 
 SAMPLE = str(REPO / "data" / "sample.mp4")  # 12 s -> 12 one-second chunks
 OTHER = "synthetic:seed=4,duration=5,fps=4,size=64x48"
@@ -45,7 +45,7 @@ def test_memory_dir_is_resumed_refused_or_appended(tmp_path, capsys, caplog, mon
     assert sources[0]["identity"]["size"] == Path(SAMPLE).stat().st_size
 
     # the same video again: resumed, said so, nothing stored twice
-    with caplog.at_level(logging.WARNING, logger="vstream.memory_source"):
+    with caplog.at_level(logging.WARNING, logger="vstream.session.memory_dir"):
         assert watch(capsys, SAMPLE, "--memory-dir", str(mem))[0] == 0
     assert any("holds this source already" in r.getMessage() and "resuming" in r.getMessage()
                for r in caplog.records)
@@ -74,7 +74,7 @@ def test_memory_dir_is_resumed_refused_or_appended(tmp_path, capsys, caplog, mon
 
     # --memory-append: added after the stored entries, its times starting at 12 s (stated)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="vstream.memory_source"):
+    with caplog.at_level(logging.WARNING, logger="vstream.session.memory_dir"):
         code, out, err = watch(capsys, OTHER, "--memory-dir", str(mem), "--memory-append", "--ask", "2:What now?")
     assert code == 0, err
     assert any("stream times start at 12.0 s" in r.getMessage() for r in caplog.records)

@@ -52,7 +52,7 @@ def test_long_term_config_from_memory_config():
     """Every long-term setting of MemoryConfig reaches LongTermConfig under the same meaning."""
     from memory.longterm import LongTermConfig
     from vstream.config import MemoryConfig
-    from vstream.memory_wiring import long_term_config
+    from vstream.engine.longterm import long_term_config
 
     mc = MemoryConfig(ram_bytes=12345, quantize="int8", retriever="both", per_layer=True, exact_index_max=7,
                       ocr=True, window_chunks=3, retrieve_k=9)
@@ -62,7 +62,7 @@ def test_long_term_config_from_memory_config():
 
 def test_store_meta_from_adapter_matches_hf_config():
     """The adapter's StoreMeta describes the model's own text config (layers, kv heads, head_dim)."""
-    from vstream.memory_wiring import store_meta
+    from vstream.engine.longterm import store_meta
 
     adapter = tiny_adapter("tiny-qwen2.5-vl")
     tc = adapter.model.config.get_text_config()

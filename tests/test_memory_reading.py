@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from vstream.cli import main
+from vstream.cli.main import main
 
 SAMPLE = str(REPO / "data" / "sample.mp4")
 QUESTION = "What was on the slide?"

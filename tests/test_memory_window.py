@@ -10,7 +10,7 @@ from memory.manager import MemoryManager, concat_text, slice_text
 from memory.segment import SINK, TEXT, VISION, Segment
 from memory.window import WindowPolicy
 from vstream.config import from_name
-from vstream.engine import Engine
+from vstream.engine.core import Engine
 
 # Positions are checked with a real model's RoPE tables (its HF rotary module's cos/sin), the manager
 # rotates with the adapter's delta rotation: the expected keys never come from the code under test.

@@ -140,11 +140,11 @@ def test_from_pretrained_roundtrip(adapter, tmp_path):
 
 @pytest.mark.parametrize("ragged", [True, False])
 def test_batched_prefill_carries_deepstack(ragged):
-    """Several streams prefilled in one batch (vstream.batching) equal each stream ingested alone."""
+    """Several streams prefilled in one batch (vstream.engine.batching) equal each stream ingested alone."""
     from conftest import make_chunks
-    from vstream.batching import perceive_batch
+    from vstream.engine.batching import perceive_batch
     from vstream.config import from_name
-    from vstream.engine import Engine
+    from vstream.engine.core import Engine
 
     a = Qwen3VLAdapter.random("tiny", device="cpu", dtype=torch.float32, seed=0)  # its own: ragged changes attn
     cfg = from_name("tiny").replace(**{"memory.window_chunks": 100, "memory.long_term": False})

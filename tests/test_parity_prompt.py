@@ -20,7 +20,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from conftest import make_chunks, tiny_adapter
 from vstream.config import from_name
-from vstream.engine import Engine
+from vstream.engine.core import Engine
 
 SYSTEM = "You watch a live stream."
 Q1, A1, Q2 = "What is on screen?", "A red square.", "And now?"

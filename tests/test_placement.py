@@ -6,7 +6,7 @@ import torch
 
 from conftest import make_chunks
 from vstream.config import from_name
-from vstream.engine import Engine
+from vstream.engine.core import Engine
 from vstream.models.registry import load_model
 
 TOL = 1e-4

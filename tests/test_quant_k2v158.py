@@ -163,8 +163,8 @@ def test_engine_memory_dir_with_k2v158_reopens(tmp_path):
     """Chunks evicted by the engine go to a k2v1.58 store; the directory reopens with every entry."""
     from conftest import make_chunks, tiny_adapter
     from vstream.config import from_name
-    from vstream.engine import Engine
-    from vstream.memory_wiring import open_long_term
+    from vstream.engine.core import Engine
+    from vstream.engine.longterm import open_long_term
 
     adapter = tiny_adapter("tiny-llava-onevision")
     cfg = from_name("tiny").replace(**{"memory.window_chunks": 2, "memory.quantize": "k2v1.58",

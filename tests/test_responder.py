@@ -17,14 +17,14 @@ import numpy as np
 import psutil
 import pytest
 
-import vstream.engine as engine_mod
+import vstream.engine.core as engine_mod
 from conftest import tiny_adapter
 from memory.segment import TEXT, VISION
 from vstream.api import Agent
 from vstream.config import from_name
-from vstream.engine import Engine
-from vstream.alerts import Notifier
-from vstream.responder import Query, QueueFull, Responder, stream_answer
+from vstream.engine.core import Engine
+from vstream.session.alerts import Notifier
+from vstream.session.responder import Query, QueueFull, Responder, stream_answer
 from vstream.sources import PushSource, SyntheticSource
 from vstream.types import Answer
 
@@ -71,7 +71,7 @@ class AnswerSpy:
 
 
 class TokenSpy:
-    """Wraps vstream.engine.decode_n_tokens: token ids decoded, per calling thread."""
+    """Wraps vstream.engine.core.decode_n_tokens: token ids decoded, per calling thread."""
 
     def __init__(self, monkeypatch) -> None:
         self.by_thread: dict[str, list[list[int]]] = {}

@@ -87,7 +87,7 @@ def _synthetic(seed: int, duration, fps: int = 4) -> str:
 def test_two_actors_four_streams_equal_a_single_process_fleet(env, tmp_path):
     from vstream.api import Agent
     from vstream.config import from_name
-    from vstream.fleet import Fleet
+    from vstream.fleet.core import Fleet
 
     fleet, _, _ = env
     ids = [f"eq-{i}" for i in range(4)]
@@ -129,7 +129,7 @@ def test_two_actors_four_streams_equal_a_single_process_fleet(env, tmp_path):
 
 
 def test_killed_actor_streams_resume_elsewhere_and_alerts_are_logged_once(env):
-    from vstream.events import EventLog
+    from vstream.fleet.events import EventLog
 
     fleet, _, _ = env
     ids = ["live-a", "live-b"]
@@ -175,7 +175,7 @@ def test_killed_actor_streams_resume_elsewhere_and_alerts_are_logged_once(env):
 
 
 def test_added_and_removed_actors_move_streams_with_their_memory(env):
-    from vstream.events import EventLog
+    from vstream.fleet.events import EventLog
 
     fleet, _, _ = env
     ids = ["live-a", "live-b"]

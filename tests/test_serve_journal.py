@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vstream.events import EventLog
+from vstream.fleet.events import EventLog
 from vstream.serve.journal import Journal, Outbox, read_outbox, safe_name
 
 
@@ -49,7 +49,7 @@ def test_safe_names_do_not_collide_or_escape():
 
 
 def test_serve_cli_refuses_bad_arguments_before_starting_anything(tmp_path, capsys):
-    from vstream.cli import main
+    from vstream.cli.main import main
 
     empty = tmp_path / "token"
     empty.write_text("\n")

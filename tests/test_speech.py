@@ -182,7 +182,7 @@ def test_pushed_audio_is_recognised_on_the_frames_clock():
 
     from conftest import tiny_adapter
     from vstream.api import Agent
-    from vstream.audio_push import AudioPush
+    from vstream.sources.audio_push import AudioPush
     from vstream.config import from_name
     from vstream.sources import PushSource
 

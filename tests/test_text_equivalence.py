@@ -22,7 +22,7 @@ from _kv_reference import TOL, Recorder, expected_layout, full_forward, ids_as_t
 from conftest import TINY_PRESETS, make_chunks, tiny_adapter
 from memory.segment import TEXT, VISION
 from vstream.config import from_name
-from vstream.engine import Engine, Retrieved
+from vstream.engine.core import Engine, Retrieved
 
 QUESTION = "What happened in the video?"
 PREV = "Earlier on this stream: the host said hello and showed a title card."

@@ -19,9 +19,9 @@ import torch
 from conftest import tiny_adapter
 from test_engine_equivalence import QUESTION, TOL, _question_logits_on, ingest_recorded, reference_cache
 from vstream.config import from_name
-from vstream.engine import Engine
+from vstream.engine.core import Engine
 from vstream.sources import Chunk
-from vstream.tokendrop import TokenDrop
+from vstream.engine.tokendrop import TokenDrop
 
 FAMILIES = ["tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-smolvlm"]
 #: thresholds at which the partly-changing scene below drops some tokens and keeps others (tiny random models)
@@ -165,8 +165,8 @@ def test_dropped_after_eviction_equals_rerotated_reference(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_dropped_entries_from_store_equal_reference(name, tmp_path):
     """Dropped chunks go through the real long-term store (gapped rel_pos on disk) and come back exactly."""
-    from vstream.engine import Retrieved
-    from vstream.memory_wiring import open_long_term
+    from vstream.engine.core import Retrieved
+    from vstream.engine.longterm import open_long_term
 
     adapter = tiny_adapter(name)
     W = 2
@@ -232,7 +232,7 @@ def test_scene_cut_keeps_all_and_frozen_frame_keeps_floor(name):
         assert r.visual_dropped == n_cells - want
         assert r.visual_kept == n_vis - n_cells + want  # LLaVA's newline is never dropped
     # thumbnail and time span unchanged by dropping
-    from vstream.engine import make_thumbnail
+    from vstream.engine.core import make_thumbnail
 
     seg = eng.memory.live[-1]
     last = _still(3, b_img, frames).frames
@@ -256,7 +256,7 @@ def test_watch_token_drop_json_stats(capsys):
     """`vstream watch --token-drop T --json`: the stats line carries the totals; chunk reports add up to them."""
     import json
 
-    from vstream.cli import main
+    from vstream.cli.main import main
 
     src = "synthetic:seed=2,duration=5,fps=2,size=64x64"
     code = main(["watch", src, "--model", "tiny-smolvlm", "--token-drop", "0.9", "--json"])
@@ -275,7 +275,7 @@ def test_watch_token_drop_json_stats(capsys):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_batched_perception_with_token_drop_equals_each_stream_alone(name, ragged):
     """The fleet's batched path drops the same tokens and leaves the same caches as Engine.ingest alone."""
-    from vstream.batching import perceive_batch
+    from vstream.engine.batching import perceive_batch
 
     adapter = tiny_adapter(name)
     adapter.language_model().config._attn_implementation = "sdpa"

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_chunks, tiny_adapter
 from vstream.config import from_name
-from vstream.engine import Engine
+from vstream.engine.core import Engine
 
 
 @pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-llava-onevision", "tiny-smolvlm"])

@@ -1,3 +1,3 @@
-from vstream.cli import main
+from vstream.cli.main import main
 
 raise SystemExit(main())

@@ -12,12 +12,12 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import psutil
 
-from vstream.alerts import Alerts, Notifier
+from vstream.session.alerts import Alerts, Notifier
 from vstream.config import AgentConfig, MemoryConfig, from_name
-from vstream.engine import Engine
+from vstream.engine.core import Engine
 from vstream.models.base import ModelAdapter
-from vstream.pipeline import Pipeline
-from vstream.responder import Responder, stream_answer
+from vstream.session.pipeline import Pipeline
+from vstream.session.responder import Responder, stream_answer
 from vstream.types import Alert, Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -26,22 +26,22 @@ __all__ = ["Agent", "Session", "Answer", "Evidence", "CommentaryItem", "Alert", 
 
 
 def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None) -> list:
-    """Moments of a memory directory matching ``query`` (no VLM, read-only): ``vstream.moments.search``."""
-    from vstream.moments import search as _search
+    """Moments of a memory directory matching ``query`` (no VLM, read-only): ``vstream.session.recall.search``."""
+    from vstream.session.recall import search as _search
 
     return _search(directory, query, top=top, thumbs_dir=thumbs_dir)
 
 
 def export(directory: str | Path, fmt: str = "srt") -> str:
-    """The transcript of a memory directory as ``srt``, ``vtt`` or ``json`` text: ``vstream.moments.export``."""
-    from vstream.moments import export as _export
+    """The transcript of a memory directory as ``srt``, ``vtt`` or ``json`` text: ``vstream.session.recall.export``."""
+    from vstream.session.recall import export as _export
 
     return _export(directory, fmt)
 
 
 def transcript(directory: str | Path) -> list:
-    """Timed speech (and commentary) lines of a memory directory: ``vstream.moments.transcript``."""
-    from vstream.moments import transcript as _transcript
+    """Timed speech (and commentary) lines of a memory directory: ``vstream.session.recall.transcript``."""
+    from vstream.session.recall import transcript as _transcript
 
     return _transcript(directory)
 
@@ -54,7 +54,7 @@ def _open_long_term(adapter: ModelAdapter, mc: MemoryConfig, memory_dir: str | P
     """The long-term store of a session (None when it keeps none)."""
     if not (mc.long_term or memory_dir is not None):
         return None
-    from vstream.memory_wiring import open_long_term
+    from vstream.engine.longterm import open_long_term
 
     return open_long_term(adapter, mc, memory_dir, load_existing=load_existing)
 
@@ -105,11 +105,11 @@ class Agent:
         """Open a session on ``source`` (path, URL, device, "synthetic:...", or a VideoSource).
 
         asr: recognise the audio track into memory (default: ``memory.asr``); ``audio``: AudioBlocks to use
-        instead of the source's track (e.g. a ``vstream.audio_push.AudioPush``; a PushSource gets one,
+        instead of the source's track (e.g. a ``vstream.sources.audio_push.AudioPush``; a PushSource gets one,
         ``session.audio_push``, when asr is on).
 
         ``memory_dir`` that already holds entries: resumed when it holds this source, else refused unless
-        ``memory_append`` (then this stream's times start after the stored ones; ``vstream.memory_source``).
+        ``memory_append`` (then this stream's times start after the stored ones; ``vstream.session.memory_dir``).
         """
         from vstream.sources import open_source
 
@@ -186,28 +186,28 @@ class Session:
     def _open_speech(self, audio: Any, window: tuple):
         """The session's SpeechTrack (audio decoding + ASR threads), or None when there is no audio."""
         from vstream.sources import LiveSource, PushSource
-        from vstream.speech import SpeechTrack
+        from vstream.speech.track import SpeechTrack
 
         src = getattr(self.source, "inner", self.source)  # a ShiftedSource (appended memory) wraps the source
         live = isinstance(src, (LiveSource, PushSource)) or audio is not None
         if audio is None and isinstance(src, PushSource):
-            from vstream.audio_push import AudioPush
+            from vstream.sources.audio_push import AudioPush
 
             audio = self.audio_push = AudioPush(clock=src._clock, origin=src._t0)
         if audio is None:
-            from vstream.audio import audio_blocks
+            from vstream.sources.audio import audio_blocks
 
             audio = audio_blocks(src, window[0] or 0.0, window[1])
         if audio is None:
             return None  # audio_blocks said why (one info line): vision only
         if self.time_offset_s:  # the sound moves with the frames
-            from vstream.speech import shifted
+            from vstream.speech.track import shifted
 
             audio = shifted(audio, self.time_offset_s)
         return SpeechTrack(self.engine, self.config.asr, audio, wait=not (live or self.config.sampler.realtime))
     @staticmethod
     def _check_memory_dir(memory_dir, source, append: bool) -> None:
-        from vstream.memory_source import check_memory_dir
+        from vstream.session.memory_dir import check_memory_dir
 
         try:
             check_memory_dir(memory_dir, source, append=append)
@@ -217,8 +217,8 @@ class Session:
             raise
 
     def _claim_memory_dir(self, memory_dir, source, append: bool):
-        """Resume / append / refuse (``vstream.memory_source``); the source shifted when appended."""
-        from vstream.memory_source import ShiftedSource, claim_memory_dir
+        """Resume / append / refuse (``vstream.session.memory_dir``); the source shifted when appended."""
+        from vstream.session.memory_dir import ShiftedSource, claim_memory_dir
 
         lt = self.long_term
         try:
@@ -286,7 +286,7 @@ class Session:
 
     @property
     def transcript(self) -> list:
-        """Speech recognised so far (``vstream.asr.SpeechSegment``s, stream times), oldest first."""
+        """Speech recognised so far (``vstream.speech.asr.SpeechSegment``s, stream times), oldest first."""
         return list(self.speech.segments) if self.speech is not None else []
 
     def wait_chunks(self, n: int, timeout: float | None = None) -> bool:
@@ -371,7 +371,7 @@ class Session:
         with self.engine.write_lock:
             self.long_term.save(directory, extra=self.engine.live_vision())
         if self.long_term.directory is not None:
-            from vstream.memory_source import copy_sources
+            from vstream.session.memory_dir import copy_sources
 
             copy_sources(self.long_term.directory, directory)
 

@@ -89,7 +89,7 @@ COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int
 
 @dataclass
 class ASRConfig:
-    """Settings of the streaming recogniser (``vstream.asr``); on in a session with ``memory.asr``."""
+    """Settings of the streaming recogniser (``vstream.speech.asr``); on in a session with ``memory.asr``."""
 
     model: str = "default"  # "default" (shipped tiny.en), a faster-whisper name, an org/name repo id or a directory
     compute_type: str = "int8"
@@ -256,7 +256,7 @@ PRESETS: dict[str, AgentConfig] = {
                        "memory.prev_text_tail": 32, "generation.max_new_tokens": 8, "sampler.fps": 2.0}),
     # Simple baselines (SimpleStream: the last N frames, no memory; uniform offline sampling of all seen):
     # 1 frame per 1-s chunk, only the recent window, nothing kept after eviction. The uniform-* presets
-    # answer from N frames re-sampled over everything seen (vstream.uniform.UniformAgent).
+    # answer from N frames re-sampled over everything seen (eval.uniform.UniformAgent).
     "last-4-frames": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 4,
                                 "memory.long_term": False}),
     "last-8-frames": _preset(**{"sampler.fps": 1.0, "sampler.chunk_seconds": 1.0, "memory.window_chunks": 8,

@@ -14,8 +14,8 @@ Modules: ``common`` (device sync and memory, random chunks, environment facts, J
 
 Which way imports go: the benches are a top-layer command like the CLI. ``commands`` imports the three
 benchmark modules and ``eval.bench_memory`` (FAISS latency and KV bytes per hour); the benchmark modules
-import ``common`` and the library (``vstream.api``, ``vstream.engine``, ``memory`` ...); ``common``
-imports no other bench module. Nothing in the library imports ``vstream.bench``; only ``vstream.cli`` does.
+import ``common`` and the library (``vstream.api``, ``vstream.engine.core``, ``memory`` ...); ``common``
+imports no other bench module. Nothing in the library imports ``vstream.bench``; only ``vstream.cli.main`` does.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """ASR benchmark (issue 17): real-time factor and word error rate of the streaming recogniser on a clip.
 
 ``bench_asr(video="data/lecture.mp4", reference=None, config=None, out=None)`` decodes the clip's audio
-(``vstream.audio``), feeds it to ``StreamingASR`` as a live stream would (blocks of 0.5 s, but waiting
+(``vstream.sources.audio``), feeds it to ``StreamingASR`` as a live stream would (blocks of 0.5 s, but waiting
 instead of dropping, so the figure is the recogniser's own speed), and returns::
 
     {"rtf", "busy_s", "audio_s", "load_s", "wer", "words_ref", "segments", "windows", "silent_windows",
@@ -24,7 +24,7 @@ import re
 import time
 from pathlib import Path
 
-from vstream.asr import ASRConfig, SpeechSegment, StreamingASR, WhisperRecognizer
+from vstream.speech.asr import ASRConfig, SpeechSegment, StreamingASR, WhisperRecognizer
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def bench_asr(video: str | os.PathLike = "data/lecture.mp4", reference: str | os
               config: ASRConfig | None = None, out: str | os.PathLike | None = None,
               block_s: float = 0.5) -> dict:
     """Real-time factor (and WER with a reference) of the streaming recogniser on ``video``'s audio."""
-    from vstream.audio import audio_blocks
+    from vstream.sources.audio import audio_blocks
 
     config = (config or ASRConfig()).check()
     track = audio_blocks(video, block_s=block_s)

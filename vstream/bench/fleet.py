@@ -49,7 +49,7 @@ def _pct(xs: Sequence[float], q: float) -> float | None:
 
 
 def _run_batched(agent, n: int, chunks: int, size: int, max_batch: int) -> dict[str, Any]:
-    from vstream.fleet import Fleet
+    from vstream.fleet.core import Fleet
 
     rss0 = psutil.Process().memory_info().rss
     t0, c0 = time.perf_counter(), _cpu_s()

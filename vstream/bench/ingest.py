@@ -46,7 +46,7 @@ def bench_ingest(model: str = "small-llava-onevision", chunks: int = 1000, windo
                          f"--recompute-chunks {window + 10}")
 
     from vstream.config import from_name
-    from vstream.engine import Engine
+    from vstream.engine.core import Engine
     from memory.manager import fill_cache
     from vstream.models.registry import load_model
 

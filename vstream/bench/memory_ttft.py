@@ -36,8 +36,8 @@ def bench_ttft_entries(model: str = "small-llava-onevision", n_entries: int = 10
 
     from memory.segment import Segment
     from vstream.config import from_name
-    from vstream.engine import Engine
-    from vstream.memory_wiring import open_long_term
+    from vstream.engine.core import Engine
+    from vstream.engine.longterm import open_long_term
     from vstream.models.registry import load_model
 
     adapter = load_model(model, device=device)

@@ -100,7 +100,7 @@ def measure_sustained(adapter, config, chunks: Sequence, commentary_tokens: int,
     """Ingest + commentary chunk after chunk on one engine; per-chunk rows and the summary."""
     from tqdm import tqdm
 
-    from vstream.engine import Engine
+    from vstream.engine.core import Engine
 
     warm = Engine(adapter, config)  # first calls pay for lazy initialisation: keep them out of the numbers
     warm.start()
@@ -153,7 +153,7 @@ def measure_ttft(adapter, config, fps: float, chunk_seconds: float, size: tuple[
                  warm_chunks: int = 4, max_new_tokens: int = 4, timeout_s: float = 600.0) -> dict[str, Any]:
     """TTFT of questions asked while a background session ingests with commentary, then on the same snapshots idle."""
     from vstream.api import Agent
-    from vstream.responder import Query, Responder
+    from vstream.session.responder import Query, Responder
     from vstream.sources import SyntheticSource
 
     agent = Agent(adapter, config)

@@ -77,7 +77,7 @@ def _http_cost(*, model: str, chunks: int, size: int, num_cpus: float, storage: 
     from ray import serve
 
     from vstream.api import Agent
-    from vstream.fleet import Fleet
+    from vstream.fleet.core import Fleet
     from vstream.serve.client import RayFleet
     from vstream.serve.http import deploy
 

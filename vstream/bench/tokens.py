@@ -72,7 +72,7 @@ def load_chunks(adapter, spec: Any, fps: float, max_chunks: int, chunk_seconds: 
 
 def _engine(adapter, threshold: float | None, floor: float, window: int):
     from vstream.config import from_name
-    from vstream.engine import Engine
+    from vstream.engine.core import Engine
 
     cfg = from_name("default").replace(**{"memory.window_chunks": window, "memory.long_term": False,
                                           "memory.token_drop": threshold, "memory.token_drop_floor": floor})
@@ -193,7 +193,7 @@ def channel_choice(adapter, chunks: Sequence, window: int) -> list[dict[str, Any
     from memory import quant
     from memory.manager import fill_cache, place
     from memory.segment import VISION
-    from vstream.generate import prefill
+    from vstream.engine.generate import prefill
 
     eng = _engine(adapter, None, 0.1, window)
     for ch in chunks[:window]:

@@ -1,13 +1,10 @@
-"""Scale-out on Ray: workers as Ray actors (worker), placement and recovery (controller), the Fleet API
-(client.RayFleet), the HTTP API on Ray Serve (http), Prometheus metrics (metrics) and `vstream serve` (cli)."""
+"""Scale-out on Ray: workers as Ray actors (``worker``), placement and recovery (``controller``, with its
+durable journal in ``journal``), the Fleet API over actors (``client.RayFleet``), the HTTP API on Ray Serve
+(``http``) and Prometheus metrics (``metrics``). ``vstream serve`` is ``vstream.cli.serve``."""
 from __future__ import annotations
 
-__all__ = ["RayFleet"]
+from vstream import lazy_exports
 
-
-def __getattr__(name: str):  # lazy: importing vstream.serve does not import ray
-    if name == "RayFleet":
-        from vstream.serve.client import RayFleet
-
-        return RayFleet
-    raise AttributeError(name)
+_EXPORTS = {"RayFleet": "client"}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # lazy: importing vstream.serve does not import ray

@@ -227,7 +227,7 @@ class RayFleet:
 
     def ask_all(self, question: str, *, top: int = 3, evidence: int = 3) -> list:
         """The ``top`` streams whose memory best matches ``question`` (``StreamHit``), across every actor."""
-        from vstream.fleet import StreamHit
+        from vstream.fleet.core import StreamHit
 
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; say what to look for")

@@ -67,7 +67,7 @@ class Controller:
         self.journal = Journal(spec.get("event_log") or self.storage / "events.jsonl")
         self.webhook = None
         if spec.get("webhook"):
-            from vstream.events import Webhook
+            from vstream.fleet.events import Webhook
 
             self.webhook = Webhook(spec["webhook"], **(spec.get("webhook_options") or {}))
             self.journal.log.add_listener(self.webhook.send)

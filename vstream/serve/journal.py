@@ -3,7 +3,7 @@
 A worker gives every event of a stream an id ``"<stream>:<epoch>:<n>"`` (``epoch``: the controller's
 number for this placement of the stream, ``n``: a counter of the placement) and appends it, fsynced, to
 the placement's outbox file on shared storage before anyone else sees it. The controller is the only
-writer of the fleet's event log (``vstream.events.EventLog``): it records an event only if its id is not
+writer of the fleet's event log (``vstream.fleet.events.EventLog``): it records an event only if its id is not
 in the log yet, so an event it receives twice (polled, then replayed from the outbox of a dead worker)
 is logged once, and an event it never received (the worker died before the poll) is recovered from the
 outbox. A reopened log reloads the ids it holds.
@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from vstream.events import EventLog
+from vstream.fleet.events import EventLog
 
 logger = logging.getLogger(__name__)
 

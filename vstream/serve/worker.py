@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from vstream.fleet import Fleet
+from vstream.fleet.core import Fleet
 from vstream.serve.journal import Outbox
 
 logger = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class FleetWorker:
     def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
         """``Fleet.ask_all`` without the write-through copies: a stored entry of a chunk still in the window
         is left out (the window's own evidence stands for it), so the scores equal a plain Fleet's."""
-        from vstream.fleet_search import stream_evidence
+        from vstream.fleet.search import stream_evidence
 
         hits = []
         for sid in self.fleet.streams:

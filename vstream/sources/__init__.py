@@ -1,22 +1,21 @@
-"""Video sources (DESIGN §1.1): ``open_source`` picks one for a spec; every public name lives here.
+"""Everything from bytes to timed frames and samples (DESIGN §1.1-3): sources, sampler, chunker, audio.
 
-A source yields ``Frame(t, rgb)`` (``vstream.frames``). Files are read with decord, PyAV as the
-fallback (``file``); live URLs and devices with PyAV, reconnecting (``live``); the Gradio webcam
-pushes frames into a ``PushSource`` (``push``); ``SyntheticSource`` renders deterministic scenes
-with scripted events (``synthetic``); ``write_video`` encodes clips (``encode``). Problems raise
-``SourceError`` (a ``ValueError``) with a one-line message naming the path and the fix, at open
-time where possible (``errors``); ``probe`` reads a target's facts (``pyav``).
-
-The sampler and chunker live in ``vstream.chunking`` and frames in ``vstream.frames``; both are
-re-exported here for callers that import them from ``vstream.sources``.
+``open_source`` picks a video source for a spec; every public name lives here. A source yields
+``Frame(t, rgb)`` (``frames``). Files are read with decord, PyAV as the fallback (``file``); live URLs and
+devices with PyAV, reconnecting (``live``); the Gradio webcam pushes frames into a ``PushSource``
+(``push``); ``SyntheticSource`` renders deterministic scenes with scripted events (``synthetic``);
+``write_video`` encodes clips (``encode``). Problems raise ``SourceError`` (a ``ValueError``) with a
+one-line message naming the path and the fix, at open time where possible (``errors``); ``probe`` reads a
+target's facts (``pyav``). The sampler and chunker (time markers) are ``chunking``; the audio track is
+decoded to 16 kHz mono on the frames' clock by ``audio``, and pushed audio enters through ``audio_push``.
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from vstream.chunking import Chunk, Chunker, Sampler, fit_frame_count, time_marker
-from vstream.frames import Frame, VideoSource, resize_max_side
+from vstream.sources.chunking import Chunk, Chunker, Sampler, fit_frame_count, time_marker
+from vstream.sources.frames import Frame, VideoSource, resize_max_side
 from vstream.sources.encode import write_video
 from vstream.sources.errors import (LIVE_SCHEMES, URL_SCHEMES, VIDEO_EXTENSIONS, SourceError, _stream_error, is_device,
                                     is_url)

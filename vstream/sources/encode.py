@@ -9,7 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
-from vstream.frames import Frame
+from vstream.sources.frames import Frame
 
 
 _CODEC_CHOICES = {"h264": ("libx264", "h264", "libopenh264", "mpeg4"), "hevc": ("libx265", "hevc", "mpeg4"),

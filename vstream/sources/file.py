@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from vstream.frames import Frame, check_max_side, resize_max_side
+from vstream.sources.frames import Frame, check_max_side, resize_max_side
 from vstream.sources.errors import _check_file, _container_error, _exc_text, _file_error
 from vstream.sources.pyav import _open_container, _pyav_frames, _stream_facts
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from vstream.frames import Frame, check_max_side, resize_max_side
+from vstream.sources.frames import Frame, check_max_side, resize_max_side
 from vstream.sources.errors import (LIVE_SCHEMES, SourceError, _check_file, _container_error, _exc_text, _file_error,
                                     _redact, _stream_error, is_device, is_url)
 from vstream.sources.pyav import _decode_video, _DecodeLog, _open_container, _stream_facts, _video_origin

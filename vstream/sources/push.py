@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from vstream.frames import Frame, check_max_side, resize_max_side
+from vstream.sources.frames import Frame, check_max_side, resize_max_side
 
 logger = logging.getLogger(__name__)
 

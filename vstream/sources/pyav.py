@@ -12,7 +12,7 @@ import os
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from vstream.frames import Frame, resize_max_side
+from vstream.sources.frames import Frame, resize_max_side
 from vstream.sources.errors import (LIVE_SCHEMES, _check_file, _container_error, _exc_text, _file_error,
                                     _stream_error, is_device, is_url)
 
@@ -29,7 +29,7 @@ def _open_container(target: str, *, timeout: float | tuple[float, float] | None 
 
 def _video_origin(container) -> float:
     """Container seconds of the first video stream's start: stream time 0 on every backend (decord counts
-    from there too, and ``vstream.audio`` puts the sound on the same clock). 0 when unknown."""
+    from there too, and ``vstream.sources.audio`` puts the sound on the same clock). 0 when unknown."""
     try:
         vs = container.streams.video[0]
         if vs.start_time is None or vs.time_base is None:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from vstream.frames import Frame, check_max_side, resize_max_side
+from vstream.sources.frames import Frame, check_max_side, resize_max_side
 from vstream.sources.errors import SourceError
 
 COLORS: dict[str, tuple[int, int, int]] = {

@@ -23,9 +23,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from vstream.appchat import (_NAME_RE, SHARING_NOTE, Chat, check_memory_name, clean_text,  # re-exported
+from vstream.app.chat import (_NAME_RE, SHARING_NOTE, Chat, check_memory_name, clean_text,  # re-exported
                              evidence_caption, evidence_items, format_status, human_bytes, latency_frame)
-from vstream.responder import stream_answer
+from vstream.session.responder import stream_answer
 from vstream.sources import VIDEO_EXTENSIONS, PushSource, SourceError, is_url, open_source, probe
 from vstream.types import Alert, Answer, CommentaryItem
 

@@ -9,7 +9,7 @@ Interfaces (what the engine, the CLI and the app use):
 - ``AudioDecoder(stream, origin_s=...)``: the same conversion for packets that a caller demuxes
   itself (``.decode(packet) -> list[AudioBlock]``, ``.flush()``): one container for frames and
   sound, which is the exact way to share a live stream's clock.
-- ``vstream.audio_push.AudioPush``: audio handed in by a caller (the app's microphone/webcam path):
+- ``vstream.sources.audio_push.AudioPush``: audio handed in by a caller (the app's microphone/webcam path):
   ``push(samples, sample_rate, t=None)`` never blocks, converts and resamples, and counts what it drops.
 - ``read_audio(spec, ...) -> (t0, samples) | None``: a whole track in one array (tests, export).
 

@@ -162,9 +162,9 @@ def check_prompt(a, cfg) -> Row:
     """Engine ids vs the chat template (the checkpoint's own when it has one) with HF's placeholder expansion."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from vstream.engine import Engine
+    from vstream.engine.core import Engine
     from vstream.models.chat_templates import TEMPLATES
-    from vstream.chunking import Chunk
+    from vstream.sources.chunking import Chunk
 
     if a.family == "smolvlm":
         return _check_prompt_smolvlm(a, cfg)
@@ -216,8 +216,8 @@ def _check_prompt_smolvlm(a, cfg) -> Row:
 
     from vstream.models.chat_templates import SMOLVLM_TEMPLATE
 
-    from vstream.engine import Engine
-    from vstream.chunking import Chunk
+    from vstream.engine.core import Engine
+    from vstream.sources.chunking import Chunk
 
     rng = np.random.default_rng(1)
     chunks = [Chunk(index=i, start_s=float(i), end_s=i + 1.0, frames=rng.integers(0, 256, (2, 64, 64, 3), np.uint8),
@@ -253,8 +253,8 @@ def streaming_tolerance(dtype: torch.dtype, ref: torch.Tensor) -> float:
 
 def check_streaming(a, cfg) -> tuple[Row, dict]:
     """Streaming prefill of 4 chunks vs one full HF forward over the same sequence; also times ingest."""
-    from vstream.engine import Engine
-    from vstream.chunking import Chunk
+    from vstream.engine.core import Engine
+    from vstream.sources.chunking import Chunk
 
     side = 64 if a.name.startswith("tiny-") else 224
     chunks = [Chunk(index=i, start_s=float(i), end_s=i + 1.0, frames=_frames(2, side, side, seed=i),
@@ -346,7 +346,7 @@ def cmd_doctor(args) -> int:
 
 
 def add_parser(sub) -> None:
-    """`vstream doctor MODEL` (registered by vstream.cli)."""
+    """`vstream doctor MODEL` (registered by vstream.cli.main)."""
     d = sub.add_parser("doctor", help="verify a checkpoint: processor and prompt parity, streaming == full "
                                       "forward, a short answer, memory and latency")
     d.add_argument("model", help="hub id, local checkpoint directory or preset (e.g. tiny-qwen3-vl)")

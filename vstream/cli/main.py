@@ -17,10 +17,11 @@ import warnings
 from typing import Any, Sequence
 
 from eval.cli import add_eval_parser
-from vstream import bench, doctor
-from vstream.cliargs import agent_from_args
-from vstream.fleet_cli import add_parser as add_fleet_parser
-from vstream.serve.cli import add_parser as add_serve_parser
+from vstream import bench
+from vstream.cli import doctor
+from vstream.cli.args import agent_from_args
+from vstream.cli.fleet import add_parser as add_fleet_parser
+from vstream.cli.serve import add_parser as add_serve_parser
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _check_fps(fps: float | None) -> None:
 
 def _check_config(args) -> None:
     """What the config says about --fps, before anything is loaded: at least one frame per chunk."""
-    from vstream.cliargs import config_overrides
+    from vstream.cli.args import config_overrides
     from vstream.config import from_name
 
     cfg = from_name(args.config or ("tiny" if (args.model or "").startswith("tiny-") else "default"))
@@ -121,7 +122,7 @@ def cmd_watch(args) -> int:
     check_model_name(args.model)
     source = open_source(args.source)
     if args.memory_dir:
-        from vstream.memory_source import check_memory_dir
+        from vstream.session.memory_dir import check_memory_dir
 
         try:
             check_memory_dir(args.memory_dir, source, append=args.memory_append)

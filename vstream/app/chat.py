@@ -2,7 +2,7 @@
 (``SHARING_NOTE``), and the helpers that turn answers and stats into what the UI shows.
 
 The app's stream is shared by every browser; each browser gets its own ``Chat`` from
-``AppController.new_chat()`` (``vstream.appkit``) and keeps it in Gradio's per-session state.
+``AppController.new_chat()`` (``vstream.app.controller``) and keeps it in Gradio's per-session state.
 """
 from __future__ import annotations
 

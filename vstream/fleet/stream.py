@@ -2,7 +2,7 @@
 
 Built from a Session's parts: the ``Pipeline`` reads the source into a bounded chunk queue (realtime:
 the oldest chunk is dropped and counted) but starts no perception thread of its own, since the fleet's
-perception thread takes ready chunks from many streams and ingests them together (vstream.batching);
+perception thread takes ready chunks from many streams and ingests them together (vstream.engine.batching);
 the ``Responder`` answers on memory snapshots in the stream's own thread and keeps turns in the engine's
 text inbox; ``Alerts`` probe the stream's conditions after each chunk.
 """
@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vstream.alerts import Alerts
+from vstream.session.alerts import Alerts
 from vstream.config import AgentConfig
-from vstream.engine import Engine
-from vstream.pipeline import Pipeline
-from vstream.responder import Responder, stream_answer
+from vstream.engine.core import Engine
+from vstream.session.pipeline import Pipeline
+from vstream.session.responder import Responder, stream_answer
 from vstream.types import Answer, ChunkReport
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from vstream.frames import Frame
+from vstream.sources.frames import Frame
 
 logger = logging.getLogger(__name__)
 

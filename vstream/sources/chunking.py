@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from vstream.frames import Frame
+from vstream.sources.frames import Frame
 
 logger = logging.getLogger(__name__)
 

@@ -118,7 +118,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 def cmd_fleet(args) -> int:
     from vstream.api import Agent
     from vstream.config import from_name
-    from vstream.fleet import Fleet
+    from vstream.fleet.core import Fleet
     from vstream.sources import open_source
 
     cfg = load_config(args.config_file)
@@ -182,6 +182,6 @@ def _human_stats(t: dict) -> str:
 
 def add_parser(sub) -> None:
     f = sub.add_parser("fleet", help="many streams on one model until stopped (config in a TOML file)")
-    f.add_argument("config_file", help="TOML: model, streams, alerts, retention (see vstream/fleet_cli.py)")
+    f.add_argument("config_file", help="TOML: model, streams, alerts, retention (see vstream/cli/fleet.py)")
     f.add_argument("--json", action="store_true", help="one JSON object per line")
     f.set_defaults(func=cmd_fleet)

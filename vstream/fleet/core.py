@@ -9,8 +9,8 @@
 Threads: one reader per stream (source -> sampler -> chunker -> bounded queue; a stalled or failing
 source blocks only its own reader), one perception thread for the fleet (round-robin over the streams
 with a ready chunk, one chunk per stream per step, all of them ingested together by
-``vstream.batching``), and one responder per stream (answers on memory snapshots, as in a
-Session). Events (alerts, stream up / down / gap) go to ``vstream.events.EventLog`` and the webhook.
+``vstream.engine.batching``), and one responder per stream (answers on memory snapshots, as in a
+Session). Events (alerts, stream up / down / gap) go to ``vstream.fleet.events.EventLog`` and the webhook.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterator
 import psutil
 
 from vstream.config import AgentConfig
-from vstream.events import EventLog, Webhook
-from vstream.fleet_stream import DOWN, STALLED, UP, FleetStream, one_line
+from vstream.fleet.events import EventLog, Webhook
+from vstream.fleet.stream import DOWN, STALLED, UP, FleetStream, one_line
 from vstream.types import Alert, Answer, Evidence
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Fleet:
         self.batched_chunks = 0
         self._t0 = time.monotonic()
         self.adapter._install_projection_hooks()
-        from vstream.batching import use_ragged
+        from vstream.engine.batching import use_ragged
 
         self._ragged = use_ragged(self.adapter)  # per-row attention; False: padded batches (non-SDPA models)
         self._thread = threading.Thread(target=self._loop, name="vstream-fleet-perception", daemon=True)
@@ -90,8 +90,8 @@ class Fleet:
         config: dotted overrides for this stream, e.g. ``{"memory.max_disk_bytes": 10**9}``.
         on_event: called with each event of this stream (alerts, up / down / gap).
         """
-        from vstream.engine import Engine
-        from vstream.memory_wiring import open_long_term
+        from vstream.engine.core import Engine
+        from vstream.engine.longterm import open_long_term
         from vstream.sources import open_source
 
         if not isinstance(stream_id, str) or not stream_id.strip():
@@ -209,7 +209,7 @@ class Fleet:
             raise ValueError("the question is empty; say what to look for")
         if top < 1 or evidence < 1:
             raise ValueError("top and evidence must be >= 1")
-        from vstream.fleet_search import stream_evidence
+        from vstream.fleet.search import stream_evidence
 
         hits = []
         for sid in self.streams:
@@ -288,7 +288,7 @@ class Fleet:
         return picked
 
     def _perceive(self, picked: list[tuple[FleetStream, Any]]) -> None:
-        from vstream.batching import compute_batch
+        from vstream.engine.batching import compute_batch
 
         groups: dict[float, list[tuple[FleetStream, Any]]] = {}
         for s, ch in picked:  # temporal positions (Qwen2.5-VL) depend on the sampling rate: one rate per batch

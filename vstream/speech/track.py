@@ -2,7 +2,7 @@
 
 ``SpeechTrack(engine, config, blocks, wait=...)`` runs two daemon threads beside the video reader:
 
-- ``vstream-audio`` iterates ``blocks`` (``vstream.audio.audio_blocks`` of a file or URL, or an
+- ``vstream-audio`` iterates ``blocks`` (``vstream.sources.audio.audio_blocks`` of a file or URL, or an
   ``AudioPush`` for pushed audio) and feeds ``StreamingASR``. ``wait=True`` (a file watched as fast as
   it decodes) waits for the recogniser; ``wait=False`` (realtime, live, pushed audio) never waits and
   the seconds it cannot take are counted (``stats()["dropped_s"]``).
@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from vstream.asr import SpeechSegment, StreamingASR
-from vstream.chunking import time_marker
+from vstream.speech.asr import SpeechSegment, StreamingASR
+from vstream.sources.chunking import time_marker
 from vstream.config import ASRConfig
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class shifted:  # noqa: N801 - reads as a function at the call site
         self.blocks, self.offset_s = blocks, float(offset_s)
 
     def __iter__(self):
-        from vstream.audio import AudioBlock
+        from vstream.sources.audio import AudioBlock
 
         for b in self.blocks:
             yield AudioBlock(b.t_start_s + self.offset_s, b.samples)

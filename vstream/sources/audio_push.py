@@ -1,6 +1,6 @@
 """Audio pushed by a caller (the app's microphone or webcam path) as ``AudioBlock``s on the frames' clock.
 
-The push counterpart of ``vstream.audio.audio_blocks`` (as ``PushSource`` is for frames)::
+The push counterpart of ``vstream.sources.audio.audio_blocks`` (as ``PushSource`` is for frames)::
 
     push = AudioPush(max_seconds=30)
     push.push(samples, sample_rate, t=None)   # [N] or [N, C] int16/float; never blocks; False when dropped
@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vstream.audio import GAP_TOLERANCE_S, SAMPLE_RATE, AudioBlock, to_mono_float
+from vstream.sources.audio import GAP_TOLERANCE_S, SAMPLE_RATE, AudioBlock, to_mono_float
 
 
 class AudioPush:

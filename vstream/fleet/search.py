@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from memory.segment import VISION
-from vstream.engine import evidence_source
+from vstream.engine.core import evidence_source
 from vstream.types import Evidence
 
 logger = logging.getLogger(__name__)

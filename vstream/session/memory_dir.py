@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from memory.journal import atomic_write
-from vstream.frames import Frame
+from vstream.sources.frames import Frame
 
 logger = logging.getLogger(__name__)
 

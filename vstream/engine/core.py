@@ -26,10 +26,10 @@ from memory.manager import MemoryManager, Snapshot, fill_cache
 from memory.segment import SINK, TEXT, VISION, Segment
 from memory.types import Retrieved  # the long-term store's result type, re-exported here
 from vstream.config import AgentConfig
-from vstream.generate import TextStreamer, decode_n_tokens, prefill
+from vstream.engine.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
-from vstream.frames import resize_max_side
-from vstream.tokendrop import drop_chunk_tokens, token_drop_for
+from vstream.sources.frames import resize_max_side
+from vstream.engine.tokendrop import drop_chunk_tokens, token_drop_for
 from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class Engine:
     def ingest_prefilled(self, chunk, tokens, start: int, cache_keys: Sequence[torch.Tensor],
                          cache_values: Sequence[torch.Tensor], key_summary: torch.Tensor | None,
                          t0: float | None = None) -> ChunkReport:
-        """Commit a chunk prefilled elsewhere (a batched prefill over several streams, vstream.batching).
+        """Commit a chunk prefilled elsewhere (a batched prefill over several streams, vstream.engine.batching).
 
         ``tokens`` is the chunk's ``Tokens``; ``start`` must be this memory's next position (the prefill ran
         there); ``cache_keys``/``cache_values`` per layer [1, H_kv, N + S, D]: this engine's cache (N tokens)

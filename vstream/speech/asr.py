@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from vstream.audio import SAMPLE_RATE, AudioBlock
+from vstream.sources.audio import SAMPLE_RATE, AudioBlock
 from vstream.config import COMPUTE_TYPES, VAD_MODES, ASRConfig, resolve_model  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from vstream.config import SamplerConfig
-from vstream.engine import Engine
+from vstream.engine.core import Engine
 
 logger = logging.getLogger(__name__)
 

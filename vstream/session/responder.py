@@ -21,7 +21,7 @@ from memory.manager import Snapshot
 from vstream.types import Answer
 
 if TYPE_CHECKING:
-    from vstream.engine import Engine
+    from vstream.engine.core import Engine
 
 logger = logging.getLogger(__name__)
 

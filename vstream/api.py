@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import psutil
@@ -17,7 +15,8 @@ from vstream.config import AgentConfig, MemoryConfig, from_name
 from vstream.engine.core import Engine
 from vstream.models.base import ModelAdapter
 from vstream.session.pipeline import Pipeline
-from vstream.session.responder import Responder, stream_answer
+from vstream.session.asking import Asking
+from vstream.session.responder import Responder
 from vstream.types import Alert, Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -136,7 +135,7 @@ class Agent:
         return Session(self, self.config, None, background=False, memory_dir=directory, load_existing=True)
 
 
-class Session:
+class Session(Asking):
     """One stream being watched: perception in the background, answers on snapshots.
 
     A facade over its parts: the Pipeline (reader thread, backlog, end of stream), the Engine (model
@@ -294,23 +293,6 @@ class Session:
         return self.pipeline.wait_chunks(n, timeout)
 
     # ---- questions ----------------------------------------------------------------------------
-    def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
-        """Queue a question on the memory as of now; returns a Future[Answer]. Raises ValueError when full."""
-        return self.responder.ask(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
-                                  cancel=cancel)
-
-    def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> Answer | Iterator[str]:
-        """Answer a question about what has been seen so far (perception keeps running meanwhile).
-
-        stream=True returns an iterator of text pieces; the final Answer is then ``session.last_answer``.
-        """
-        if not stream:
-            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history).result(timeout)
-        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history)
-        return pieces
-
     def probe(self, text: str) -> float:
         """P("Yes") that ``text`` happened in the latest chunk (one forward step)."""
         return self.engine.probe(text, self.engine.snapshot())

@@ -13,8 +13,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +21,8 @@ from vstream.session.alerts import Alerts
 from vstream.config import AgentConfig
 from vstream.engine.core import Engine
 from vstream.session.pipeline import Pipeline
-from vstream.session.responder import Responder, stream_answer
+from vstream.session.asking import Asking
+from vstream.session.responder import Responder
 from vstream.types import Answer, ChunkReport
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def _no_step(_chunk) -> None:
     raise RuntimeError("a fleet stream's pipeline has no perception thread: the fleet ingests its chunks")
 
 
-class FleetStream:
+class FleetStream(Asking):
     """Per-stream state of a fleet. The fleet's perception thread is the only writer of ``engine``
     (under ``engine.write_lock``)."""
 
@@ -126,20 +126,6 @@ class FleetStream:
             if not (mc.max_disk_bytes or mc.max_age_s):
                 raise
             return self.engine.answer(question, snap, **kw)
-
-    def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
-        """``Session.ask_async``: a Future[Answer] on the memory as of now."""
-        return self.responder.ask(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
-                                  cancel=cancel)
-
-    def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> Answer | Iterator[str]:
-        """``Session.ask``: the Answer, or with ``stream`` an iterator of text pieces."""
-        if not stream:
-            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history).result(timeout)
-        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history)
-        return pieces
 
     def probe(self, text: str) -> float:
         return self.engine.probe(text, self.engine.snapshot())

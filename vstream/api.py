@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import psutil
 
 from vstream.session.alerts import Alerts, Notifier
@@ -17,6 +16,7 @@ from vstream.models.base import ModelAdapter
 from vstream.session.pipeline import Pipeline
 from vstream.session.asking import Asking
 from vstream.session.responder import Responder
+from vstream.session.stats import stream_stats
 from vstream.types import Alert, Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -43,10 +43,6 @@ def transcript(directory: str | Path) -> list:
     from vstream.session.recall import transcript as _transcript
 
     return _transcript(directory)
-
-
-def _percentile(xs, q: float) -> float | None:
-    return float(np.percentile(np.asarray(xs, dtype=float), q)) if len(xs) else None
 
 
 def _open_long_term(adapter: ModelAdapter, mc: MemoryConfig, memory_dir: str | Path | None, load_existing: bool):
@@ -314,31 +310,11 @@ class Session(Asking):
     # ---- state --------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Frames in / kept / dropped, latencies, tokens/s and memory bytes per tier."""
-        lat = [r.latency_s for r in list(self.reports)]  # copy: perception appends concurrently
-        eng, pipe, resp, lt = self.engine, self.pipeline, self.responder, self.long_term
         return {
-            "stream_time_s": eng.stream_time_s,
-            **pipe.frame_counts(),  # frames_in, frames_kept, frames_dropped
-            "chunks": eng.chunks_ingested,
-            "chunks_dropped": pipe.chunks_dropped,
-            "chunk_latency_p50": _percentile(lat, 50),
-            "chunk_latency_p95": _percentile(lat, 95),
-            "chunk_latency_p99": _percentile(lat, 99),
-            "ttft_p50": _percentile(resp.ttfts, 50),
-            "ttft_p95": _percentile(resp.ttfts, 95),
-            "tokens_per_s": resp.tokens_per_s,
-            "context_tokens": eng.context_tokens,
-            "visual_tokens_kept": eng.visual_tokens_kept,
-            "visual_tokens_dropped": eng.visual_tokens_dropped,
-            "queries_pending": resp.pending,
-            "queries_answered": resp.answered,
-            "queries_rejected": resp.rejected,
-            "memory_bytes": {"device": eng.device_bytes(), "ram": lt.ram_bytes() if lt else 0,
-                             "disk": lt.disk_bytes() if lt else 0},
-            "long_term_entries": len(lt) if lt else 0,
+            **stream_stats(self.engine, self.pipeline, self.responder, self.long_term, self.reports),
             "process_rss_bytes": psutil.Process().memory_info().rss,
-            "ended": pipe.ended,
-            "error": pipe.error,
+            "ended": self.pipeline.ended,
+            "error": self.pipeline.error,
             "asr": self.speech.stats() if self.speech is not None else None,  # rtf, dropped_s, segments...
             # a live stream's outages: {"at_s", "duration_s", "reason"} each, and the reconnects that ended them
             "gaps": [{**g, "at_s": round(g["at_s"] + self.time_offset_s, 3)}

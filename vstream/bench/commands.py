@@ -94,18 +94,26 @@ def _report(fields: dict[str, Any]) -> None:
     print(json.dumps(fields, indent=1))  # the command's output (this is the CLI layer)
 
 
-def _cli_ingest(args: argparse.Namespace) -> int:
+def _save(res: dict, out_dir: str, name: str, plot: Any, **fields: Any) -> int:
+    """Write ``res`` as ``<out_dir>/<name>.json`` and ``plot(res, path)`` as ``<name>.png``; report both
+    paths with ``fields``. Returns the exit code 0."""
     from vstream.bench.common import write_json
+
+    out = Path(out_dir)
+    p = write_json(res, out, name)
+    png = out / f"{name}.png"
+    plot(res, png)
+    _report({"json": str(p), "png": str(png), **fields})
+    return 0
+
+
+def _cli_ingest(args: argparse.Namespace) -> int:
     from vstream.bench.ingest import bench_ingest, plot_ingest
 
     res = bench_ingest(args.model, args.chunks, args.window, args.frames, args.size,
                        tuple(m for m in args.modes.split(",") if m), args.device, args.full_max_chunks,
                        args.recompute_chunks)
-    out = Path(args.out)
-    p = write_json(res, out, "ingest")
-    plot_ingest(res, out / "ingest.png")
-    _report({"json": str(p), "png": str(out / "ingest.png"), "summary": res["summary"]})
-    return 0
+    return _save(res, args.out, "ingest", plot_ingest, summary=res["summary"])
 
 
 def _cli_memory(args: argparse.Namespace) -> int:
@@ -124,36 +132,28 @@ def _cli_memory(args: argparse.Namespace) -> int:
 
 
 def _cli_realtime(args: argparse.Namespace) -> int:
-    from vstream.bench.common import environment, write_json
+    from vstream.bench.common import environment
     from vstream.bench.realtime import bench_realtime, plot_realtime
 
     res = bench_realtime([m for m in args.models.split(",") if m], chunks=args.chunks, fps=args.fps,
                          commentary_tokens=args.commentary_tokens, device=args.device,
                          max_visual_tokens=args.max_visual_tokens)
     res["env"] = environment()
-    out = Path(args.out)
-    p = write_json(res, out, "realtime")
-    plot_realtime(res, out / "realtime.png")
-    _report({"json": str(p), "png": str(out / "realtime.png"), "summary": res["summary"]})
-    return 0
+    return _save(res, args.out, "realtime", plot_realtime, summary=res["summary"])
 
 
 def _cli_tokens(args: argparse.Namespace) -> int:
-    from vstream.bench.common import environment, write_json
+    from vstream.bench.common import environment
     from vstream.bench.tokens import main_args, plot_tokens, summary
 
     res = main_args(args)
     res["env"] = environment()
-    out = Path(args.out)
-    p = write_json(res, out, "tokens")
-    plot_tokens(res, out / "tokens.png")
-    _report({"json": str(p), "png": str(out / "tokens.png"), "summary": summary(res)})
-    return 0
+    return _save(res, args.out, "tokens", plot_tokens, summary=summary(res))
 
 
 def _cli_asr(args: argparse.Namespace) -> int:
     from vstream.bench.asr import bench_asr, bench_latency, plot_asr
-    from vstream.bench.common import environment, write_json
+    from vstream.bench.common import environment
     from vstream.config import ASRConfig
 
     cfg = ASRConfig(model=args.asr_model, vad=args.vad).check()
@@ -161,14 +161,10 @@ def _cli_asr(args: argparse.Namespace) -> int:
     res["bench"] = "asr"
     res["latency"] = bench_latency(args.video, args.model, cfg, device=args.device, fps=args.fps)
     res["env"] = environment()
-    out = Path(args.out)
-    p = write_json(res, out, "asr")
-    plot_asr(res, out / "asr.png")
     lat = res["latency"]
-    _report({"json": str(p), "png": str(out / "asr.png"), "rtf": res["rtf"], "wer": res["wer"],
-             "timestamp_error_s": res["timestamp_error_s"], "latency_ratio_p50": lat["ratio_p50"],
-             "latency_p50_off_s": lat["off"]["p50_s"], "latency_p50_on_s": lat["on"]["p50_s"]})
-    return 0
+    return _save(res, args.out, "asr", plot_asr, rtf=res["rtf"], wer=res["wer"],
+                 timestamp_error_s=res["timestamp_error_s"], latency_ratio_p50=lat["ratio_p50"],
+                 latency_p50_off_s=lat["off"]["p50_s"], latency_p50_on_s=lat["on"]["p50_s"])
 
 
 def _cli_fleet(args: argparse.Namespace) -> int:

@@ -1,0 +1,136 @@
+"""Wall-clock time of a stream: zone names, clock markers, and the ``since``/``until`` of a question.
+
+Stream time is seconds since a stream started; wall time is UTC seconds since the epoch, recorded per
+chunk and memory entry beside the source's IANA time-zone name (e.g. ``"Europe/Berlin"``). This module
+turns user input into wall time (``parse_when``, ``parse_range``: datetimes, ISO 8601 strings, relative
+spans such as ``"10m"``, ``"2h"``, ``"yesterday 08:00"``, parsed with ``dateparser``) and wall time into
+text (``clock_text``, ``clock_marker``).
+
+A range is half-open, ``[since, until)``: an entry is in it when it overlaps it
+(``wall_start < until`` and ``wall_end > since``; ``memory.longterm.wall_overlaps``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+logger = logging.getLogger(__name__)
+
+NOTHING_RECORDED = "Nothing recorded in that period."
+
+
+def local_zone() -> str:
+    """This machine's IANA time-zone name ("UTC" when it cannot be told)."""
+    try:
+        import tzlocal
+
+        name = tzlocal.get_localzone_name()
+    except Exception:  # noqa: BLE001 - no zone configured: UTC
+        name = None
+    return name or "UTC"
+
+
+def check_zone(name: str | None) -> str:
+    """``name`` if it is a known IANA zone (None: this machine's zone), else a one-line ValueError."""
+    if name is None or name == "":
+        return local_zone()
+    if not isinstance(name, str):
+        raise ValueError(f"time zone must be an IANA name such as 'Europe/Berlin', got {name!r}")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; give an IANA name such as 'Europe/Berlin' or 'UTC'") from None
+    return name
+
+
+def _zone(name: str | None) -> dt.tzinfo:
+    try:
+        return ZoneInfo(name) if name else dt.timezone.utc
+    except (ZoneInfoNotFoundError, ValueError):
+        return dt.timezone.utc
+
+
+def to_datetime(wall: float, tz: str | None) -> dt.datetime:
+    """Wall time ``wall`` (UTC epoch seconds) as an aware datetime in zone ``tz``."""
+    return dt.datetime.fromtimestamp(float(wall), tz=_zone(tz))
+
+
+def clock_text(wall: float, tz: str | None, *, date: bool = False) -> str:
+    """``"14:05:03"`` (``date=True``: ``"2026-03-29 14:05:03 CEST"``) of wall time ``wall`` in zone ``tz``."""
+    d = to_datetime(wall, tz)
+    return d.strftime("%Y-%m-%d %H:%M:%S %Z") if date else d.strftime("%H:%M:%S")
+
+
+def iso(wall: float | None, tz: str | None) -> str | None:
+    """ISO 8601 with the zone's offset (None for None)."""
+    if wall is None or (isinstance(wall, float) and math.isnan(wall)):
+        return None
+    return to_datetime(wall, tz).isoformat(timespec="milliseconds")
+
+
+def clock_marker(wall_start: float, wall_end: float, tz: str | None) -> str:
+    """The chunk marker in clock form, e.g. ``"Time=14:05:03-14:05:04"`` (the camera's zone)."""
+    return f"Time={clock_text(wall_start, tz)}-{clock_text(wall_end, tz)}"
+
+
+def parse_when(value: Any, *, tz: str | None = None, now: Callable[[], float] = time.time,
+               what: str = "time") -> float:
+    """``value`` as wall time (UTC epoch seconds).
+
+    Accepts an epoch number, a ``datetime`` (naive: in zone ``tz``), an ISO 8601 string, or any phrase
+    ``dateparser`` reads, relative to ``now()`` and preferring the past: ``"10m"``, ``"2h"``,
+    ``"yesterday 08:00"``, ``"14:05"``. Naive times are in zone ``tz`` (None: this machine's zone).
+    Raises a one-line ValueError naming ``what`` when it cannot be read.
+    """
+    zone = check_zone(tz)
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: {value!r} is not a time; give e.g. '2026-03-29T14:05', '10m' or 'yesterday 08:00'")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{what}: {value!r} is not a time; give epoch seconds or e.g. '10m'")
+        return float(value)
+    if isinstance(value, dt.datetime):
+        d = value if value.tzinfo is not None else value.replace(tzinfo=ZoneInfo(zone))
+        return d.timestamp()
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what}: {value!r} is not a time; give e.g. '2026-03-29T14:05', '10m' or 'yesterday 08:00'")
+    text = value.strip()
+    try:  # ISO 8601 first: exact, and independent of the parser's guesses
+        d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=ZoneInfo(zone))
+        return d.timestamp()
+    except ValueError:
+        pass
+    import dateparser
+
+    base = dt.datetime.fromtimestamp(now(), tz=ZoneInfo(zone)).replace(tzinfo=None)
+    d = dateparser.parse(text, settings={"TIMEZONE": zone, "RETURN_AS_TIMEZONE_AWARE": True,
+                                         "PREFER_DATES_FROM": "past", "RELATIVE_BASE": base})
+    if d is None:
+        raise ValueError(f"{what}: cannot read {text!r} as a time; give e.g. '2026-03-29T14:05', '10m' "
+                         f"(ten minutes ago) or 'yesterday 08:00'")
+    return d.timestamp()
+
+
+def parse_range(since: Any = None, until: Any = None, *, tz: str | None = None,
+                now: Callable[[], float] = time.time) -> tuple[float, float] | None:
+    """``(since, until)`` as wall times (missing ends open: -inf / +inf), None when neither is given.
+
+    Raises a one-line ValueError when a time cannot be read or ``since`` is not before ``until``.
+    """
+    if since is None and until is None:
+        return None
+    lo = -math.inf if since is None else parse_when(since, tz=tz, now=now, what="since")
+    hi = math.inf if until is None else parse_when(until, tz=tz, now=now, what="until")
+    if not lo < hi:
+        raise ValueError(f"since ({_show(lo, tz)}) is not before until ({_show(hi, tz)}); swap them or widen the range")
+    return lo, hi
+
+
+def _show(wall: float, tz: str | None) -> str:
+    return clock_text(wall, tz or local_zone(), date=True) if math.isfinite(wall) else str(wall)

@@ -101,7 +101,8 @@ class Agent:
               chunk_seconds: float | None = None, memory_dir: str | Path | None = None, commentary: bool = False,
               previous_text: str = "", start_s: float = 0.0, end_s: float | None = None,
               commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False,
-              memory_append: bool = False, asr: bool | None = None, audio: Any = None) -> "Session":
+              memory_append: bool = False, asr: bool | None = None, audio: Any = None,
+              start_at: Any = None, tz: str | None = None) -> "Session":
         """Open a session on ``source`` (path, URL, device, "synthetic:...", or a VideoSource).
 
         asr: recognise the audio track into memory (default: ``memory.asr``); ``audio``: AudioBlocks to use
@@ -110,6 +111,8 @@ class Agent:
 
         ``memory_dir`` that already holds entries: resumed when it holds this source, else refused unless
         ``memory_append`` (then this stream's times start after the stored ones; ``vstream.session.memory_dir``).
+        ``start_at`` (files): the wall-clock time the recording began (ISO 8601), so that entries carry clock
+        time; ``tz``: the camera's time zone (IANA name; default this machine's).
         """
         from vstream.sources import open_source
 
@@ -126,7 +129,17 @@ class Agent:
         if changes:
             cfg = cfg.replace(**changes).validate()
         kw: dict[str, Any] = {"start_s": start_s, "end_s": end_s} if (start_s or end_s is not None) else {}
+        if tz is not None:
+            from vstream.clock import check_zone
+
+            check_zone(tz)
         src = open_source(source, **kw)
+        if start_at is not None:
+            from vstream.sources.clocked import ClockedSource
+
+            src = ClockedSource(src, start_at, tz)
+        elif tz is not None and hasattr(src, "tz"):
+            src.tz = tz
         return Session(self, cfg, src, background=background, memory_dir=memory_dir, commentary=commentary,
                        previous_text=previous_text, commentary_replay=commentary_replay, progress=progress,
                        memory_append=memory_append, audio=audio, window=(start_s, end_s))
@@ -241,7 +254,7 @@ class Session:
                 self.commentary_items.append(item)
                 for cb in list(self._commentary_cbs):
                     cb(item)
-        self.alerts.check(chunk.end_s)
+        self.alerts.check(chunk.end_s, getattr(chunk, "wall_end_s", None))
 
     # ---- driving the stream -------------------------------------------------------------------
     @property
@@ -295,21 +308,43 @@ class Session:
 
     # ---- questions ----------------------------------------------------------------------------
     def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
+                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+                  since: Any = None, until: Any = None) -> Future:
         """Queue a question on the memory as of now; returns a Future[Answer]. Raises ValueError when full."""
         return self.responder.ask(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
-                                  cancel=cancel)
+                                  cancel=cancel, wall_range=self.time_range(since, until))
 
     def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> Answer | Iterator[str]:
+            timeout: float | None = None, since: Any = None, until: Any = None) -> Answer | Iterator[str]:
         """Answer a question about what has been seen so far (perception keeps running meanwhile).
 
         stream=True returns an iterator of text pieces; the final Answer is then ``session.last_answer``.
+        ``since``/``until`` (datetimes, ISO strings, "10m", "yesterday 08:00"; ``vstream.clock.parse_when``):
+        answer only from what was recorded in that wall-clock range ("Nothing recorded in that period."
+        without calling the model when nothing was).
         """
         if not stream:
-            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history).result(timeout)
-        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history)
+            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history, since=since,
+                                  until=until).result(timeout)
+        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history,
+                                     wall_range=self.time_range(since, until))
         return pieces
+
+    @property
+    def tz(self) -> str:
+        """The time zone of this stream's clock (the source's, else the stored entries', else this machine's)."""
+        from vstream.clock import local_zone
+
+        tz = getattr(self.source, "tz", None)
+        if not tz and self.long_term is not None:
+            tz = next((i.tz for i in reversed(self.long_term.store.infos()) if i.tz), None)
+        return tz or local_zone()
+
+    def time_range(self, since: Any = None, until: Any = None) -> tuple[float, float] | None:
+        """``since``/``until`` as a wall-clock range in this stream's zone (None when neither is given)."""
+        from vstream.clock import parse_range
+
+        return parse_range(since, until, tz=self.tz)
 
     def probe(self, text: str) -> float:
         """P("Yes") that ``text`` happened in the latest chunk (one forward step)."""

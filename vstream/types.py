@@ -71,6 +71,7 @@ class Alert:
     at_s: float
     probability: float
     answer: Answer | None = None
+    wall_s: float | None = None  # wall-clock time (UTC epoch seconds) at at_s, when the source has a clock
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -154,7 +154,8 @@ class Fleet:
 
     def _add_condition(self, s: FleetStream, text: str, threshold: float, cooldown_s: float) -> int:
         def on_alert(al: Alert) -> None:  # responder thread, once the alert's answer is decoded
-            self._emit("alert", s, stream_time_s=al.at_s, condition=al.condition, probability=al.probability,
+            self._emit("alert", s, stream_time_s=al.at_s, clock_s=al.wall_s, condition=al.condition,
+                       probability=al.probability,
                        answer=al.answer.text if al.answer is not None else None,
                        evidence=[e.to_dict() for e in al.answer.evidence] if al.answer is not None else [])
 
@@ -337,7 +338,7 @@ class Fleet:
             s.state = UP
             self._emit("up", s)
         s.enforce_retention()
-        s.alerts.check(ch.end_s)
+        s.alerts.check(ch.end_s, getattr(ch, "wall_end_s", None))
 
     def _housekeeping(self) -> None:
         now = time.monotonic()

@@ -25,18 +25,20 @@ logger = logging.getLogger(__name__)
 __all__ = ["Agent", "Session", "Answer", "Evidence", "CommentaryItem", "Alert", "search", "export", "transcript"]
 
 
-def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None) -> list:
+def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None,
+           since: Any = None, until: Any = None, tz: str | None = None) -> list:
     """Moments of a memory directory matching ``query`` (no VLM, read-only): ``vstream.session.recall.search``."""
     from vstream.session.recall import search as _search
 
-    return _search(directory, query, top=top, thumbs_dir=thumbs_dir)
+    return _search(directory, query, top=top, thumbs_dir=thumbs_dir, since=since, until=until, tz=tz)
 
 
-def export(directory: str | Path, fmt: str = "srt") -> str:
+def export(directory: str | Path, fmt: str = "srt", *, since: Any = None, until: Any = None,
+           tz: str | None = None) -> str:
     """The transcript of a memory directory as ``srt``, ``vtt`` or ``json`` text: ``vstream.session.recall.export``."""
     from vstream.session.recall import export as _export
 
-    return _export(directory, fmt)
+    return _export(directory, fmt, since=since, until=until, tz=tz)
 
 
 def transcript(directory: str | Path) -> list:

@@ -163,7 +163,8 @@ def cmd_watch(args) -> int:
                                                     start_s=c.start_s, end_s=c.end_s, text=c.text))
         for cond in args.notify:
             session.notify_when(cond, lambda al: em.emit(
-                "notify", f"[{when_text(al.at_s, al.wall_s, session.tz)}] ALERT {al.condition!r} (p={al.probability:.2f})" + (f": {al.answer.text}" if al.answer else ""),
+                "notify", f"[{when_text(al.at_s, al.wall_s, session.tz)}] ALERT {al.condition!r} "
+                f"(p={al.probability:.2f})" + (f": {al.answer.text}" if al.answer else ""),
                 at_s=al.at_s, wall_s=al.wall_s, condition=al.condition, probability=al.probability,
                 text=al.answer.text if al.answer else None))
         for t, q in asks:

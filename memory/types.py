@@ -13,7 +13,7 @@ from memory.segment import Segment
 #: Newest memory format this code reads. 1: vision entries only, K/V as is or int8 / int4 / k4v2. 2: entries may
 #: also be text (``kind="text"``, e.g. ``source="speech"``): a reader of format 1 would take them for video
 #: chunks, so a store is marked 2 once it holds one. 3: the k2v1.58 cold tier (mixed 2/1-bit keys, ternary values
-#: packed five per byte). A store is written with the lowest version its content needs (memory.store.
+#: packed five per byte). A store is written with the lowest version its content needs (memory.store_format.
 #: format_version_for, upgraded in place when a text entry or a k2v1.58 entry first needs more), so older
 #: readers keep reading what they can.
 #: 4: entries may carry wall-clock time (``wall_s``, ``wall_end_s``, ``tz``); a reader of format 3 would drop it

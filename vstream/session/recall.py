@@ -8,7 +8,7 @@ frame it was said over) is written to ``thumbs_dir`` when given.
 ``transcript(directory) -> list[Line]`` and ``export(directory, fmt) -> str`` with fmt ``srt``, ``vtt`` or
 ``json``: the recognised speech (and the live commentary, when the session had it) with times.
 
-Both read the journal with ``memory.store.read_infos`` (no lock, no repair) and the saved text index
+Both read the journal with ``memory.store_io.read_infos`` (no lock, no repair) and the saved text index
 read-only; nothing under the directory is created or changed.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memory.store import read_infos
+from memory.store_io import read_infos
 from memory.types import EntryInfo
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from memory.segment import Segment
 #: format_version_for, upgraded in place when a text entry or a k2v1.58 entry first needs more), so older
 #: readers keep reading what they can.
 #: 4: entries may carry wall-clock time (``wall_s``, ``wall_end_s``, ``tz``); a reader of format 3 would drop it
-#: silently, so a store is marked 4 once it holds an entry with wall time.
+#: silently, so a store is marked 4 once it holds an entry with wall time (memory.store_format).
 FORMAT_VERSION = 4
 TEXT_FORMAT_VERSION = 2  # the first format with text entries
 CLOCK_FORMAT_VERSION = 4  # the first format with wall-clock time on entries

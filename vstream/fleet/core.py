@@ -191,20 +191,23 @@ class Fleet:
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, stream_id: str, question: str, *, stream: bool = False, max_new_tokens: int | None = None,
-            history: bool = True, timeout: float | None = None) -> Answer | Iterator[str]:
-        """Ask one stream, exactly as ``Session.ask``."""
+            history: bool = True, timeout: float | None = None, since: Any = None,
+            until: Any = None) -> Answer | Iterator[str]:
+        """Ask one stream, exactly as ``Session.ask`` (``since``/``until``: only what it recorded then)."""
         return self._get(stream_id).ask(question, stream=stream, max_new_tokens=max_new_tokens, history=history,
-                                        timeout=timeout)
+                                        timeout=timeout, since=since, until=until)
 
     def ask_async(self, stream_id: str, question: str, **kw):
         """``Session.ask_async`` on one stream: a Future[Answer]."""
         return self._get(stream_id).ask_async(question, **kw)
 
-    def ask_all(self, question: str, *, top: int = 3, evidence: int = 3) -> list[StreamHit]:
+    def ask_all(self, question: str, *, top: int = 3, evidence: int = 3, since: Any = None,
+                until: Any = None) -> list[StreamHit]:
         """The ``top`` streams whose memory best matches ``question``, best first, with their evidence.
 
         No answer is decoded: every stream's long-term entries and window chunks are scored with the
         stream's retriever (text cosine with the text retriever, mean per-layer key cosine otherwise).
+        ``since``/``until``: only what each stream recorded in that wall-clock range (in its own zone).
         """
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; say what to look for")
@@ -212,13 +215,16 @@ class Fleet:
             raise ValueError("top and evidence must be >= 1")
         from vstream.fleet.search import stream_evidence
 
+        with self._lock:
+            streams = dict(self._streams)
+        ranges = {sid: st.time_range(since, until) for sid, st in streams.items()}  # bad times: ValueError now
         hits = []
         for sid in self.streams:
             try:
                 s = self._get(sid)
             except ValueError:
                 continue  # removed meanwhile
-            ev = stream_evidence(s.engine, question.strip(), evidence)
+            ev = stream_evidence(s.engine, question.strip(), evidence, ranges.get(sid))
             if ev:
                 hits.append(StreamHit(stream=sid, score=ev[0].score, evidence=ev))
         hits.sort(key=lambda h: -h.score)

@@ -128,18 +128,34 @@ class FleetStream:
             return self.engine.answer(question, snap, **kw)
 
     def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
-        """``Session.ask_async``: a Future[Answer] on the memory as of now."""
+                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+                  since: Any = None, until: Any = None) -> Future:
+        """``Session.ask_async``: a Future[Answer] on the memory as of now (``since``/``until``: a clock range)."""
         return self.responder.ask(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
-                                  cancel=cancel)
+                                  cancel=cancel, wall_range=self.time_range(since, until))
 
     def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> Answer | Iterator[str]:
+            timeout: float | None = None, since: Any = None, until: Any = None) -> Answer | Iterator[str]:
         """``Session.ask``: the Answer, or with ``stream`` an iterator of text pieces."""
         if not stream:
-            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history).result(timeout)
-        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history)
+            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history, since=since,
+                                  until=until).result(timeout)
+        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history,
+                                     wall_range=self.time_range(since, until))
         return pieces
+
+    @property
+    def tz(self) -> str:
+        """The zone of this stream's clock (its source's, else this machine's)."""
+        from vstream.clock import local_zone
+
+        return getattr(self.source, "tz", None) or local_zone()
+
+    def time_range(self, since: Any = None, until: Any = None) -> tuple[float, float] | None:
+        """``since``/``until`` as a wall-clock range in this stream's zone (``vstream.clock.parse_range``)."""
+        from vstream.clock import parse_range
+
+        return parse_range(since, until, tz=self.tz)
 
     def probe(self, text: str) -> float:
         return self.engine.probe(text, self.engine.snapshot())

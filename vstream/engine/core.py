@@ -205,7 +205,7 @@ class Engine:
         self.apply_inbox()
         t0 = time.perf_counter()
         a, mm = self.adapter, self.memory
-        tokens = a.embed_chunk(chunk.marker, chunk.frames)
+        tokens = a.embed_chunk(a.chunk_marker(chunk), chunk.frames)
         tokens = self.drop_tokens(tokens)
         start = mm.next_pos
         with a.capture_projection_means("k") as kmeans:

@@ -108,13 +108,25 @@ def parse_when(value: Any, *, tz: str | None = None, now: Callable[[], float] = 
         pass
     import dateparser
 
-    base = dt.datetime.fromtimestamp(now(), tz=ZoneInfo(zone)).replace(tzinfo=None)
-    d = dateparser.parse(text, settings={"TIMEZONE": zone, "RETURN_AS_TIMEZONE_AWARE": True,
-                                         "PREFER_DATES_FROM": "past", "RELATIVE_BASE": base})
+    t_now = now()
+    base = dt.datetime.fromtimestamp(t_now, tz=ZoneInfo(zone)).replace(tzinfo=None)  # wall time in the zone
+
+    def parse(rel: dt.datetime) -> dt.datetime | None:
+        return dateparser.parse(text, settings={"PREFER_DATES_FROM": "past", "RELATIVE_BASE": rel})
+
+    d = parse(base)
     if d is None:
         raise ValueError(f"{what}: cannot read {text!r} as a time; give e.g. '2026-03-29T14:05', '10m' "
                          f"(ten minutes ago) or 'yesterday 08:00'")
-    return d.timestamp()
+    if d.tzinfo is not None:  # the text named its own zone or offset
+        return d.timestamp()
+    # dateparser works on naive wall time: a span relative to now ("10m", "2 hours ago") moves with the base
+    # and is taken in absolute seconds (right across a DST change); a time of day or a date is localized in
+    # the zone with that day's offset
+    later = parse(base + dt.timedelta(hours=1))
+    if later is not None and later.tzinfo is None and later - d == dt.timedelta(hours=1):
+        return t_now - (base - d).total_seconds()
+    return d.replace(tzinfo=ZoneInfo(zone)).timestamp()
 
 
 def parse_range(since: Any = None, until: Any = None, *, tz: str | None = None,

@@ -29,7 +29,7 @@ def check_time_args(args: argparse.Namespace) -> tuple[tuple[float, float] | Non
     """The wall-clock range of ``--since/--until`` and the zone, checked before anything loads.
 
     ``args.since``/``args.until`` become epoch seconds (None when absent)."""
-    from memory.store import read_infos
+    from memory.store_io import read_infos
     from vstream.clock import check_zone, parse_range
     from vstream.session.recall import directory_zone
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memory.store import read_infos
+from memory.store_io import read_infos
 from vstream.clock import clock_text, iso, parse_range
 from vstream.session.recall import _plain, _source, directory_zone
 

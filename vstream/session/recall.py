@@ -121,11 +121,19 @@ def _moment_of(info: EntryInfo, infos: list[EntryInfo]) -> EntryInfo:
     k = next(n for n, i in enumerate(vision) if i.entry_id == info.entry_id)
     same = _plain(info.text)
     lo = hi = k
-    while lo > 0 and _plain(vision[lo - 1].text) == same and abs(vision[lo - 1].end_s - vision[lo].start_s) < 1e-3:
+    while lo > 0 and _plain(vision[lo - 1].text) == same and _adjacent(vision[lo - 1], vision[lo]):
         lo -= 1
-    while hi + 1 < len(vision) and _plain(vision[hi + 1].text) == same and abs(vision[hi].end_s - vision[hi + 1].start_s) < 1e-3:
+    while hi + 1 < len(vision) and _plain(vision[hi + 1].text) == same and _adjacent(vision[hi], vision[hi + 1]):
         hi += 1
-    return dataclasses.replace(info, start_s=vision[lo].start_s, end_s=vision[hi].end_s)
+    return dataclasses.replace(info, start_s=vision[lo].start_s, end_s=vision[hi].end_s, wall_s=vision[lo].wall_s,
+                               wall_end_s=vision[hi].wall_end_s)
+
+
+def _adjacent(a: EntryInfo, b: EntryInfo) -> bool:
+    """``b`` follows ``a`` without a gap, in stream time and (when both have it) in wall-clock time."""
+    if abs(a.end_s - b.start_s) >= 1e-3:
+        return False
+    return a.wall_end_s is None or b.wall_s is None or abs(a.wall_end_s - b.wall_s) < 1e-3
 
 
 def wall_of(info: EntryInfo) -> dict:

@@ -99,6 +99,30 @@ def test_chunker_clock_markers_across_dst_and_a_gap():
     assert plain[0].wall_s is None and plain[0].marker == "Time=0.0-1.0s"
 
 
+def test_chunk_wall_time_is_at_the_chunk_start():
+    # frames a quarter second into each chunk: the chunk's wall time is moved back to its start
+    frames = [Frame(0.25 + k * 0.5, np.zeros((8, 8, 3), np.uint8), T0 + 0.25 + k * 0.5 + 0.01) for k in range(4)]
+    chunks = list(Chunker(1.0, origin=0.0, tz=BERLIN, clock=True)(frames))
+    assert [(c.start_s, c.wall_s, c.wall_end_s) for c in chunks] == [(0.0, T0 + 0.01, T0 + 1.01),
+                                                                     (1.0, T0 + 1.01, T0 + 2.01)]
+
+
+def test_text_entries_take_the_clock_of_their_own_time():
+    from conftest import make_chunks
+    from vstream.engine.core import Engine
+
+    a = tiny_adapter("tiny-smolvlm")
+    eng = Engine(a, from_name("tiny").replace(model=a.name, device="cpu", dtype="float32",
+                                             **{"memory.long_term": False}))
+    eng.start()
+    for c in make_chunks(2):
+        c.wall_s, c.tz, c.clock = T0 + 100 + c.start_s, BERLIN, True
+        eng.ingest(c)
+    seg = eng.add_text("a van stops", at_s=1.5, end_s=1.75, source="speech")
+    assert (seg.wall_s, seg.wall_end_s, seg.tz) == (T0 + 101.5, T0 + 101.75, BERLIN)
+    assert eng.memory.live[0].text == f"Time={berlin(T0 + 100)}-{berlin(T0 + 101)}"
+
+
 def test_parse_when_forms_and_bad_inputs():
     now = lambda: T0 + 3600  # noqa: E731 - 03:59:57 CEST
     assert parse_when("10m", tz=BERLIN, now=now) == pytest.approx(T0 + 3000, abs=1)

@@ -22,7 +22,8 @@ from vstream.cli import doctor
 from vstream.cli.args import agent_from_args
 from vstream.cli.fleet import add_parser as add_fleet_parser
 from vstream.cli.serve import add_parser as add_serve_parser
-from vstream.cli.timeopts import add_time_args, add_timeline_parser, check_time_args, span_text, when_text
+from vstream.cli.timeopts import (add_time_args, add_timeline_parser, check_time_args, session_span, span_text,
+                                  when_text)
 
 logger = logging.getLogger(__name__)
 
@@ -154,13 +155,18 @@ def cmd_watch(args) -> int:
     offset = session.time_offset_s  # appended to a memory dir: this stream's times start there
     with session:
         if session.speech is not None:
-            session.speech.on_segment(lambda s: em.emit("speech", f"[{s.start_s:.1f}-{s.end_s:.1f}s] speech: {s.text}",
-                                                        start_s=s.start_s, end_s=s.end_s, text=s.text,
-                                                        words=[[w.text, round(w.start_s, 3), round(w.end_s, 3)]
-                                                               for w in s.words]))
+            def on_speech(s) -> None:
+                when, wall = session_span(session, s.start_s, s.end_s)
+                em.emit("speech", f"[{when}] speech: {s.text}", start_s=s.start_s, end_s=s.end_s, text=s.text,
+                        words=[[w.text, round(w.start_s, 3), round(w.end_s, 3)] for w in s.words], **wall)
+
+            session.speech.on_segment(on_speech)
         if args.commentary:
-            session.on_commentary(lambda c: em.emit("commentary", f"[{c.start_s:.1f}-{c.end_s:.1f}s] {c.text}",
-                                                    start_s=c.start_s, end_s=c.end_s, text=c.text))
+            def on_commentary(c) -> None:
+                when, wall = session_span(session, c.start_s, c.end_s)
+                em.emit("commentary", f"[{when}] {c.text}", start_s=c.start_s, end_s=c.end_s, text=c.text, **wall)
+
+            session.on_commentary(on_commentary)
         for cond in args.notify:
             session.notify_when(cond, lambda al: em.emit(
                 "notify", f"[{when_text(al.at_s, al.wall_s, session.tz)}] ALERT {al.condition!r} "
@@ -176,7 +182,8 @@ def cmd_watch(args) -> int:
                 logger.warning("the stream ended at %.1fs, before the question's time %gs: asked at %.1fs",
                                reached, t, reached)
             ans = session.ask(q)
-            em.emit("answer", f"[{ans.asked_at_s:.1f}s] Q: {q}\n        A: {ans.text}", **_answer_fields(ans))
+            when, wall = session_span(session, ans.asked_at_s)
+            em.emit("answer", f"[{when}] Q: {q}\n        A: {ans.text}", **_answer_fields(ans), **wall)
         if not asks or args.commentary or args.notify or args.memory_dir:
             session.run_to_end()
         if session.error:

@@ -64,6 +64,20 @@ def when_text(at_s: float, wall_s: float | None, tz: str | None) -> str:
     return clock_text(wall_s, tz) if wall_s is not None else f"{at_s:.1f}s"
 
 
+def session_span(session, start_s: float, end_s: float | None = None) -> tuple[str, dict]:
+    """How `vstream watch` shows a stream span of ``session``: clock time for a live source (once its chunks
+    carry wall time), stream seconds otherwise; plus the JSON fields (``wall_s``/``wall_end_s``) when known."""
+    from vstream.session.pipeline import clock_markers
+
+    end = start_s if end_s is None else end_s
+    w = session.engine.wall_of(start_s, end)
+    fields = {"wall_s": w["wall_s"], "wall_end_s": w["wall_end_s"]} if w else {}
+    if w and clock_markers(session.config.memory.time_marker, session.source):
+        text = when_text(start_s, w["wall_s"], w["tz"])
+        return (text if end_s is None else f"{text}-{when_text(end, w['wall_end_s'], w['tz'])}"), fields
+    return (f"{start_s:.1f}s" if end_s is None else f"{start_s:.1f}-{end:.1f}s"), fields
+
+
 def range_text(rng: tuple[float, float] | None, tz: str) -> str:
     from vstream.clock import clock_text
 

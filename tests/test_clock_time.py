@@ -145,6 +145,18 @@ def test_parse_when_forms_and_bad_inputs():
         parse_range("10m", None, tz="Mars/Olympus")
 
 
+def test_question_range_from_the_question_text():
+    from vstream.clock import question_range
+
+    now = lambda: dt.datetime(2026, 3, 29, 15, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()  # noqa: E731
+    at = lambda h, m: dt.datetime(2026, 3, 29, h, m, tzinfo=ZoneInfo(BERLIN)).timestamp()  # noqa: E731
+    assert question_range("what happened at the dock around 14:05?", tz=BERLIN, now=now) == (at(14, 0), at(14, 10))
+    assert question_range("who came in during the last ten minutes?", tz=BERLIN, now=now) == (at(14, 50), at(15, 0))
+    assert question_range("what happened 2 hours ago?", tz=BERLIN, now=now) == (at(13, 0), at(15, 0))
+    assert question_range("what is on screen?", tz=BERLIN, now=now) is None
+    assert question_range("anything yesterday?", tz=BERLIN, now=now) is None  # a day word alone: no span
+
+
 # ---- a push source with chosen wall times, stored, resumed, asked about ------------------------------------
 
 
@@ -207,6 +219,10 @@ def test_empty_range_answers_without_calling_the_model(clocked, monkeypatch):
     assert ans.text == NOTHING_RECORDED and counter.calls == 0  # ISO strings in the stream's zone (CEST)
     ans = s2.ask("what happened?", since=T0 + 1, until=T0 + 2, history=False)
     assert ans.text != NOTHING_RECORDED and counter.calls > 0
+    calls = counter.calls
+    # parse_time: the question's own time of day sets the range (the latest 03:30 before now: nothing recorded)
+    ans = s2.ask("what happened around 03:30?", parse_time=True, history=False, until=None)
+    assert ans.text == NOTHING_RECORDED and counter.calls == calls
 
 
 def _check_range(s2, monkeypatch, since, until, want_lt, want_live):

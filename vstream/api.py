@@ -311,25 +311,28 @@ class Session:
     # ---- questions ----------------------------------------------------------------------------
     def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
                   on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
-                  since: Any = None, until: Any = None) -> Future:
+                  since: Any = None, until: Any = None, parse_time: bool = False) -> Future:
         """Queue a question on the memory as of now; returns a Future[Answer]. Raises ValueError when full."""
         return self.responder.ask(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
-                                  cancel=cancel, wall_range=self.time_range(since, until))
+                                  cancel=cancel, wall_range=self.time_range(since, until, question if parse_time
+                                                                            else None))
 
     def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None, since: Any = None, until: Any = None) -> Answer | Iterator[str]:
+            timeout: float | None = None, since: Any = None, until: Any = None,
+            parse_time: bool = False) -> Answer | Iterator[str]:
         """Answer a question about what has been seen so far (perception keeps running meanwhile).
 
         stream=True returns an iterator of text pieces; the final Answer is then ``session.last_answer``.
         ``since``/``until`` (datetimes, ISO strings, "10m", "yesterday 08:00"; ``vstream.clock.parse_when``):
         answer only from what was recorded in that wall-clock range ("Nothing recorded in that period."
-        without calling the model when nothing was).
+        without calling the model when nothing was). ``parse_time=True``: without since/until, a time the
+        question names ("around 14:05", "in the last ten minutes") sets the range (``vstream.clock.question_range``).
         """
         if not stream:
             return self.ask_async(question, max_new_tokens=max_new_tokens, history=history, since=since,
-                                  until=until).result(timeout)
+                                  until=until, parse_time=parse_time).result(timeout)
         _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history,
-                                     wall_range=self.time_range(since, until))
+                                     wall_range=self.time_range(since, until, question if parse_time else None))
         return pieces
 
     @property
@@ -342,11 +345,16 @@ class Session:
             tz = next((i.tz for i in reversed(self.long_term.store.infos()) if i.tz), None)
         return tz or local_zone()
 
-    def time_range(self, since: Any = None, until: Any = None) -> tuple[float, float] | None:
-        """``since``/``until`` as a wall-clock range in this stream's zone (None when neither is given)."""
-        from vstream.clock import parse_range
+    def time_range(self, since: Any = None, until: Any = None, question: str | None = None
+                   ) -> tuple[float, float] | None:
+        """``since``/``until`` as a wall-clock range in this stream's zone (None when neither is given); without
+        them, the range ``question`` names (when given)."""
+        from vstream.clock import parse_range, question_range
 
-        return parse_range(since, until, tz=self.tz)
+        rng = parse_range(since, until, tz=self.tz)
+        if rng is None and question is not None:
+            rng = question_range(question, tz=self.tz)
+        return rng
 
     def probe(self, text: str) -> float:
         """P("Yes") that ``text`` happened in the latest chunk (one forward step)."""

@@ -106,6 +106,19 @@ def parse_when(value: Any, *, tz: str | None = None, now: Callable[[], float] = 
         return d.timestamp()
     except ValueError:
         pass
+    got = _dateparse(text, zone, now)
+    if got is None:
+        raise ValueError(f"{what}: cannot read {text!r} as a time; give e.g. '2026-03-29T14:05', '10m' "
+                         f"(ten minutes ago) or 'yesterday 08:00'")
+    return got[0]
+
+
+def _dateparse(text: str, zone: str, now: Callable[[], float]) -> tuple[float, bool] | None:
+    """(wall time, relative to now?) of ``text`` read by ``dateparser``, or None when it reads nothing.
+
+    dateparser works on naive wall time: a span relative to now ("10m", "2 hours ago") moves with the base
+    and is taken in absolute seconds (right across a DST change); a time of day or a date is localized in
+    the zone with that day's offset."""
     import dateparser
 
     t_now = now()
@@ -116,17 +129,43 @@ def parse_when(value: Any, *, tz: str | None = None, now: Callable[[], float] = 
 
     d = parse(base)
     if d is None:
-        raise ValueError(f"{what}: cannot read {text!r} as a time; give e.g. '2026-03-29T14:05', '10m' "
-                         f"(ten minutes ago) or 'yesterday 08:00'")
+        return None
     if d.tzinfo is not None:  # the text named its own zone or offset
-        return d.timestamp()
-    # dateparser works on naive wall time: a span relative to now ("10m", "2 hours ago") moves with the base
-    # and is taken in absolute seconds (right across a DST change); a time of day or a date is localized in
-    # the zone with that day's offset
+        return d.timestamp(), False
     later = parse(base + dt.timedelta(hours=1))
     if later is not None and later.tzinfo is None and later - d == dt.timedelta(hours=1):
-        return t_now - (base - d).total_seconds()
-    return d.replace(tzinfo=ZoneInfo(zone)).timestamp()
+        return t_now - (base - d).total_seconds(), True
+    return d.replace(tzinfo=ZoneInfo(zone)).timestamp(), False
+
+
+#: "around 14:05" in a question: this many seconds either side
+AROUND_S = 300.0
+
+
+def question_range(question: str, *, tz: str | None = None, now: Callable[[], float] = time.time
+                   ) -> tuple[float, float] | None:
+    """The wall-clock range a question names, found by ``dateparser.search.search_dates`` (``parse_time=True``).
+
+    A span of less than a day back from now ("in the last ten minutes", "2 hours ago") gives ``[then, now)``;
+    a time of day ("around 14:05", "at 14:05") gives ``[t - 5 min, t + 5 min)``. Other expressions (a bare day
+    name, numbers that only look like dates) are ignored; None when the question names no usable time. Give
+    ``since``/``until`` for anything else ("yesterday between 8 and 9")."""
+    from dateparser.search import search_dates
+
+    zone = check_zone(tz)
+    base = dt.datetime.fromtimestamp(now(), tz=ZoneInfo(zone)).replace(tzinfo=None)
+    found = search_dates(question, languages=["en"],
+                         settings={"PREFER_DATES_FROM": "past", "RELATIVE_BASE": base}) or []
+    for text, _ in found:
+        got = _dateparse(text, zone, now)
+        if got is None:
+            continue
+        wall, relative = got
+        if relative and 0 < now() - wall < 86400.0:  # a day word alone ("yesterday") names no span
+            return wall, now()
+        if not relative and ":" in text:  # a time of day
+            return wall - AROUND_S, wall + AROUND_S
+    return None
 
 
 def parse_range(since: Any = None, until: Any = None, *, tz: str | None = None,

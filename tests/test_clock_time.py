@@ -445,3 +445,23 @@ def test_http_ask_and_search_pass_the_range(fleet):
 def test_clock_text_is_the_zone_reference():
     for w in (T0, T0 + 3, T0 + GAP, 1782907503.0):
         assert clock_text(w, BERLIN) == berlin(w)
+
+
+def test_fleet_live_stream_readded_on_its_memory_continues_after_it(tmp_path):
+    from memory.store import LongTermStore
+    from vstream.fleet.core import Fleet
+
+    mem = tmp_path / "gate.vmem"
+    with Fleet(agent()) as f:
+        for run, (t_off, seed) in enumerate(((0.0, 3), (3600.0, 4))):
+            push = PushSource(tz=BERLIN, name="gate-cam")
+            times = [t / 2 for t in range(6)]  # 3 s
+            push_frames(push, times, [T0 + t_off + t for t in times], seed=seed)
+            push.end()
+            s = f.add("gate", push, memory_dir=mem)
+            assert s.wait_chunks(3, timeout=120)
+            f.remove("gate")
+    with LongTermStore.open(mem, read_only=True) as st:
+        got = sorted((i.start_s, i.wall_s) for i in st.infos())
+    # the second run's chunks are stored after the first's (not dropped as repeats), an hour later on the clock
+    assert got == [(0.0, T0), (1.0, T0 + 1), (2.0, T0 + 2), (3.0, T0 + 3600), (4.0, T0 + 3601), (5.0, T0 + 3602)]

@@ -117,6 +117,7 @@ class Fleet:
             ocr = self._shared_ocr().read if cfg.memory.ocr else None
             eng = Engine(self.adapter, cfg, lt, ocr=ocr)
             eng.start()
+            src = _continue_live(src, eng, lt)
         except BaseException:
             if lt is not None:
                 lt.close()
@@ -417,6 +418,22 @@ class Fleet:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _continue_live(src: Any, eng, lt) -> Any:
+    """A live source added on a memory directory that holds entries continues stream time after them (new
+    content: chunks at the stored times would be taken for stored ones); files and synthetic sources replay."""
+    if lt is None or len(lt) == 0:
+        return src
+    from vstream.session.memory_dir import ShiftedSource, source_identity
+
+    if source_identity(src).get("kind") != "stream":
+        return src
+    offset = lt.latest_end_s()
+    eng.resume_at(offset)
+    logger.info("fleet: live source %s continues after the %d stored entries (from %.1f s)",
+                getattr(src, "name", src), len(lt), offset)
+    return ShiftedSource(src, offset)
 
 
 def _condition(c, cfg: AgentConfig) -> tuple[str, float, float]:

@@ -132,6 +132,7 @@ def test_parse_when_forms_and_bad_inputs():
     assert parse_when(dt.datetime(2026, 3, 29, 1, 59, 57), tz=BERLIN) == T0  # CET
     assert parse_when("yesterday 08:00", tz=BERLIN, now=now) == dt.datetime(
         2026, 3, 28, 8, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()
+    assert parse_when("1774745998.5", tz=BERLIN) == 1774745998.5  # a number in a string: epoch seconds
     assert parse_range(None, None) is None
     assert parse_range("2026-03-29T03:00:00", None, tz=BERLIN) == (T0 + 3, math.inf)
     for since, until, words in (("2026-03-29T04:00", "2026-03-29T03:00", "not before until"),
@@ -421,8 +422,8 @@ def test_http_ask_and_search_pass_the_range(fleet):
     http._STATE.update(fleet=fleet, token=None)
     try:
         c = TestClient(http.app)
-        empty = c.post("/v1/streams/gate/ask", json={"question": "q", "since": T0 + 7, "until": T0 + 60,
-                                                     "history": False})
+        empty = c.post(f"/v1/streams/gate/ask?since={T0 + 7}&until={T0 + 60}", json={"question": "q",
+                                                                                    "history": False})
         assert empty.status_code == 200 and empty.json()["text"] == NOTHING_RECORDED
         iso = lambda w: dt.datetime.fromtimestamp(w, tz=ZoneInfo(BERLIN)).isoformat()  # noqa: E731
         r = c.post("/v1/streams/gate/ask?since=" + iso(T0 + 1).replace("+", "%2B"),

@@ -99,6 +99,8 @@ def parse_when(value: Any, *, tz: str | None = None, now: Callable[[], float] = 
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what}: {value!r} is not a time; give e.g. '2026-03-29T14:05', '10m' or 'yesterday 08:00'")
     text = value.strip()
+    if text.replace(".", "", 1).lstrip("+-").isdigit():  # a plain number (e.g. an HTTP query field): epoch seconds
+        return float(text)
     try:  # ISO 8601 first: exact, and independent of the parser's guesses
         d = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         if d.tzinfo is None:

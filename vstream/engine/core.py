@@ -30,9 +30,10 @@ from vstream.config import AgentConfig
 from vstream.engine.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
 from vstream.sources.frames import resize_max_side
-from vstream.engine.evidence import evidence_source, speech_evidence, wall_fields as _wall, window_evidence
+from vstream.engine.evidence import (evidence_source, long_term_evidence, recorded_in,  # noqa: F401
+                                     speech_evidence, wall_at, window_evidence)
 from vstream.engine.tokendrop import drop_chunk_tokens, token_drop_for
-from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
+from vstream.types import Answer, ChunkReport, CommentaryItem
 
 logger = logging.getLogger(__name__)
 
@@ -158,12 +159,7 @@ class Engine:
 
     def wall_of(self, start_s: float | None, end_s: float | None) -> dict:
         """``wall_s``/``wall_end_s``/``tz`` of stream times, from the last chunk's clock ({} without one)."""
-        ref = self._clock_ref
-        if ref is None or start_s is None:
-            return {}
-        t0, w0, tz = ref
-        end = start_s if end_s is None else end_s
-        return {"wall_s": w0 + (start_s - t0), "wall_end_s": w0 + (end - t0), "tz": tz}
+        return wall_at(self._clock_ref, start_s, end_s)
 
     @_writes
     @_on_stream("perception")
@@ -447,13 +443,6 @@ class Engine:
             logits = prefill(a, cache, q_tokens, pos)
         return cache, pos + q_tokens.span, logits, list(retrieved), qmeans
 
-    def in_range(self, snap: Snapshot, wall_range: tuple[float, float] | None) -> int:
-        """Live segments plus stored entries whose wall-clock span overlaps ``wall_range`` (no model call)."""
-        n = sum(1 for s in snap.live if (s.kind == VISION or s.source) and wall_overlaps(s, wall_range))
-        if self.long_term is not None:
-            n += self.long_term.count_in_range(wall_range)
-        return n
-
     @_on_stream("answer")
     def answer(self, question: str, snap: Snapshot, *, max_new_tokens: int | None = None,
                on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
@@ -465,7 +454,7 @@ class Engine:
         """
         a = self.adapter
         t0 = time.perf_counter()
-        if wall_range is not None and self.in_range(snap, wall_range) == 0:
+        if wall_range is not None and recorded_in(snap.live, self.long_term, wall_range) == 0:
             if on_piece is not None:
                 on_piece(NOTHING_RECORDED)
             return Answer(question=question, text=NOTHING_RECORDED, asked_at_s=snap.stream_time_s,
@@ -486,26 +475,16 @@ class Engine:
                                   on_token=on_token, cancel=cancel, generator=self._generator)
         latency = time.perf_counter() - t0
         text = a.decode(res.token_ids).strip()
-        evidence = [Evidence(start_s=r.segment.start_s, end_s=r.segment.end_s, score=float(r.score),
-                             tier="long_term", entry_id=r.entry_id, thumbnail=r.segment.thumbnail,
-                             source=evidence_source(r.segment), text=r.segment.text, **_wall(r.segment))
-                    for r in retrieved]
+        evidence = long_term_evidence(retrieved)
         live = [s for s in snap.live if wall_overlaps(s, wall_range)]
-        evidence += self._window_evidence([s for s in live if s.kind == VISION], qmeans)
-        evidence += self._speech_evidence(question, [s for s in live if s.source == "speech"])
+        evidence += window_evidence([s for s in live if s.kind == VISION], qmeans)
+        embedder = getattr(getattr(self.long_term, "index", None), "embedder", None)
+        evidence += speech_evidence(embedder, question, [s for s in live if s.source == "speech"])
         return Answer(question=question, text=text, asked_at_s=snap.stream_time_s, memory_s=snap.stream_time_s,
                       evidence=evidence,
                       ttft_s=ttft[0] if ttft else latency, latency_s=latency, tokens=len(res.token_ids),
                       token_ids=[int(t) for t in res.token_ids],
                       cancelled=res.stopped == "cancelled")
-
-    def _window_evidence(self, live_vision: Sequence[Segment], qmeans: torch.Tensor | None, top: int = 3
-                         ) -> list[Evidence]:
-        return window_evidence(live_vision, qmeans, top)
-
-    def _speech_evidence(self, question: str, speech: Sequence[Segment], top: int = 2) -> list[Evidence]:
-        return speech_evidence(getattr(getattr(self.long_term, "index", None), "embedder", None), question, speech,
-                               top)
 
     @_on_stream("answer")
     def probe(self, text: str, snap: Snapshot) -> float:

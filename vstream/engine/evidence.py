@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from memory.index import pool_layers
+from memory.longterm import wall_overlaps
 from memory.segment import VISION, Segment
 from vstream.types import Evidence
 
@@ -29,6 +30,30 @@ def wall_fields(seg) -> dict:
     if w is None or w != w:  # None or NaN
         return {}
     return {"wall_s": float(w), "wall_end_s": getattr(seg, "wall_end_s", None), "tz": getattr(seg, "tz", "") or ""}
+
+
+def wall_at(ref: tuple[float, float, str] | None, start_s: float | None, end_s: float | None) -> dict:
+    """``wall_s``/``wall_end_s``/``tz`` of stream times ``[start_s, end_s]`` from a clock reference ``ref`` =
+    (stream s, wall s, tz) of a chunk start ({} without a reference)."""
+    if ref is None or start_s is None:
+        return {}
+    t0, w0, tz = ref
+    end = start_s if end_s is None else end_s
+    return {"wall_s": w0 + (start_s - t0), "wall_end_s": w0 + (end - t0), "tz": tz}
+
+
+def recorded_in(live: Sequence[Segment], long_term, wall_range: tuple[float, float] | None) -> int:
+    """Live chunks (and tagged text) plus stored entries whose wall-clock span overlaps ``wall_range``: what
+    a time-range question can be answered from (no model call)."""
+    n = sum(1 for s in live if (s.kind == VISION or s.source) and wall_overlaps(s, wall_range))
+    return n + (long_term.count_in_range(wall_range) if long_term is not None else 0)
+
+
+def long_term_evidence(retrieved) -> list[Evidence]:
+    """Evidence of the retrieved long-term entries (``memory.types.Retrieved``), in their order."""
+    return [Evidence(start_s=r.segment.start_s, end_s=r.segment.end_s, score=float(r.score), tier="long_term",
+                     entry_id=r.entry_id, thumbnail=r.segment.thumbnail, source=evidence_source(r.segment),
+                     text=r.segment.text, **wall_fields(r.segment)) for r in retrieved]
 
 
 def window_evidence(live_vision: Sequence[Segment], qmeans: torch.Tensor | None, top: int = 3) -> list[Evidence]:

@@ -14,7 +14,7 @@ import torch
 
 from memory.longterm import wall_overlaps
 from memory.segment import VISION
-from vstream.engine.evidence import evidence_source, wall_fields
+from vstream.engine.evidence import evidence_source, wall_fields, window_evidence
 from vstream.types import Evidence
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def stream_evidence(engine, question: str, k: int, wall_range: tuple[float, floa
         if index is not None and len(lt) and index.use_internal:
             out += [e for e in (_long_term(lt, i, sc, wall_range) for i, sc in index.search(query_means=qmeans, k=n))
                     if e]
-        out += engine._window_evidence(live, qmeans, top=k)
+        out += window_evidence(live, qmeans, top=k)
     out = [e for e in out if np.isfinite(e.score)]
     out.sort(key=lambda e: -e.score)
     return out[:k]

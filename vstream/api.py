@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import psutil
 
 from vstream.session.alerts import Alerts, Notifier
@@ -17,7 +14,9 @@ from vstream.config import AgentConfig, MemoryConfig, from_name
 from vstream.engine.core import Engine
 from vstream.models.base import ModelAdapter
 from vstream.session.pipeline import Pipeline
-from vstream.session.responder import Responder, stream_answer
+from vstream.session.asking import Asking
+from vstream.session.responder import Responder
+from vstream.session.stats import stream_stats
 from vstream.types import Alert, Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -46,10 +45,6 @@ def transcript(directory: str | Path) -> list:
     from vstream.session.recall import transcript as _transcript
 
     return _transcript(directory)
-
-
-def _percentile(xs, q: float) -> float | None:
-    return float(np.percentile(np.asarray(xs, dtype=float), q)) if len(xs) else None
 
 
 def _open_long_term(adapter: ModelAdapter, mc: MemoryConfig, memory_dir: str | Path | None, load_existing: bool):
@@ -151,7 +146,7 @@ class Agent:
         return Session(self, self.config, None, background=False, memory_dir=directory, load_existing=True)
 
 
-class Session:
+class Session(Asking):
     """One stream being watched: perception in the background, answers on snapshots.
 
     A facade over its parts: the Pipeline (reader thread, backlog, end of stream), the Engine (model
@@ -309,32 +304,6 @@ class Session:
         return self.pipeline.wait_chunks(n, timeout)
 
     # ---- questions ----------------------------------------------------------------------------
-    def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
-                  since: Any = None, until: Any = None, parse_time: bool = False) -> Future:
-        """Queue a question on the memory as of now; returns a Future[Answer]. Raises ValueError when full."""
-        return self.responder.ask(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
-                                  cancel=cancel, wall_range=self.time_range(since, until, question if parse_time
-                                                                            else None))
-
-    def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None, since: Any = None, until: Any = None,
-            parse_time: bool = False) -> Answer | Iterator[str]:
-        """Answer a question about what has been seen so far (perception keeps running meanwhile).
-
-        stream=True returns an iterator of text pieces; the final Answer is then ``session.last_answer``.
-        ``since``/``until`` (datetimes, ISO strings, "10m", "yesterday 08:00"; ``vstream.clock.parse_when``):
-        answer only from what was recorded in that wall-clock range ("Nothing recorded in that period."
-        without calling the model when nothing was). ``parse_time=True``: without since/until, a time the
-        question names ("around 14:05", "in the last ten minutes") sets the range (``vstream.clock.question_range``).
-        """
-        if not stream:
-            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history, since=since,
-                                  until=until, parse_time=parse_time).result(timeout)
-        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history,
-                                     wall_range=self.time_range(since, until, question if parse_time else None))
-        return pieces
-
     @property
     def tz(self) -> str:
         """The time zone of this stream's clock (the source's, else the stored entries', else this machine's)."""
@@ -344,17 +313,6 @@ class Session:
         if not tz and self.long_term is not None:
             tz = next((i.tz for i in reversed(self.long_term.store.infos()) if i.tz), None)
         return tz or local_zone()
-
-    def time_range(self, since: Any = None, until: Any = None, question: str | None = None
-                   ) -> tuple[float, float] | None:
-        """``since``/``until`` as a wall-clock range in this stream's zone (None when neither is given); without
-        them, the range ``question`` names (when given)."""
-        from vstream.clock import parse_range, question_range
-
-        rng = parse_range(since, until, tz=self.tz)
-        if rng is None and question is not None:
-            rng = question_range(question, tz=self.tz)
-        return rng
 
     def probe(self, text: str) -> float:
         """P("Yes") that ``text`` happened in the latest chunk (one forward step)."""
@@ -377,31 +335,11 @@ class Session:
     # ---- state --------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Frames in / kept / dropped, latencies, tokens/s and memory bytes per tier."""
-        lat = [r.latency_s for r in list(self.reports)]  # copy: perception appends concurrently
-        eng, pipe, resp, lt = self.engine, self.pipeline, self.responder, self.long_term
         return {
-            "stream_time_s": eng.stream_time_s,
-            **pipe.frame_counts(),  # frames_in, frames_kept, frames_dropped
-            "chunks": eng.chunks_ingested,
-            "chunks_dropped": pipe.chunks_dropped,
-            "chunk_latency_p50": _percentile(lat, 50),
-            "chunk_latency_p95": _percentile(lat, 95),
-            "chunk_latency_p99": _percentile(lat, 99),
-            "ttft_p50": _percentile(resp.ttfts, 50),
-            "ttft_p95": _percentile(resp.ttfts, 95),
-            "tokens_per_s": resp.tokens_per_s,
-            "context_tokens": eng.context_tokens,
-            "visual_tokens_kept": eng.visual_tokens_kept,
-            "visual_tokens_dropped": eng.visual_tokens_dropped,
-            "queries_pending": resp.pending,
-            "queries_answered": resp.answered,
-            "queries_rejected": resp.rejected,
-            "memory_bytes": {"device": eng.device_bytes(), "ram": lt.ram_bytes() if lt else 0,
-                             "disk": lt.disk_bytes() if lt else 0},
-            "long_term_entries": len(lt) if lt else 0,
+            **stream_stats(self.engine, self.pipeline, self.responder, self.long_term, self.reports),
             "process_rss_bytes": psutil.Process().memory_info().rss,
-            "ended": pipe.ended,
-            "error": pipe.error,
+            "ended": self.pipeline.ended,
+            "error": self.pipeline.error,
             "asr": self.speech.stats() if self.speech is not None else None,  # rtf, dropped_s, segments...
             # a live stream's outages: {"at_s", "duration_s", "reason"} each, and the reconnects that ended them
             "gaps": [{**g, "at_s": round(g["at_s"] + self.time_offset_s, 3)}

@@ -72,6 +72,11 @@ def iso(wall: float | None, tz: str | None) -> str | None:
     return to_datetime(wall, tz).isoformat(timespec="milliseconds")
 
 
+def time_marker(start_s: float, end_s: float) -> str:
+    """The chunk marker in stream time, e.g. ``"Time=12.0-13.0s"`` (one decimal)."""
+    return f"Time={start_s:.1f}-{end_s:.1f}s"
+
+
 def clock_marker(wall_start: float, wall_end: float, tz: str | None) -> str:
     """The chunk marker in clock form, e.g. ``"Time=14:05:03-14:05:04"`` (the camera's zone)."""
     return f"Time={clock_text(wall_start, tz)}-{clock_text(wall_end, tz)}"

@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(sub)
     add_fleet_parser(sub)
     add_serve_parser(sub)
-    add_eval_parser(sub)
+    add_eval_parser(sub, agent_from_args)
     return ap
 
 

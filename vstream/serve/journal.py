@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from memory.journal import fsync_dir, write_all
 from vstream.fleet.events import EventLog
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._n = 0
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def put(self, event: dict) -> dict:
         """Give ``event`` its id, write it durably, return the stamped copy (the fleet's ``seq`` is dropped)."""
@@ -56,9 +57,7 @@ class Outbox:
             ev["id"] = f"{self.stream_id}:{self.epoch}:{self._n}"
             self._n += 1
             line = (json.dumps(ev, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._fd, view):]
+            write_all(self._fd, line)
             os.fsync(self._fd)
             return ev
 
@@ -132,11 +131,3 @@ class Journal:
 
     def close(self) -> None:
         self.log.close()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -65,11 +65,20 @@ class Minute:
 
 
 def _alerts(events: str | Path | None, stream: str | None) -> list[dict]:
+    """The alert lines (of ``stream``, default all) of a fleet event log (JSON lines; a torn last line and
+    undecodable lines are skipped)."""
     if events is None:
         return []
-    from vstream.fleet.events import EventLog
-
-    return [e for e in EventLog.read(events) if e.get("type") == "alert" and (stream is None or e.get("stream") == stream)]
+    out = []
+    with open(events, "rb") as f:
+        for raw in f:
+            try:
+                e = json.loads(raw) if raw.endswith(b"\n") else None
+            except json.JSONDecodeError:
+                e = None
+            if isinstance(e, dict) and e.get("type") == "alert" and (stream is None or e.get("stream") == stream):
+                out.append(e)
+    return out
 
 
 def timeline(directory: str | Path, since: Any = None, until: Any = None, *, tz: str | None = None,

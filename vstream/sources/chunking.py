@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from vstream.clock import clock_marker
+from vstream.clock import clock_marker, time_marker  # noqa: F401 - time_marker: re-exported
 from vstream.sources.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -87,11 +87,6 @@ class Sampler:
         """The counters as a dict."""
         return {"frames_in": self.frames_in, "frames_kept": self.frames_kept,
                 "frames_skipped": self.frames_skipped, "frames_dropped": self.frames_dropped}
-
-
-def time_marker(start_s: float, end_s: float) -> str:
-    """The chunk's text marker, e.g. ``"Time=12.0-13.0s"`` (one decimal)."""
-    return f"Time={start_s:.1f}-{end_s:.1f}s"
 
 
 @dataclass

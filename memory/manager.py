@@ -287,7 +287,7 @@ class MemoryManager:
         Every kept segment is placed (rotated) anew; the previous-text block is left out (its text is from
         other times). Returns the cache and the next free position.
         """
-        ordered = sorted(retrieved, key=lambda s: (s.start_s if s.start_s is not None else -1.0))
+        ordered = sorted(retrieved, key=lambda s: -1.0 if s.start_s is None else s.start_s)  # chronological
         segs = list(snap.sinks) + ordered + [s for s in snap.live if keep(s)]
         keys, values, pos = place(segs, self.rotate)
         return fill_cache(self.new_cache(), keys, values), pos

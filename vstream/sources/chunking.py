@@ -185,7 +185,7 @@ class Chunker:
             elif k < cur_k:
                 logger.debug("frame at t=%.3f is before the current chunk; kept in chunk %d", frame.t, index)
             if not rgbs:
-                wall0 = frame.wall
+                wall0 = getattr(frame, "wall", None)
             rgbs.append(frame.rgb)
             ts.append(frame.t)
         if rgbs:

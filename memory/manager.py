@@ -278,3 +278,16 @@ class MemoryManager:
         values = tuple(torch.cat([v[:, :, :n_head], rv, v[:, :, n_head:]], dim=-2)
                        for v, rv in zip(snap.values, r_values))
         return fill_cache(self.new_cache(), keys, values), snap.next_pos
+
+    def assemble_only(self, snap: Snapshot, retrieved: Sequence[Segment], keep: Callable[[Segment], bool]
+                      ) -> tuple[DynamicCache, int]:
+        """A fresh cache of the sinks, the retrieved entries (chronological) and the live segments ``keep``
+        accepts, at contiguous positions from 0 (a question about a time range: nothing else is seen).
+
+        Every kept segment is placed (rotated) anew; the previous-text block is left out (its text is from
+        other times). Returns the cache and the next free position.
+        """
+        ordered = sorted(retrieved, key=lambda s: -1.0 if s.start_s is None else s.start_s)  # chronological
+        segs = list(snap.sinks) + ordered + [s for s in snap.live if keep(s)]
+        keys, values, pos = place(segs, self.rotate)
+        return fill_cache(self.new_cache(), keys, values), pos

@@ -39,6 +39,9 @@ class Segment:
     thumbnail: bytes | None = None  # small JPEG of a keyframe
     chunk_index: int | None = None
     source: str = ""  # text: where it came from ("speech": recognised audio, kept in long-term on eviction)
+    wall_s: float | None = None  # wall-clock time (UTC epoch seconds) at start_s, when the source knows it
+    wall_end_s: float | None = None  # ... at end_s
+    tz: str = ""  # the source's IANA time-zone name (with wall_s)
     seg_id: int = field(default_factory=next_segment_id)
 
     def __post_init__(self) -> None:
@@ -72,4 +75,5 @@ class Segment:
         return Segment(kind=self.kind, keys=keys, values=values, rel_pos=self.rel_pos.to(device),
                        start_s=self.start_s, end_s=self.end_s, text=self.text, token_ids=self.token_ids,
                        key_summary=self.key_summary, thumbnail=self.thumbnail, chunk_index=self.chunk_index,
-                       source=self.source, seg_id=self.seg_id)
+                       source=self.source, wall_s=self.wall_s, wall_end_s=self.wall_end_s, tz=self.tz,
+                       seg_id=self.seg_id)

@@ -246,7 +246,7 @@ class LongTermStore(RetentionMixin):
         with self._write_lock:
             self._check_open()
             eid = self._next_id
-            version = fmt.entry_format_version(self.quantize, seg.kind)
+            version = fmt.entry_format_version(self.quantize, seg.kind, seg.wall_s is not None)
             blob = safetensors.torch.save(tensors, metadata={"entry_id": str(eid), "quant": self.quantize,
                                                              "format_version": str(version)})
             if self.meta.format_version < version:

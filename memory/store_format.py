@@ -14,6 +14,8 @@ refuses a newer one with one line):
     1   vision entries only; K/V as is or int8 / int4 / k4v2
     2   entries may also be text (``kind="text"``): a format-1 reader would take them for video chunks
     3   the k2v1.58 cold tier (mixed 2/1-bit keys, ternary values packed five per byte)
+    4   entries may carry wall-clock time (``wall_s``, ``wall_end_s``, ``tz`` on their journal line): a
+        format-3 reader would drop it silently and lose when they were recorded
 
 A store is written with the lowest version its content needs (``format_version_for``, ``entry_format_version``)
 and upgraded in place (``upgrade_config``: a crash-safe rewrite of the config) before the first entry that
@@ -28,7 +30,7 @@ from memory import quant
 from memory.fsops import FileOps
 from memory.journal import atomic_write
 from memory.segment import VISION
-from memory.types import TEXT_FORMAT_VERSION, StoreMeta
+from memory.types import CLOCK_FORMAT_VERSION, TEXT_FORMAT_VERSION, StoreMeta
 
 CONFIG_NAME = "config.json"
 JOURNAL_NAME = "journal.jsonl"
@@ -63,8 +65,11 @@ def format_version_for(quantize: str) -> int:
     return QUANT_VERSION.get(quantize, 1)
 
 
-def entry_format_version(quantize: str, kind: str) -> int:
-    """The lowest format version that can hold one entry of ``kind`` stored in cold tier ``quantize``."""
+def entry_format_version(quantize: str, kind: str, clocked: bool = False) -> int:
+    """The lowest format version that can hold one entry of ``kind`` stored in cold tier ``quantize``
+    (``clocked``: the entry carries wall-clock time)."""
+    if clocked:
+        return max(CLOCK_FORMAT_VERSION, entry_format_version(quantize, kind))
     return max(format_version_for(quantize), TEXT_FORMAT_VERSION if kind != VISION else 1)
 
 

@@ -71,6 +71,7 @@ def entry_line(e: StoredEntry) -> bytes:
         "sha256": e.sha256, "size": e.size, "quant": e.quant, "chunk_index": e.chunk_index,
         "thumb": base64.b64encode(i.thumbnail).decode("ascii") if i.thumbnail is not None else None,
         **({"source": i.source} if i.source else {}),
+        **({"wall_s": i.wall_s, "wall_end_s": i.wall_end_s, "tz": i.tz} if i.wall_s is not None else {}),
     })
 
 
@@ -86,7 +87,10 @@ def entry_from_line(d: dict) -> StoredEntry:
     info = EntryInfo(entry_id=int(d["id"]), start_s=float(d["start_s"]), end_s=float(d["end_s"]),
                      n_tokens=int(d["n_tokens"]), span=int(d["span"]), text=str(d.get("text", "")),
                      thumbnail=base64.b64decode(thumb) if thumb is not None else None, nbytes=int(d["nbytes"]),
-                     kind=kind, source=str(d.get("source", "")))
+                     kind=kind, source=str(d.get("source", "")),
+                     wall_s=None if d.get("wall_s") is None else float(d["wall_s"]),
+                     wall_end_s=None if d.get("wall_end_s") is None else float(d["wall_end_s"]),
+                     tz=str(d.get("tz") or ""))
     return StoredEntry(info, kind=kind, file=file, sha256=str(d["sha256"]), size=int(d["size"]),
                        quant=str(d.get("quant", "none")),
                        chunk_index=None if d.get("chunk_index") is None else int(d["chunk_index"]))
@@ -97,7 +101,9 @@ def new_entry(entry_id: int, seg: Segment, blob: bytes, kv_bytes: int, quantize:
     info = EntryInfo(entry_id=entry_id, start_s=float("nan") if seg.start_s is None else float(seg.start_s),
                      end_s=float("nan") if seg.end_s is None else float(seg.end_s), n_tokens=seg.n_tokens,
                      span=seg.span, text=seg.text or "", thumbnail=seg.thumbnail, nbytes=kv_bytes, kind=seg.kind,
-                     source=seg.source)
+                     source=seg.source, wall_s=None if seg.wall_s is None else float(seg.wall_s),
+                     wall_end_s=None if seg.wall_end_s is None else float(seg.wall_end_s),
+                     tz=seg.tz if seg.wall_s is not None else "")
     return StoredEntry(info, kind=seg.kind, file=f"{SEGMENT_DIR}/{entry_id:08d}.safetensors",
                        sha256=hashlib.sha256(blob).hexdigest(), size=len(blob), quant=quantize,
                        chunk_index=seg.chunk_index)
@@ -172,7 +178,7 @@ def decode_segment(e: StoredEntry, tensors: Tensors, num_layers: int, device: to
                    values=tuple(layer("v", i) for i in range(num_layers)), rel_pos=tensors["rel_pos"].to(device),
                    start_s=e.info.start_s, end_s=e.info.end_s, text=e.info.text,
                    key_summary=tensors.get("key_summary"), thumbnail=e.info.thumbnail, chunk_index=e.chunk_index,
-                   source=e.info.source)
+                   source=e.info.source, wall_s=e.info.wall_s, wall_end_s=e.info.wall_end_s, tz=e.info.tz)
 
 
 def read_segment(directory: Path, e: StoredEntry) -> Tensors:

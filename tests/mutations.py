@@ -38,6 +38,7 @@ STORE = "tests/test_store.py"
 CAUSAL = "tests/test_causality.py"
 RESP = "tests/test_responder.py"
 LT = "tests/test_longterm_engine.py"
+CLOCK = "tests/test_clock_time.py"
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,31 @@ MUTANTS: list[Mutant] = [
       "        if i == n - 1 and not feed_last:",
       "        if i == n - 1:",
       "the last word of a commentary turn is never fed into the cache", TEXT_EQ, COMMENT),
+    # ---- clock time (issue 24) ----------------------------------------------------------------------------
+    M("clock-entry-keeps-old-format", "memory/store_format.py",
+      "    if clocked:",
+      "    if False:",
+      "a store holding wall-clock times stays at format 1-3: an older reader drops the times silently", CLOCK),
+    M("range-half-closed", "memory/longterm.py",
+      "    return (lo <= a < hi) if b <= a else (a < hi and b > lo)",
+      "    return (lo <= a < hi) if b <= a else (a <= hi and b >= lo)",
+      "an entry that only touches a range's end (ends at since, starts at until) is taken as inside it", CLOCK),
+    M("window-not-range-limited", "vstream/engine/core.py",
+      "                                                   lambda s: wall_overlaps(s, wall_range))",
+      "                                                   lambda s: True)",
+      "a time-range question still sees the whole live window", CLOCK),
+    M("empty-range-calls-model", "vstream/engine/core.py",
+      "        if wall_range is not None and recorded_in(snap.live, self.long_term, wall_range) == 0:",
+      "        if False:",
+      "an empty time range runs the model instead of answering 'nothing recorded'", CLOCK),
+    M("chunk-wall-not-moved-to-start", "vstream/sources/chunking.py",
+      "        wall = None if wall0 is None else wall0 - (ts[0] - start)  # the first frame's wall time, at the chunk start",
+      "        wall = wall0",
+      "a chunk's clock time is its first frame's, not its start's", CLOCK),
+    M("text-wall-from-wrong-ref", "vstream/engine/evidence.py",
+      "    return {\"wall_s\": w0 + (start_s - t0), \"wall_end_s\": w0 + (end - t0), \"tz\": tz}",
+      "    return {\"wall_s\": w0, \"wall_end_s\": w0 + (end - start_s), \"tz\": tz}",
+      "text and vision entries get the wall time of the last chunk's start instead of their own", CLOCK),
 ]
 
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "bench_out", ".whl", ".gl"}

@@ -24,18 +24,20 @@ logger = logging.getLogger(__name__)
 __all__ = ["Agent", "Session", "Answer", "Evidence", "CommentaryItem", "Alert", "search", "export", "transcript"]
 
 
-def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None) -> list:
+def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None,
+           since: Any = None, until: Any = None, tz: str | None = None) -> list:
     """Moments of a memory directory matching ``query`` (no VLM, read-only): ``vstream.session.recall.search``."""
     from vstream.session.recall import search as _search
 
-    return _search(directory, query, top=top, thumbs_dir=thumbs_dir)
+    return _search(directory, query, top=top, thumbs_dir=thumbs_dir, since=since, until=until, tz=tz)
 
 
-def export(directory: str | Path, fmt: str = "srt") -> str:
+def export(directory: str | Path, fmt: str = "srt", *, since: Any = None, until: Any = None,
+           tz: str | None = None) -> str:
     """The transcript of a memory directory as ``srt``, ``vtt`` or ``json`` text: ``vstream.session.recall.export``."""
     from vstream.session.recall import export as _export
 
-    return _export(directory, fmt)
+    return _export(directory, fmt, since=since, until=until, tz=tz)
 
 
 def transcript(directory: str | Path) -> list:
@@ -96,7 +98,8 @@ class Agent:
               chunk_seconds: float | None = None, memory_dir: str | Path | None = None, commentary: bool = False,
               previous_text: str = "", start_s: float = 0.0, end_s: float | None = None,
               commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False,
-              memory_append: bool = False, asr: bool | None = None, audio: Any = None) -> "Session":
+              memory_append: bool = False, asr: bool | None = None, audio: Any = None,
+              start_at: Any = None, tz: str | None = None) -> "Session":
         """Open a session on ``source`` (path, URL, device, "synthetic:...", or a VideoSource).
 
         asr: recognise the audio track into memory (default: ``memory.asr``); ``audio``: AudioBlocks to use
@@ -105,6 +108,8 @@ class Agent:
 
         ``memory_dir`` that already holds entries: resumed when it holds this source, else refused unless
         ``memory_append`` (then this stream's times start after the stored ones; ``vstream.session.memory_dir``).
+        ``start_at`` (files): the wall-clock time the recording began (ISO 8601), so that entries carry clock
+        time; ``tz``: the camera's time zone (IANA name; default this machine's).
         """
         from vstream.sources import open_source
 
@@ -121,7 +126,17 @@ class Agent:
         if changes:
             cfg = cfg.replace(**changes).validate()
         kw: dict[str, Any] = {"start_s": start_s, "end_s": end_s} if (start_s or end_s is not None) else {}
+        if tz is not None:
+            from vstream.clock import check_zone
+
+            check_zone(tz)
         src = open_source(source, **kw)
+        if start_at is not None:
+            from vstream.sources.clocked import ClockedSource
+
+            src = ClockedSource(src, start_at, tz)
+        elif tz is not None and hasattr(src, "tz"):
+            src.tz = tz
         return Session(self, cfg, src, background=background, memory_dir=memory_dir, commentary=commentary,
                        previous_text=previous_text, commentary_replay=commentary_replay, progress=progress,
                        memory_append=memory_append, audio=audio, window=(start_s, end_s))
@@ -236,7 +251,7 @@ class Session(Asking):
                 self.commentary_items.append(item)
                 for cb in list(self._commentary_cbs):
                     cb(item)
-        self.alerts.check(chunk.end_s)
+        self.alerts.check(chunk.end_s, getattr(chunk, "wall_end_s", None))
 
     # ---- driving the stream -------------------------------------------------------------------
     @property
@@ -289,6 +304,16 @@ class Session(Asking):
         return self.pipeline.wait_chunks(n, timeout)
 
     # ---- questions ----------------------------------------------------------------------------
+    @property
+    def tz(self) -> str:
+        """The time zone of this stream's clock (the source's, else the stored entries', else this machine's)."""
+        from vstream.clock import local_zone
+
+        tz = getattr(self.source, "tz", None)
+        if not tz and self.long_term is not None:
+            tz = next((i.tz for i in reversed(self.long_term.store.infos()) if i.tz), None)
+        return tz or local_zone()
+
     def probe(self, text: str) -> float:
         """P("Yes") that ``text`` happened in the latest chunk (one forward step)."""
         return self.engine.probe(text, self.engine.snapshot())

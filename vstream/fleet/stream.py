@@ -123,6 +123,13 @@ class FleetStream(Asking):
                 raise
             return self.engine.answer(question, snap, **kw)
 
+    @property
+    def tz(self) -> str:
+        """The zone of this stream's clock (its source's, else this machine's)."""
+        from vstream.clock import local_zone
+
+        return getattr(self.source, "tz", None) or local_zone()
+
     def probe(self, text: str) -> float:
         return self.engine.probe(text, self.engine.snapshot())
 

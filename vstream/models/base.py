@@ -348,6 +348,11 @@ class ModelAdapter(ABC):
         """
         return {}
 
+    def chunk_marker(self, chunk: Any) -> str:
+        """The marker text this family is fed for ``chunk`` (a ``vstream.sources.Chunk``): its own marker, in
+        clock form (``Time=14:05:03-14:05:04``) when the session asks for clock markers."""
+        return chunk.marker
+
     def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
         """Several chunks (marker, frames [N, H, W, 3]) at once; families batch the vision encoder here.
 

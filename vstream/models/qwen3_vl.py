@@ -8,6 +8,8 @@ temporal patch of 2 frames, its time as text, then the patch's visual tokens::
 ``t`` is the mean time of the patch's two frames, taken from the chunk's ``Time=a-bs`` marker with the
 frames spread evenly over [a, b) (the processor's ``_calculate_timestamps`` on the sampled frame times).
 The marker text itself is not fed: the timestamps carry the time in the format the model was trained on.
+Clock markers (``memory.time_marker = "clock"``) therefore do not apply: the timestamps stay in stream
+seconds (``chunk_marker``), the format of the processor; the stored entry text still carries the clock.
 
 Positions: each temporal patch is its own visual group (transformers splits ``video_grid_thw`` per
 frame); its tokens sit at (start, start + row, start + col) and the text after it resumes at
@@ -120,6 +122,12 @@ class Qwen3VLAdapter(QwenVLAdapter):
     tiny_text, tiny_vision, tiny_extra = _TINY_TEXT, _TINY_VISION, dict(tie_word_embeddings=False)
     published, published_text, published_vision = _PUBLISHED, _PUBLISHED_TEXT, _PUBLISHED_VISION
     preprocessor_files = ("video_preprocessor_config.json", "preprocessor_config.json")
+
+    def chunk_marker(self, chunk: Any) -> str:
+        """Always the stream-time form: the per-patch ``<t seconds>`` timestamps are read from it."""
+        from vstream.clock import time_marker
+
+        return time_marker(chunk.start_s, chunk.end_s)
 
     def __init__(self, model: nn.Module, tokenizer: Any, **kwargs: Any) -> None:
         """As ``QwenVLAdapter`` (keyword arguments: name, frame_size, default_frame_size, image_mean,

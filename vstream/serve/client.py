@@ -191,19 +191,21 @@ class RayFleet:
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, stream_id: str, question: str, *, stream: bool = False, max_new_tokens: int | None = None,
-            history: bool = True, timeout: float | None = None, retries: int = 1) -> Answer | Iterator[str]:
+            history: bool = True, timeout: float | None = None, retries: int = 1, since: Any = None,
+            until: Any = None) -> Answer | Iterator[str]:
         """Ask one stream (as ``Session.ask``). A plain ask whose actor dies is retried on the new placement."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the stream")
         if stream:
-            return (p for p in self.ask_stream(stream_id, question, max_new_tokens=max_new_tokens, history=history)
-                    if isinstance(p, str))
+            return (p for p in self.ask_stream(stream_id, question, max_new_tokens=max_new_tokens, history=history,
+                                               since=since, until=until) if isinstance(p, str))
         from vstream.serve.controller import unwrap
 
         for attempt in range(retries + 1):
             _, h = self.actor_of(stream_id)
             try:
-                d = self._ray.get(h.ask.remote(stream_id, question, max_new_tokens, history, timeout), timeout=timeout)
+                d = self._ray.get(h.ask.remote(stream_id, question, max_new_tokens, history, timeout, since, until),
+                                  timeout=timeout)
                 return answer_from_dict(d)
             except self._ray.exceptions.RayActorError:
                 if attempt == retries:
@@ -212,12 +214,13 @@ class RayFleet:
                 raise unwrap(e) from None
 
     def ask_stream(self, stream_id: str, question: str, *, max_new_tokens: int | None = None,
-                   history: bool = True) -> Iterator[str | Answer]:
+                   history: bool = True, since: Any = None, until: Any = None) -> Iterator[str | Answer]:
         """Pieces (str) as they are decoded, then the ``Answer``."""
         from vstream.serve.controller import unwrap
 
         _, h = self.actor_of(stream_id)
-        gen = h.ask_stream.options(num_returns="streaming").remote(stream_id, question, max_new_tokens, history)
+        gen = h.ask_stream.options(num_returns="streaming").remote(stream_id, question, max_new_tokens, history,
+                                                                   since, until)
         try:
             for ref in gen:
                 item = self._ray.get(ref)
@@ -225,7 +228,7 @@ class RayFleet:
         except self._ray.exceptions.RayTaskError as e:
             raise unwrap(e) from None
 
-    def ask_all(self, question: str, *, top: int = 3, evidence: int = 3) -> list:
+    def ask_all(self, question: str, *, top: int = 3, evidence: int = 3, since: Any = None, until: Any = None) -> list:
         """The ``top`` streams whose memory best matches ``question`` (``StreamHit``), across every actor."""
         from vstream.fleet.core import StreamHit
 
@@ -234,7 +237,7 @@ class RayFleet:
         if top < 1 or evidence < 1:
             raise ValueError("top and evidence must be >= 1")
         return [StreamHit(stream=h["stream"], score=h["score"], evidence=[Evidence(**e) for e in h["evidence"]])
-                for h in self._call("ask_all", question.strip(), top, evidence)]
+                for h in self._call("ask_all", question.strip(), top, evidence, since, until)]
 
     # ---- events and stats ---------------------------------------------------------------------
     def events(self, since: int = 0, *, follow: bool = True, timeout: float | None = None) -> Iterator[dict]:

@@ -350,10 +350,11 @@ class Controller:
         self._place_waiting()
 
     # ---- fan-out ------------------------------------------------------------------------------
-    def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
+    def ask_all(self, question: str, top: int = 3, evidence: int = 3, since: Any = None,
+                until: Any = None) -> list[dict[str, Any]]:
         with self._lock:
             ws = [w for w in self._workers.values() if w.alive and w.streams]
-        refs = [w.handle.ask_all.remote(question, top, evidence) for w in ws]
+        refs = [w.handle.ask_all.remote(question, top, evidence, since, until) for w in ws]
         hits = [h for r in ray.get(refs) for h in r]
         hits.sort(key=lambda h: -h["score"])
         return hits[:top]

@@ -247,17 +247,18 @@ async def ask(stream_id: str, request: Request):
         raise APIError(400, "'question' must be a non-empty string", "bad_question")
     mnt = _int(body.get("max_new_tokens"), "max_new_tokens", 1)
     history = body.get("history", True) is not False
+    when = {k: body.get(k, request.query_params.get(k)) for k in ("since", "until")}  # a clock range (vstream.clock)
     f = _fleet()
     from starlette.concurrency import run_in_threadpool
 
     if not (_flag(body.get("stream")) or _flag(request.query_params.get("stream"))):
-        ans = await run_in_threadpool(f.ask, stream_id, q, max_new_tokens=mnt, history=history)
+        ans = await run_in_threadpool(f.ask, stream_id, q, max_new_tokens=mnt, history=history, **when)
         return ans.to_dict()
     f.actor_of(stream_id)  # 404 now, before the stream starts
 
     def events() -> Iterator[str]:
         try:
-            for item in f.ask_stream(stream_id, q, max_new_tokens=mnt, history=history):
+            for item in f.ask_stream(stream_id, q, max_new_tokens=mnt, history=history, **when):
                 yield _sse({"text": item}, "piece") if isinstance(item, str) else _sse(item.to_dict(), "answer")
         except Exception as e:  # headers are sent: report in-band
             yield _sse({"error": {"message": " ".join(str(e).split()), "type": "server_error"}}, "error")
@@ -296,11 +297,13 @@ def _event_feed(f, start: int, follow: bool) -> Iterator[dict | None]:
 
 
 @app.get("/v1/search")
-def search(request: Request, q: str = "", top: int = 3, evidence: int = 3):
+def search(request: Request, q: str = "", top: int = 3, evidence: int = 3, since: str | None = None,
+           until: str | None = None):
     _authorize(request)
     if not q.strip():
         raise APIError(400, "give the query as ?q=...", "bad_query")
-    return {"query": q, "results": [h.to_dict() for h in _fleet().ask_all(q, top=top, evidence=evidence)]}
+    hits = _fleet().ask_all(q, top=top, evidence=evidence, since=since, until=until)
+    return {"query": q, "results": [h.to_dict() for h in hits]}
 
 
 @app.get("/v1/models")

@@ -178,12 +178,13 @@ class FleetWorker:
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> dict[str, Any]:
-        ans = self.fleet.ask(stream_id, question, max_new_tokens=max_new_tokens, history=history, timeout=timeout)
+            timeout: float | None = None, since: Any = None, until: Any = None) -> dict[str, Any]:
+        ans = self.fleet.ask(stream_id, question, max_new_tokens=max_new_tokens, history=history, timeout=timeout,
+                             since=since, until=until)
         return ans.to_dict()
 
     def ask_stream(self, stream_id: str, question: str, max_new_tokens: int | None = None,
-                   history: bool = True) -> Iterator[Any]:
+                   history: bool = True, since: Any = None, until: Any = None) -> Iterator[Any]:
         """Pieces of the answer as they are decoded (str), then the whole answer (dict)."""
         import queue
 
@@ -191,7 +192,7 @@ class FleetWorker:
         pieces: queue.Queue = queue.Queue()
         cancel = threading.Event()
         fut = s.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=pieces.put,
-                          cancel=cancel)
+                          cancel=cancel, since=since, until=until)
         fut.add_done_callback(lambda _f: pieces.put(None))
         try:
             while True:
@@ -205,7 +206,8 @@ class FleetWorker:
                 cancel.set()
                 fut.cancel()
 
-    def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
+    def ask_all(self, question: str, top: int = 3, evidence: int = 3, since: Any = None,
+                until: Any = None) -> list[dict[str, Any]]:
         """``Fleet.ask_all`` without the write-through copies: a stored entry of a chunk still in the window
         is left out (the window's own evidence stands for it), so the scores equal a plain Fleet's."""
         from vstream.fleet.search import stream_evidence
@@ -217,7 +219,7 @@ class FleetWorker:
             except ValueError:
                 continue  # removed meanwhile
             live = {seg.start_s for seg in s.engine.snapshot().live if seg.kind == "vision"}
-            ev = [e for e in stream_evidence(s.engine, question, evidence + len(live))
+            ev = [e for e in stream_evidence(s.engine, question, evidence + len(live), s.time_range(since, until))
                   if not (e.tier == "long_term" and e.start_s in live)][:evidence]
             if ev:
                 hits.append({"stream": sid, "score": ev[0].score, "evidence": [e.to_dict() for e in ev]})

@@ -22,6 +22,20 @@ from vstream.engine.core import Engine
 logger = logging.getLogger(__name__)
 
 
+def clock_markers(time_marker: str, source: Any) -> bool:
+    """Whether chunk markers take the clock form: ``"clock"``, or ``"auto"`` on a live source (a camera, a
+    live URL, pushed frames; not a file, even one given ``start_at``)."""
+    if time_marker != "auto":
+        return time_marker == "clock"
+    from vstream.sources import LiveSource, PushSource
+
+    while hasattr(source, "inner"):  # ShiftedSource / ClockedSource wrappers
+        if type(source).__name__ == "ClockedSource":
+            return False
+        source = source.inner
+    return isinstance(source, PushSource) or (isinstance(source, LiveSource) and bool(getattr(source, "_live", False)))
+
+
 class Pipeline:
     """Chunks of ``source`` handed to ``step(chunk)`` one at a time, in order; ``source=None``: ended at once.
 
@@ -57,7 +71,9 @@ class Pipeline:
         self.sampler = Sampler(sc.fps, realtime=sc.realtime)
         adapter.configure_sampling(sc.fps)
         fpc = adapter.frames_per_chunk(sc.fps, sc.chunk_seconds)
-        chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc)(self.sampler(iter(self.source)))
+        clock = clock_markers(self.engine.config.memory.time_marker, self.source)
+        chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc, tz=getattr(self.source, "tz", "") or "",
+                         clock=clock)(self.sampler(iter(self.source)))
         if progress and getattr(self.source, "duration", None):
             from tqdm import tqdm
 

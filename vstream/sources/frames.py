@@ -18,6 +18,7 @@ class Frame:
 
     t: float  # presentation time in seconds (stream time)
     rgb: np.ndarray  # [H, W, 3] uint8 RGB
+    wall: float | None = None  # wall-clock time (UTC epoch seconds) of the frame, when the source knows it
 
 
 @runtime_checkable

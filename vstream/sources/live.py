@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from vstream.clock import check_zone
 from vstream.sources.frames import Frame, check_max_side, resize_max_side
 from vstream.sources.errors import (LIVE_SCHEMES, SourceError, _check_file, _container_error, _exc_text, _file_error,
                                     _redact, _stream_error, is_device, is_url)
@@ -57,8 +58,11 @@ class LiveSource:
                  max_retries: int = 5, backoff_s: float = 0.5, open_timeout_s: float = 10.0,
                  read_timeout_s: float | None = None, options: dict | None = None,
                  max_download_bytes: int = 2 << 30,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 wall_clock: Callable[[], float] = time.time, tz: str | None = None):
         check_max_side(max_side)
+        self.tz = check_zone(tz)  # the camera's zone (IANA name, default this machine's)
+        self._wall_clock = wall_clock  # live streams: each frame's wall time is its arrival time
         if max_retries < 0 or backoff_s < 0 or open_timeout_s <= 0 or max_download_bytes < 0:
             raise ValueError("need max_retries >= 0, backoff_s >= 0, open_timeout_s > 0 and max_download_bytes >= 0")
         self.url = str(url)
@@ -189,7 +193,8 @@ class LiveSource:
                     last_t, last_wall = t, self._clock()
                     frames_here += 1
                     log.add(t)
-                    yield Frame(t, resize_max_side(rgb, self.max_side))
+                    wall = self._wall_clock() if self._live else None  # files: no wall time (start_at=)
+                    yield Frame(t, resize_max_side(rgb, self.max_side), wall)
                     if self._closed:
                         return
             except (av.FFmpegError, EOFError, OSError) as exc:

@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from vstream.clock import check_zone
 from vstream.sources.frames import Frame, check_max_side, resize_max_side
 from vstream.sources.push_queue import PushQueue
 
@@ -19,13 +20,20 @@ class PushSource:
     ``push`` never blocks: when ``maxsize`` frames are waiting, the new frame is dropped, counted in
     ``dropped`` and ``push`` returns False. Iteration blocks for the next frame and ends after
     ``end()`` once the queued frames are consumed.
+
+    Every frame carries wall-clock time (UTC epoch seconds): the ``wall=`` given to ``push`` (e.g. the
+    camera's own timestamp) or ``wall_clock()`` at arrival; ``tz`` names the camera's zone (IANA name,
+    default this machine's).
     """
 
     def __init__(self, *, maxsize: int = 256, name: str = "push", max_side: int | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 tz: str | None = None):
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         check_max_side(max_side)
+        self.tz = check_zone(tz)
+        self._wall_clock = wall_clock
         self.name, self.maxsize, self.max_side = name, maxsize, max_side
         self.fps: float | None = None
         self.duration: float | None = None
@@ -35,8 +43,9 @@ class PushSource:
         self._t0: float | None = None
         self._queue: PushQueue[Frame] = PushQueue(maxsize)  # cost 1 a frame
 
-    def push(self, rgb: np.ndarray, t: float | None = None) -> bool:
-        """Queue ``rgb`` [H, W, 3] uint8 (RGBA: alpha dropped) at time ``t`` (None: seconds since the first push).
+    def push(self, rgb: np.ndarray, t: float | None = None, *, wall: float | None = None) -> bool:
+        """Queue ``rgb`` [H, W, 3] uint8 (RGBA: alpha dropped) at time ``t`` (None: seconds since the first push)
+        and wall-clock time ``wall`` (UTC epoch seconds; None: now).
 
         Returns False when the frame was not queued (queue full: counted in ``dropped``; or after end()).
         """
@@ -54,7 +63,9 @@ class PushSource:
                 self.dropped += 1
                 return False
             t = now - self._t0 if t is None else float(t)
-            self._queue.put(Frame(t, resize_max_side(np.ascontiguousarray(rgb[..., :3]).copy(), self.max_side)))
+            wall = self._wall_clock() if wall is None else float(wall)
+            self._queue.put(Frame(t, resize_max_side(np.ascontiguousarray(rgb[..., :3]).copy(), self.max_side),
+                                  wall))
             self.pushed += 1
             return True
 

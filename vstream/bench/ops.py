@@ -105,9 +105,9 @@ def ops_per_chunk(model: str, window_chunks: int, num_layers: int | None = None,
                   adapter=None) -> dict[str, Any]:
     """Mean aten ops per chunk at the steady state (window full, one eviction per chunk).
 
-    Returns ``{"outside", "prefill", "vision", "total", "window_chunks", "num_layers", "top_outside"}``:
-    ops per chunk outside the model, inside the LLM prefill and inside the vision encoder, and the
-    most frequent ops outside the model. ``adapter`` reuses a loaded model (its layer count must then
+    Returns ``{"outside", "prefill", "vision", "total", "evicted_per_chunk", "window_chunks", "num_layers",
+    "top_outside", ...}``: ops per chunk outside the model, inside the LLM prefill and inside the vision
+    encoder, segments evicted per measured chunk, and the most frequent ops outside the model. ``adapter`` reuses a loaded model (its layer count must then
     be ``num_layers`` or None).
     """
     if window_chunks < 1:
@@ -134,12 +134,17 @@ def ops_per_chunk(model: str, window_chunks: int, num_layers: int | None = None,
         eng.start()
         for ch in stream[:warm]:
             eng.ingest(ch)
+        ev0 = eng.memory.evicted_total
         with counting(adapter) as counter:
             for ch in stream[warm:]:
                 eng.ingest(ch)
+        evicted = (eng.memory.evicted_total - ev0) / chunks
+    if lt is not None:
+        lt.close()
     parts = {k: counter.counts[k] / chunks for k in ("outside", "prefill", "vision")}
     return {**parts, "total": sum(parts.values()), "window_chunks": window_chunks,
             "num_layers": adapter.num_layers, "chunks": chunks, "long_term": long_term,
+            "evicted_per_chunk": evicted,
             "top_outside": {k: v / chunks for k, v in counter.by_op.most_common(12)}}
 
 

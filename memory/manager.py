@@ -139,6 +139,7 @@ class MemoryManager:
         self.kv = KVBuffer(rotate)  # takes the cache's layers over at the first extract
         self._layout: list[Segment] = []  # the segments in buffer order (sinks, previous text, live)
         self._offsets: dict[int, int] = {}  # id(segment) -> token offset in the buffer (layout segments)
+        self._layout_tokens = 0  # tokens of the layout (the cache may hold more: a prefill not committed yet)
         self.next_pos = 0
         self.stream_time_s = 0.0
         self.chunks_ingested = 0
@@ -201,12 +202,18 @@ class MemoryManager:
             self.cache.update(k, v, l)
 
     def _placed(self, seg: Segment) -> None:
-        """``seg`` was prefilled as the last tokens of the cache: it joins the buffer layout."""
+        """``seg`` joins the buffer layout: it was just prefilled as the last tokens of the cache, or, when the
+        cache holds nothing after the layout (bookkeeping callers), it is placed from its canonical keys."""
+        end = self._layout_tokens
+        have = self.kv.length if self.kv.adopted else self.cache.get_seq_length()
+        if have == end:
+            for l, (k, v) in enumerate(zip(seg.keys, seg.values)):
+                self.cache.update(self.rotate(k, self.next_pos), v, l)
         self.kv.adopt(self.cache)
-        a = self.kv.length - seg.n_tokens
-        self.kv.note_committed(a, seg)
+        self.kv.note_committed(end, seg)
         self._layout.append(seg)
-        self._offsets[id(seg)] = a
+        self._offsets[id(seg)] = end
+        self._layout_tokens = end + seg.n_tokens
 
     def commit_sink(self, seg: Segment) -> None:
         """Record a segment that was just prefilled at the end of the context as a sink (never evicted)."""
@@ -302,7 +309,7 @@ class MemoryManager:
             pos += s.span
         if plan or self.kv.length != a:
             self.kv.relayout(a, plan)
-        self._layout, self._offsets = list(new), offsets
+        self._layout, self._offsets, self._layout_tokens = list(new), offsets, at
         self.next_pos = pos
         self.rebuilds += 1
 

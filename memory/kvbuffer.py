@@ -107,6 +107,7 @@ class KVBuffer:
         self.lock = threading.Lock()  # pin / publish / taking a free storage
         self.extracted: tuple[int, int] | None = None  # [a, b): canonical keys already written by extract
         self.storages_made = 0
+        self.grows = 0
 
     @property
     def adopted(self) -> bool:
@@ -271,6 +272,7 @@ class KVBuffer:
         with self.lock:
             dst = Storage.like(src.groups, len(self.layers), max(2 * src.cap, need))
         self.storages_made += 1
+        self.grows += 1
         top = max(l.length for l in self.layers)
         for gs, gd in zip(src.groups, dst.groups):
             for t in ("k", "v", "c"):

@@ -16,6 +16,7 @@ import torch
 
 from _kv_reference import TOL, Recorder, expected_layout, max_diff, place, question_on
 from conftest import make_chunks, tiny_adapter
+from memory import kvbuffer
 from memory.kvbuffer import BufferLayer
 from memory.segment import TEXT, VISION
 from test_token_drop import MIXED, scene_chunks
@@ -58,7 +59,8 @@ def _engine(adapter, name: str, W: int, TW: int, HEAD: int, TAIL: int) -> Engine
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_many_evictions_equal_reference(name):
+def test_many_evictions_equal_reference(name, monkeypatch):
+    monkeypatch.setattr(kvbuffer, "MIN_CAPACITY", 16)  # the buffers grow while the stream runs, too
     a = tiny_adapter(name)
     W, TW, HEAD, TAIL = 2, 20, 12, 10
     eng = _engine(a, name, W, TW, HEAD, TAIL)
@@ -86,7 +88,7 @@ def test_many_evictions_equal_reference(name):
     assert all(isinstance(l, BufferLayer) for l in mm.cache.layers)  # the new buffers, not a DynamicCache
     if name in MIXED:
         assert eng.visual_tokens_dropped > 0
-    assert mm.evicted_total >= 14 and mm.rebuilds >= 14
+    assert mm.evicted_total >= 14 and mm.rebuilds >= 14 and mm.kv.grows >= 1
     head, tail, live, ev_idx, left = expected_layout(prev_first, items, W, TW, HEAD, TAIL)
     assert left.n > HEAD + TAIL and mm.prev_head.n_tokens == HEAD and mm.prev_tail.n_tokens == TAIL
     assert [s.kind for s in mm.live] == [how for _, how in live]
@@ -133,8 +135,16 @@ def test_snapshot_before_evictions_answers_as_before(name):
     snap = eng.snapshot()
     keys = [k.clone() for k in snap.keys]
     values = [v.clone() for v in snap.values]
+    sink_keys = [k.clone() for k in snap.sinks[0].keys]
     _, _, before, _, _ = eng.prepare(QUESTION, snap)
     rebuilds = eng.memory.rebuilds
+    mid_commit = []  # a reader taking a snapshot while an eviction is being committed gets the state before it
+
+    def on_evict(seg):
+        s = eng.memory.snapshot()
+        mid_commit.append((s, [k.clone() for k in s.keys], seg))
+
+    eng.memory.on_evict = on_evict
     for ch in chunks[3:]:  # evictions, and text leaving into the previous-text block
         eng.ingest(ch)
         eng.add_text(f"note {ch.index}: something was said here")
@@ -142,10 +152,16 @@ def test_snapshot_before_evictions_answers_as_before(name):
     assert [s.chunk_index for s in snap.live] == [1, 2]
     for l in range(a.num_layers):
         assert torch.equal(snap.keys[l], keys[l]) and torch.equal(snap.values[l], values[l]), (name, l)
+        assert torch.equal(snap.sinks[0].keys[l], sink_keys[l]), (name, "sink segment", l)
     _, _, after, _, _ = eng.prepare(QUESTION, snap)
     assert torch.equal(after, before), f"{name}: an old snapshot answers differently after evictions"
     _, _, now, _, _ = eng.prepare(QUESTION, eng.snapshot())
     assert max_diff(now, before) > 10 * TOL  # the memory did move on
+    vision_evictions = [m for m in mid_commit if m[2].kind == VISION]
+    assert len(vision_evictions) >= 5
+    for s, ks, seg in vision_evictions:
+        assert any(x is seg for x in s.live)  # the evicted chunk is still in the window it shows
+        assert all(torch.equal(k, c) for k, c in zip(s.keys, ks))
 
 
 def test_unheld_snapshot_buffers_are_reused():
@@ -167,3 +183,23 @@ def test_unheld_snapshot_buffers_are_reused():
         eng.ingest(ch)
         held.append(eng.snapshot())
     assert eng.memory.kv.storages_made >= made + 5  # every held generation stays as it was
+
+
+def test_commit_without_prefill_places_canonical_keys():
+    """Bookkeeping callers commit segments the cache does not hold: they are placed from canonical keys."""
+    from memory.segment import SINK
+    from test_memory_window import L, at, manager, seg
+
+    mm = manager(W=10)
+    sink = seg(SINK, 5)
+    mm.commit_sink(sink)
+    chunks = [seg(VISION, 3 + i % 2, i, float(i)) for i in range(4)]
+    for c in chunks:
+        mm.commit(c)
+    pos = 0
+    for s in [sink] + chunks:
+        for l in range(L):
+            assert torch.allclose(mm.cache.layers[l].keys[:, :, pos:pos + s.n_tokens], at(s.keys[l], pos), atol=1e-5)
+            assert torch.equal(mm.cache.layers[l].values[:, :, pos:pos + s.n_tokens], s.values[l])
+        pos += s.n_tokens
+    assert pos == mm.context_tokens == mm.next_pos

@@ -203,3 +203,25 @@ def test_commit_without_prefill_places_canonical_keys():
             assert torch.equal(mm.cache.layers[l].values[:, :, pos:pos + s.n_tokens], s.values[l])
         pos += s.n_tokens
     assert pos == mm.context_tokens == mm.next_pos
+
+
+def test_extracted_segments_never_change():
+    """Segments extracted from the buffer (at position 0 too: a stream without sinks) own their tensors."""
+    from test_memory_window import L, at, manager, seg
+
+    evicted: list = []
+    mm = manager(W=1, evicted=evicted)
+    made = []
+    for i in range(6):
+        s = seg(VISION, 3, i, float(i))
+        start = mm.next_pos
+        for l in range(L):
+            mm.cache.update(at(s.keys[l], start), s.values[l], l)
+        got = mm.extract(s.n_tokens, start, s.rel_pos, VISION, chunk_index=i, start_s=float(i), end_s=i + 1.0)
+        made.append((got, s, [k.clone() for k in got.keys], [v.clone() for v in got.values]))
+        mm.commit(got)
+    assert [s.chunk_index for s in evicted] == [0, 1, 2, 3, 4]
+    for got, s, ks, vs in made:
+        for l in range(L):
+            assert torch.equal(got.keys[l], ks[l]) and torch.equal(got.values[l], vs[l]), (got.chunk_index, l)
+            assert torch.allclose(got.keys[l], s.keys[l], atol=1e-5)  # canonical: as if it started at 0

@@ -148,6 +148,17 @@ def ops_per_chunk(model: str, window_chunks: int, num_layers: int | None = None,
             "top_outside": {k: v / chunks for k, v in counter.by_op.most_common(12)}}
 
 
+def parse_ints(text: str, flag: str) -> tuple[int, ...]:
+    """"8,16,32" -> (8, 16, 32), each >= 1 (ValueError naming ``flag`` otherwise)."""
+    try:
+        vals = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated whole numbers, e.g. 8,16,32; got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise ValueError(f"{flag} needs at least one number, each >= 1; got {text!r}")
+    return vals
+
+
 def bench_ops(model: str = "small-llava-onevision", windows=(8, 16, 32), layer_counts=(8, 28), chunks: int = 6,
               device: str = "cpu") -> dict[str, Any]:
     """``ops_per_chunk`` for every window size and layer count, with the W = max / W = min ratios."""

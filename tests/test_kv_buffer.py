@@ -225,3 +225,38 @@ def test_extracted_segments_never_change():
         for l in range(L):
             assert torch.equal(got.keys[l], ks[l]) and torch.equal(got.values[l], vs[l]), (got.chunk_index, l)
             assert torch.allclose(got.keys[l], s.keys[l], atol=1e-5)  # canonical: as if it started at 0
+
+
+# ---- the benchmark command ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--windows", "8,0"], "--windows needs at least one number, each >= 1"),
+    (["--layers", "eight"], "--layers takes comma-separated whole numbers"),
+    (["--chunks", "0"], "--chunks must be >= 1"),
+])
+def test_bench_ops_bad_arguments_are_one_line(capsys, monkeypatch, tmp_path, argv, needle):
+    import vstream.models.registry as registry
+    from vstream.cli.main import main
+
+    def refuse(*a, **kw):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(registry, "load_model", refuse)
+    code = main(["bench", "ops", "--out", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bench_ops_writes_json_and_png(capsys, tmp_path):
+    import json
+
+    from vstream.cli.main import main
+
+    code = main(["bench", "ops", "--model", "tiny-smolvlm", "--windows", "2,4", "--layers", "2,3", "--chunks", "1",
+                 "--out", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and (tmp_path / "ops.png").stat().st_size > 0
+    res = json.loads((tmp_path / "ops.json").read_text())
+    assert [(r["num_layers"], r["window_chunks"]) for r in res["rows"]] == [(2, 2), (2, 4), (3, 2), (3, 4)]
+    assert set(out["summary"]) == {"2_layers", "3_layers"}
+    assert all(r["prefill"] > 0 and r["outside"] > 0 for r in res["rows"])

@@ -83,9 +83,9 @@ def add_parser(sub: Any) -> None:
     o = bs.add_parser("ops", help="aten ops per chunk outside the model vs inside the prefill, against W")
     o.add_argument("--model", default="small-llava-onevision")
     o.add_argument("--windows", default="8,16,32", help="window sizes W (chunks)")
-    o.add_argument("--layers", default="8,28", help="language-model layer counts (random presets are cut or "
+    o.add_argument("--layers", default="8,16", help="language-model layer counts (random presets are cut or "
                                                     "repeated to each)")
-    o.add_argument("--chunks", type=int, default=6, help="chunks counted per point, after the window is full")
+    o.add_argument("--chunks", type=int, default=3, help="chunks counted per point, after the window is full")
     o.add_argument("--device", default="cpu")
     o.add_argument("--out", default="bench_out")
     o.set_defaults(func=_cli_ops)

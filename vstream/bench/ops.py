@@ -159,7 +159,7 @@ def parse_ints(text: str, flag: str) -> tuple[int, ...]:
     return vals
 
 
-def bench_ops(model: str = "small-llava-onevision", windows=(8, 16, 32), layer_counts=(8, 28), chunks: int = 6,
+def bench_ops(model: str = "small-llava-onevision", windows=(8, 16, 32), layer_counts=(8, 16), chunks: int = 3,
               device: str = "cpu") -> dict[str, Any]:
     """``ops_per_chunk`` for every window size and layer count, with the W = max / W = min ratios."""
     from vstream.models.registry import load_model

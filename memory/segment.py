@@ -7,6 +7,7 @@ Tensors are never modified after creation; a snapshot of memory is a list of ref
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -54,9 +55,10 @@ class Segment:
     def n_tokens(self) -> int:
         return int(self.keys[0].shape[-2])
 
-    @property
+    @functools.cached_property
     def span(self) -> int:
-        """Positions the segment occupies (M-RoPE chunks may span fewer positions than tokens)."""
+        """Positions the segment occupies (M-RoPE chunks may span fewer positions than tokens); computed once
+        (a device sync), the segment never changes."""
         return int(self.rel_pos.max().item()) + 1 if self.rel_pos.numel() else 0
 
     @property

@@ -10,7 +10,7 @@ asr      speech recognition on a clip: real-time factor, WER, timestamp error, a
          latency with ASR on over off in one run.
 
 Modules: ``common`` (device sync and memory, random chunks, environment facts, JSON/PNG writing),
-``ingest``, ``memory_ttft``, ``realtime``, ``asr`` (one benchmark each) and ``commands`` (the argparse wiring).
+``ingest``, ``memory_ttft``, ``realtime``, ``asr``, ``ops`` (one benchmark each) and ``commands`` (the argparse wiring).
 
 Which way imports go: the benches are a top-layer command like the CLI. ``commands`` imports the three
 benchmark modules and ``eval.bench_memory`` (FAISS latency and KV bytes per hour); the benchmark modules

@@ -12,8 +12,8 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet`` and ``asr`` to ``sub`` (argparse
-    sub-parsers)."""
+    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet``, ``asr`` and ``ops`` to ``sub``
+    (argparse sub-parsers)."""
     b = sub.add_parser("bench", help="efficiency benchmarks -> JSON + PNG")
     bs = b.add_subparsers(dest="bench", required=True)
     i = bs.add_parser("ingest", help="per-chunk latency/memory: engine vs full attention vs recompute")
@@ -68,6 +68,13 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--max-batch", type=int, default=16)
     f.add_argument("--repeats", type=int, default=3, help="runs per stream count and mode (median reported)")
     _finish(f, _cli_fleet)
+    o = bs.add_parser("ops", help="aten ops per chunk outside the model vs inside the prefill, against W")
+    o.add_argument("--model", default="small-llava-onevision")
+    o.add_argument("--windows", default="8,16,32", help="window sizes W (chunks)")
+    o.add_argument("--layers", default="8,16", help="language-model layer counts (random presets are cut or "
+                                                    "repeated to each)")
+    o.add_argument("--chunks", type=int, default=3, help="chunks counted per point, after the window is full")
+    _finish(o, _cli_ops, device="cpu")
     from vstream.bench.serve import add_parser as add_serve_parser
 
     add_serve_parser(bs)
@@ -160,6 +167,16 @@ def _cli_asr(args: argparse.Namespace) -> int:
     return _save(res, args.out, "asr", plot_asr, rtf=res["rtf"], wer=res["wer"],
                  timestamp_error_s=res["timestamp_error_s"], latency_ratio_p50=lat["ratio_p50"],
                  latency_p50_off_s=lat["off"]["p50_s"], latency_p50_on_s=lat["on"]["p50_s"])
+
+
+def _cli_ops(args: argparse.Namespace) -> int:
+    from vstream.bench.ops import bench_ops, parse_ints, plot_ops
+
+    windows, layers = parse_ints(args.windows, "--windows"), parse_ints(args.layers, "--layers")
+    if args.chunks < 1:
+        raise ValueError(f"--chunks must be >= 1, got {args.chunks}")
+    res = bench_ops(args.model, windows, layers, args.chunks, device=args.device)
+    return _save(res, args.out, "ops", plot_ops, summary=res["summary"])
 
 
 def _cli_fleet(args: argparse.Namespace) -> int:

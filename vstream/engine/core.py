@@ -230,7 +230,8 @@ class Engine:
         if len(cache_keys) != self.adapter.num_layers or \
                 int(cache_keys[0].shape[-2]) != mm.context_tokens + tokens.n_tokens:
             raise RuntimeError("prefilled K/V do not match the model's layers or this cache plus the chunk")
-        mm.cache = fill_cache(self.adapter.new_cache(), cache_keys, cache_values)
+        n = tokens.n_tokens
+        mm.append_prefilled([k[:, :, -n:] for k in cache_keys], [v[:, :, -n:] for v in cache_values])
         return self._commit_chunk(chunk, tokens, start, key_summary, time.perf_counter() if t0 is None else t0)
 
     def _commit_chunk(self, chunk, tokens, start: int, key_summary: torch.Tensor | None, t0: float) -> ChunkReport:

@@ -56,6 +56,8 @@ class Pipeline:
         adapter = self.engine.adapter
         self.sampler = Sampler(sc.fps, realtime=sc.realtime)
         adapter.configure_sampling(sc.fps)
+        if hasattr(self.source, "plan_sampling"):  # a file that knows its frame times: fetch only kept frames
+            self.source.plan_sampling(sc.fps)
         fpc = adapter.frames_per_chunk(sc.fps, sc.chunk_seconds)
         chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc)(self.sampler(iter(self.source)))
         if progress and getattr(self.source, "duration", None):
@@ -189,9 +191,14 @@ class Pipeline:
             return self._advanced.wait_for(lambda: self.ended or self.engine.chunks_ingested >= n, timeout)
 
     def frame_counts(self) -> dict[str, int]:
-        """frames_in / frames_kept / frames_dropped (sampler, backlog and a push source's own drops)."""
+        """frames_in / frames_kept / frames_dropped (sampler, backlog and a push source's own drops), and
+        frames_decoded / frames_converted (the source's own counters; frames_in where it keeps none)."""
         s = self.sampler
-        return {"frames_in": getattr(s, "frames_in", 0),
+        src = self.source
+        frames_in = getattr(s, "frames_in", 0)
+        return {"frames_in": frames_in,
+                "frames_decoded": int(getattr(src, "frames_decoded", frames_in)),
+                "frames_converted": int(getattr(src, "frames_converted", frames_in)),
                 "frames_kept": getattr(s, "frames_kept", 0) - self.frames_dropped_backlog,
                 "frames_dropped": getattr(s, "frames_dropped", 0) + self.frames_dropped_backlog
                 + getattr(self.source, "dropped", 0)}  # a PushSource drops when its own queue is full

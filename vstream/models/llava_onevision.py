@@ -166,7 +166,7 @@ class LlavaOneVisionAdapter(ModelAdapter):
         """Marker text + N * T + 1 video tokens; positions 0..S-1."""
         if not isinstance(marker, str):
             raise ValueError(f"marker must be a str, got {type(marker).__name__}")
-        feats = self.vision_features(self.preprocess(frames))  # [V, D]
+        feats = self.vision_features(self.preprocessed(frames))  # [V, D]
         text_ids = torch.tensor(self.tokenize(marker), dtype=torch.long, device=self.device)  # [St]
         vis_ids = torch.full((feats.shape[0],), self.video_token_id, dtype=torch.long, device=self.device)  # [V]
         ids = torch.cat([text_ids, vis_ids]).unsqueeze(0)  # [1, S]

@@ -215,7 +215,7 @@ class Qwen25VLAdapter(ModelAdapter):
         """Marker + frames [N, H, W, 3] uint8 -> Tokens with 3-D rel_pos starting at 0."""
         if not isinstance(marker, str):
             raise ValueError(f"marker must be a string, got {type(marker).__name__}")
-        pixels, grid = self.preprocess(frames)
+        pixels, grid = self.preprocessed(frames)
         dev = self.device
         ids = torch.tensor(self.chunk_ids(marker, grid), dtype=torch.long, device=dev).unsqueeze(0)  # [1, S]
         emb = self.language_model().embed_tokens(ids)  # [1, S, D]

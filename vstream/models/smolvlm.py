@@ -235,7 +235,7 @@ class SmolVLMAdapter(ModelAdapter):
     @torch.inference_mode()
     def embed_chunk(self, marker: str, frames: np.ndarray) -> Tokens:
         """Chunk = marker text + every frame as one global image; positions 0..S-1."""
-        pixels = self.preprocess(frames)  # [N, 3, side, side]
+        pixels = self.preprocessed(frames)  # [N, 3, side, side]
         n = int(pixels.shape[0])
         ids = torch.tensor(self._chunk_ids(marker, n), dtype=torch.long, device=self.device).unsqueeze(0)  # [1, S]
         emb = self.language_model().embed_tokens(ids)  # [1, S, D]

@@ -190,7 +190,7 @@ class LlavaOneVisionAdapter(ModelAdapter):
         those of ``embed_chunk`` one by one)."""
         if not chunks:
             return []
-        pixels = [self.preprocess(frames) for _, frames in chunks]  # each [N_i, 3, S, S]
+        pixels = [self.preprocessed(frames) for _, frames in chunks]  # each [N_i, 3, S, S]
         feats = self.vision_features(torch.cat(pixels))[:-1]  # [sum N_i * T, D] (the one newline dropped)
         newline = self.model.model.image_newline.to(feats.dtype).view(1, -1)  # [1, D]
         out, at = [], 0

@@ -234,7 +234,7 @@ class Qwen25VLAdapter(ModelAdapter):
         for marker, _ in chunks:
             if not isinstance(marker, str):
                 raise ValueError(f"marker must be a string, got {type(marker).__name__}")
-        prepped = [self.preprocess(frames) for _, frames in chunks]  # (pixels [P_i, C*tp*p*p], grid [3])
+        prepped = [self.preprocessed(frames) for _, frames in chunks]  # (pixels [P_i, C*tp*p*p], grid [3])
         grids = torch.stack([g for _, g in prepped])  # [B, 3]
         feats = self.model.model.get_video_features(torch.cat([p for p, _ in prepped]), grids).pooler_output
         out = []

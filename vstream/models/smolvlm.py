@@ -263,7 +263,7 @@ class SmolVLMAdapter(ModelAdapter):
         independently, so each result is that of ``embed_chunk``)."""
         if not chunks:
             return []
-        pixels = [self.preprocess(frames) for _, frames in chunks]  # each [N_i, 3, side, side]
+        pixels = [self.preprocessed(frames) for _, frames in chunks]  # each [N_i, 3, side, side]
         feats = self.encode_frames(torch.cat(pixels))  # [sum N_i, L, D]
         out, at = [], 0
         for (marker, _), px in zip(chunks, pixels):

@@ -223,7 +223,8 @@ def test_pillow_and_torch_paths_give_the_same_levels(resample, resize_path):
     if resize_path == "torch":
         pytest.skip("compares both paths itself")
     frames = np.concatenate([_frames(13, 1, 72, 128, smooth=True), _frames(14, 1, 72, 128)])
-    for sizes in ([(36, 50)], [(90, 130)], [(48, 64), (40, 40)], [(72, 128)]):
+    # (12, 20): a downscale over 4x, as 720p frames to a tiny preset (no reducing pass: HF's processors' call)
+    for sizes in ([(36, 50)], [(90, 130)], [(48, 64), (40, 40)], [(72, 128)], [(12, 20)]):
         ours = resize.resize_frames(frames, sizes, resample, "cpu")
         with resize.torch_resize(), pytest.MonkeyPatch.context() as mp:
             mp.setattr(resize, "resize_like_pil", _RESIZE_LIKE_PIL)  # the fixture made it refuse

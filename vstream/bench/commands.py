@@ -12,7 +12,7 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet``, ``asr`` and ``ops`` to ``sub``
+    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet``, ``asr``, ``ops`` and ``pipeline`` to ``sub``
     (argparse sub-parsers)."""
     b = sub.add_parser("bench", help="efficiency benchmarks -> JSON + PNG")
     bs = b.add_subparsers(dest="bench", required=True)
@@ -75,6 +75,14 @@ def add_parser(sub: Any) -> None:
                                                     "repeated to each)")
     o.add_argument("--chunks", type=int, default=3, help="chunks counted per point, after the window is full")
     _finish(o, _cli_ops, device="cpu")
+    pl = bs.add_parser("pipeline", help="real H.264 clips end to end: ingest time over ffmpeg's decode time")
+    pl.add_argument("--sizes", default="720p,1080p", help="clip sizes: 720p, 1080p")
+    pl.add_argument("--seconds", type=float, default=180.0, help="clip length (the issue's runs: 120-300)")
+    pl.add_argument("--model", default="tiny-smolvlm")
+    pl.add_argument("--fps", type=float, default=1.0)
+    pl.add_argument("--repeats", type=int, default=3, help="ingest runs per clip (each between two ffmpeg runs)")
+    pl.add_argument("--threads", type=int, default=None, help="cores for ffmpeg and torch (default: all)")
+    _finish(pl, _cli_pipeline, device="cpu")
     from vstream.bench.serve import add_parser as add_serve_parser
 
     add_serve_parser(bs)
@@ -181,6 +189,13 @@ def _cli_ops(args: argparse.Namespace) -> int:
 
 def _cli_fleet(args: argparse.Namespace) -> int:
     from vstream.bench.fleet import run
+
+    _report(run(args))
+    return 0
+
+
+def _cli_pipeline(args: argparse.Namespace) -> int:
+    from vstream.bench.pipeline import run
 
     _report(run(args))
     return 0

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from vstream.models.ahead import PreprocessAhead
+
 logger = logging.getLogger(__name__)
 
 
@@ -106,7 +108,7 @@ class StopForward(Exception):
     """Raised from a projection hook to end a forward pass early (capture_projection_means(stop_after=...))."""
 
 
-class ModelAdapter(ABC):
+class ModelAdapter(PreprocessAhead, ABC):
     """One VLM family behind one protocol. Subclasses fill in the abstract methods."""
 
     family: ClassVar[str] = ""
@@ -187,7 +189,8 @@ class ModelAdapter(ABC):
     def embed_chunk(self, marker: str, frames: np.ndarray) -> Tokens:
         """Turn a chunk (time marker text + frames [N, H, W, 3] uint8 RGB) into LLM inputs.
 
-        Preprocessing (resize, normalise, patchify) runs on the model's device with torch; no PIL.
+        Preprocessing (resize, normalise, patchify): ``preprocessed(frames)``, i.e. the result of an earlier
+        ``prepare_ahead`` of the same array when there is one, else ``preprocess`` now.
         """
 
     @abstractmethod

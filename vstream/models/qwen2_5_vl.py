@@ -13,8 +13,8 @@ HF processor would give grid (t, h, w) under that budget gets exactly that grid 
 test_parity_processor.py). ``frame_size`` (constructor / ``random`` / ``from_pretrained`` argument) is
 the side of the square with that area. Default: 448 for the published configs and real checkpoints
 (16 x 16 = 256 merged tokens per 2 frames of a square video; less when a checkpoint's ``max_pixels`` is
-smaller), 56 for the tiny preset. The resize is PIL's bicubic reproduced exactly on the device
-(``resize.resize_like_pil``): pixel values equal HF's PIL processor's (measured difference 0).
+smaller), 56 for the tiny preset. The resize is PIL's bicubic (``resize.resize_frames``: Pillow on CPU,
+its exact torch reproduction elsewhere): pixel values equal HF's PIL processor's (measured difference 0).
 ``fps`` (attribute, default 2.0) is the sampling rate of the frames; it sets the temporal position
 spacing (``second_per_grid_ts = temporal_patch_size / fps``).
 """
@@ -108,7 +108,7 @@ class Qwen25VLAdapter(QwenVLAdapter):
         """Marker + frames [N, H, W, 3] uint8 -> Tokens with 3-D rel_pos starting at 0."""
         if not isinstance(marker, str):
             raise ValueError(f"marker must be a string, got {type(marker).__name__}")
-        pixels, grid = self.preprocess(frames)
+        pixels, grid = self.preprocessed(frames)
         dev = self.device
         ids = torch.tensor(self.chunk_ids(marker, grid), dtype=torch.long, device=dev).unsqueeze(0)  # [1, S]
         emb = self.language_model().embed_tokens(ids)  # [1, S, D]
@@ -127,7 +127,7 @@ class Qwen25VLAdapter(QwenVLAdapter):
         for marker, _ in chunks:
             if not isinstance(marker, str):
                 raise ValueError(f"marker must be a string, got {type(marker).__name__}")
-        prepped = [self.preprocess(frames) for _, frames in chunks]  # (pixels [P_i, C*tp*p*p], grid [3])
+        prepped = [self.preprocessed(frames) for _, frames in chunks]  # (pixels [P_i, C*tp*p*p], grid [3])
         grids = torch.stack([g for _, g in prepped])  # [B, 3]
         feats = self.model.model.get_video_features(torch.cat([p for p, _ in prepped]), grids).pooler_output
         out = []

@@ -2,8 +2,8 @@
 
 ``QwenVLAdapter`` is the base of ``Qwen25VLAdapter`` (vstream.models.qwen2_5_vl) and ``Qwen3VLAdapter``
 (vstream.models.qwen3_vl). Both families take video chunks, resize frames with the Qwen-VL rule under a
-per-frame pixel budget (``resize.fit_to_grid``, PIL-exact bicubic on the device), patchify them the way
-the HF video processors do, and place tokens with 3-D M-RoPE from HF's own ``get_rope_index``. A family
+per-frame pixel budget (``resize.fit_to_grid``; PIL's bicubic: Pillow on CPU, its exact torch reproduction
+elsewhere), patchify them the way the HF video processors do, and place tokens with 3-D M-RoPE from HF's own ``get_rope_index``. A family
 subclass gives its chunk layout (``chunk_ids``, ``embed_chunk``, ``_chunk_positions``), its configs
 (``tiny_text``, ``published``, ...) and its defaults as class attributes.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vstream.models.base import (ModelAdapter, default_side, frames_to_tensor, one_line, placement_kwargs,
+from vstream.models.base import (ModelAdapter, default_side, one_line, placement_kwargs,
                                  read_checkpoint_json, read_preprocessor_config)
-from vstream.models.resize import fit_to_grid, resize_like_pil
+from vstream.models.resize import fit_to_grid, resize_frames
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -172,17 +172,18 @@ class QwenVLAdapter(ModelAdapter):
     def preprocess(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames [N, H, W, 3] uint8 -> (pixel patches [T*gh*gw, 3*tp*p*p] fp32, grid_thw [3] int64).
 
-        Runs on the model's device with torch: resize (``resize_like_pil``), normalise, pad the frame
+        Resize as PIL does (``resize_frames``: Pillow on CPU, torch on the device), normalise, pad the frame
         count to a multiple of the temporal patch size by repeating the last frame, patchify in the
         layout of Qwen2-VL's video processor.
         """
         dev = self.device
-        x = frames_to_tensor(frames, dev)  # [N, 3, H, W] in 0..1
-        n = x.shape[0]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
+        n = frames.shape[0]
         if n == 0:
             raise ValueError("a chunk needs at least one frame, got 0")
-        h, w = self.resized_hw(x.shape[2], x.shape[3])
-        x = resize_like_pil(x, (h, w))
+        h, w = self.resized_hw(frames.shape[1], frames.shape[2])
+        x = resize_frames(frames, [(h, w)], "bicubic", dev)  # [N, 3, h, w] in 0..1
         x = (x - self.image_mean.to(dev).view(1, 3, 1, 1)) / self.image_std.to(dev).view(1, 3, 1, 1)
         tp, p, m = self.temporal_patch_size, self.patch_size, self.merge_size
         if pad := -n % tp:

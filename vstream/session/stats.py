@@ -19,9 +19,10 @@ def stream_stats(engine, pipeline, responder, long_term, reports: Iterable) -> d
     eng, pipe, resp, lt = engine, pipeline, responder, long_term
     return {
         "stream_time_s": eng.stream_time_s,
-        **pipe.frame_counts(),  # frames_in, frames_kept, frames_dropped
+        **pipe.frame_counts(),  # frames_in, frames_decoded, frames_converted, frames_kept, frames_dropped
         "chunks": eng.chunks_ingested,
         "chunks_dropped": pipe.chunks_dropped,
+        "stage_s": pipe.stage_seconds(),  # busy seconds: decode, convert, preprocess, model
         "chunk_latency_p50": percentile(lat, 50),
         "chunk_latency_p95": percentile(lat, 95),
         "chunk_latency_p99": percentile(lat, 99),

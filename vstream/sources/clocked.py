@@ -28,7 +28,7 @@ class ClockedSource:
 
     def __iter__(self) -> Iterator[Frame]:
         for f in self.inner:
-            yield f if f.wall is not None else Frame(f.t, f.rgb, self.start_wall + f.t)
+            yield f if f.wall is not None else f.with_times(f.t, self.start_wall + f.t)
 
     def __getattr__(self, name: str) -> Any:  # gap_records, reconnects, path, ...
         return getattr(self.inner, name)

@@ -412,14 +412,6 @@ class ModelAdapter(PreprocessAhead, ABC):
         self._hooks_installed = True
 
 
-def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """[N, H, W, 3] uint8 numpy -> [N, 3, H, W] float32 in 0..1 on device."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
-    t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
-
-
 # ---- helpers shared by the adapters -------------------------------------------------------------
 def placement_kwargs(device_map: Any = None, max_memory: dict | None = None,
                      offload_folder: str | None = None) -> dict:

@@ -12,8 +12,8 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet`` and ``asr`` to ``sub`` (argparse
-    sub-parsers)."""
+    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet``, ``asr``, ``tokens``, ``gpu`` and
+    ``serve`` to ``sub`` (argparse sub-parsers)."""
     b = sub.add_parser("bench", help="efficiency benchmarks -> JSON + PNG")
     bs = b.add_subparsers(dest="bench", required=True)
     i = bs.add_parser("ingest", help="per-chunk latency/memory: engine vs full attention vs recompute")
@@ -80,6 +80,16 @@ def add_parser(sub: Any) -> None:
     f.add_argument("--device", default="auto")
     f.add_argument("--out", default="bench_out")
     f.set_defaults(func=_cli_fleet)
+    g = bs.add_parser("gpu", help="the whole GPU suite in one run (9 min on one H100); --smoke: tiny presets on CPU")
+    g.add_argument("--smoke", action="store_true", help="the same steps and code paths with tiny presets on CPU")
+    g.add_argument("--device", default="auto", help="auto (cuda; cpu with --smoke), cpu or cuda[:N]")
+    g.add_argument("--only", default=None, help="comma-separated steps: realtime,ingest,memory,fleet,bf16,pipeline")
+    g.add_argument("--budget", type=float, default=None, help="the whole suite's time budget in seconds "
+                                                               "(default 540; 115 with --smoke)")
+    g.add_argument("--budget-scale", type=float, default=1.0,
+                   help="multiply every step's budget (and the suite's, unless --budget) by this: a shared machine")
+    g.add_argument("--out", default="bench_out/gpu")
+    g.set_defaults(func=_cli_gpu)
     from vstream.bench.serve import add_parser as add_serve_parser
 
     add_serve_parser(bs)
@@ -169,6 +179,14 @@ def _cli_asr(args: argparse.Namespace) -> int:
              "timestamp_error_s": res["timestamp_error_s"], "latency_ratio_p50": lat["ratio_p50"],
              "latency_p50_off_s": lat["off"]["p50_s"], "latency_p50_on_s": lat["on"]["p50_s"]})
     return 0
+
+
+def _cli_gpu(args: argparse.Namespace) -> int:
+    from vstream.bench.gpu import main_args
+
+    res = main_args(args)
+    _report(res)
+    return 0 if res["counts"]["failed"] == 0 else 1
 
 
 def _cli_fleet(args: argparse.Namespace) -> int:

@@ -89,7 +89,7 @@ def suite_config(smoke: bool, device: str = "cuda") -> SuiteConfig:
         Step("ingest", 30 if smoke else 60, dict(rt, chunks=20 if smoke else 64)),
         Step("memory", 40 if smoke else 140,
              dict(model=m, device=device, entries=300 if smoke else 1800, window=16, repeats=5 if smoke else 9,
-                  size=None if smoke else 224, frames=2, chunk_seconds=2.0, ram_bytes=(8 if smoke else 256) << 20,
+                  size=None if smoke else 224, frames=2, chunk_seconds=2.0, ram_bytes=(1 if smoke else 256) << 20,
                   quantize="none", add_budget_s=15 if smoke else 80)),
         Step("fleet", 45 if smoke else 90,
              dict(model=m, device=device, streams=[1, 4, 16], chunks=3 if smoke else 12, window=2 if smoke else 4,

@@ -198,6 +198,23 @@ MUTANTS: list[Mutant] = [
       "        if i == n - 1 and not feed_last:",
       "        if i == n - 1:",
       "the last word of a commentary turn is never fed into the cache", TEXT_EQ, COMMENT),
+    # ---- issue 21: convert only kept frames, Pillow resize -----------------------------------------------
+    M("decord-fetches-every-frame", "vstream/sources/file.py",
+      "            wanted = order[Sampler(self._plan_fps).plan(ts[order])]",
+      "            wanted = order",
+      "decord converts frames the sampler drops", "tests/test_convert_kept.py"),
+    M("pyav-converts-eagerly", "vstream/sources/pyav.py",
+      "            yield counter.lazy_frame(t, functools.partial(rgb_of, frame, max_side))",
+      "            yield Frame(t, rgb_of(frame, max_side))",
+      "PyAV converts every decoded frame, uncounted", "tests/test_convert_kept.py"),
+    M("pillow-reducing-gap", "vstream/models/resize.py",
+      "            img = img.resize((w, h), resample=flt, reducing_gap=None)",
+      "            img = img.resize((w, h), resample=flt, reducing_gap=2.0)",
+      "the Pillow path reduces first: pixels differ from HF's processors", "tests/test_parity_processor.py"),
+    M("smolvlm-single-resize", "vstream/models/smolvlm.py",
+      "        x = resize_frames(frames, [first, (side, side)], self.resample, self.device)  # [N, 3, side, side] 0..1",
+      "        x = resize_frames(frames, [(side, side)], self.resample, self.device)  # [N, 3, side, side] 0..1",
+      "SmolVLM's first (longest-edge) resize is skipped", "tests/test_parity_processor.py"),
 ]
 
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "bench_out", ".whl", ".gl"}

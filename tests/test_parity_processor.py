@@ -4,6 +4,9 @@ Each HF processor is built with the values of the published checkpoint's preproc
 here as facts with their source, and fed the same uint8 frames. Compared: pixel values after
 normalisation, patch order (row for row), grid sizes and token counts.
 
+Both resize paths run every comparison (the ``resize_path`` fixture): Pillow itself (the CPU default) and
+the torch reproduction (the path on GPUs, forced on CPU here with ``torch_resize()``).
+
 Bound: the adapters resize with PIL's own arithmetic (``vstream.models.resize.resize_like_pil``: separable
 passes, 22-bit fixed-point weights, 8-bit rounding after each pass), so the resized pixels are PIL's to
 the level; what is left is float32 rounding in the normalisation, below 1e-6 after dividing by std.
@@ -25,8 +28,27 @@ import pytest
 import torch
 
 from conftest import tiny_adapter
+from vstream.models.resize import resize_like_pil as _RESIZE_LIKE_PIL
 
 PIX_TOL = 1e-6
+
+
+@pytest.fixture(autouse=True, params=["pillow", "torch"])
+def resize_path(request, monkeypatch):
+    """Run each comparison on both resize paths; the other path is made to fail, so the named one ran."""
+    from vstream.models import resize
+
+    def refuse(*a, **k):
+        raise AssertionError(f"the {request.param} path was asked for, but the other one ran")
+
+    if request.param == "torch":
+        with resize.torch_resize():
+            monkeypatch.setattr(resize, "_pil_chain", refuse)
+            yield request.param
+    else:
+        assert resize.uses_pillow("cpu")
+        monkeypatch.setattr(resize, "resize_like_pil", refuse)
+        yield request.param
 
 #: OpenAI CLIP mean/std.
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -191,3 +213,22 @@ def test_tiny_presets_follow_the_same_rules():
     a = tiny_adapter("tiny-qwen2.5-vl")
     frames = _frames(11, 2, 32, 48)
     _qwen_case(a, {**QWEN25_PP, "min_pixels": a.min_pixels}, frames, a.target_side ** 2, "tiny-qwen2.5-vl")
+
+
+@pytest.mark.parametrize("resample", ["bicubic", "lanczos", "bilinear"])
+def test_pillow_and_torch_paths_give_the_same_levels(resample, resize_path):
+    """Both paths of ``resize_frames`` give the same 8-bit levels, down- and upscaling, one and two resizes."""
+    from vstream.models import resize
+
+    if resize_path == "torch":
+        pytest.skip("compares both paths itself")
+    frames = np.concatenate([_frames(13, 1, 72, 128, smooth=True), _frames(14, 1, 72, 128)])
+    for sizes in ([(36, 50)], [(90, 130)], [(48, 64), (40, 40)], [(72, 128)]):
+        ours = resize.resize_frames(frames, sizes, resample, "cpu")
+        with resize.torch_resize(), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(resize, "resize_like_pil", _RESIZE_LIKE_PIL)  # the fixture made it refuse
+            ref = resize.resize_frames(frames, sizes, resample, "cpu")
+        assert ours.shape == ref.shape == (2, 3, *sizes[-1])
+        assert torch.equal((ours * 255).round(), (ref * 255).round()), sizes
+    with pytest.raises(ValueError, match="resample"):
+        resize.resize_frames(frames, [(8, 8)], "nearest", "cpu")

@@ -336,9 +336,10 @@ class Session:
         eng, pipe, resp, lt = self.engine, self.pipeline, self.responder, self.long_term
         return {
             "stream_time_s": eng.stream_time_s,
-            **pipe.frame_counts(),  # frames_in, frames_kept, frames_dropped
+            **pipe.frame_counts(),  # frames_in, frames_decoded, frames_converted, frames_kept, frames_dropped
             "chunks": eng.chunks_ingested,
             "chunks_dropped": pipe.chunks_dropped,
+            "stage_s": pipe.stage_seconds(),  # busy seconds: decode, convert, preprocess, model
             "chunk_latency_p50": _percentile(lat, 50),
             "chunk_latency_p95": _percentile(lat, 95),
             "chunk_latency_p99": _percentile(lat, 99),

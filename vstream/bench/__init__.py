@@ -8,6 +8,8 @@ tokens   token drop (kept share, chunk latency and KV/h, drop on vs off) per sou
          KV/h at 7B shapes for every format; which key channels the k2v1.58 tier stores at 1 bit.
 asr      speech recognition on a clip: real-time factor, WER, timestamp error, and per-chunk perception
          latency with ASR on over off in one run.
+pipeline real 720p/1080p H.264 clips through ``Agent.watch``: ingest time over ffmpeg's decode time, stage
+         shares, frames converted per kept frame (``render_clip``, ``ingest_over_decode``).
 
 Modules: ``common`` (device sync and memory, random chunks, environment facts, JSON/PNG writing),
 ``ingest``, ``memory_ttft``, ``realtime``, ``asr`` (one benchmark each) and ``commands`` (the argparse wiring).

@@ -12,8 +12,8 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet``, ``asr``, ``tokens``, ``gpu`` and
-    ``serve`` to ``sub`` (argparse sub-parsers)."""
+    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet``, ``asr``, ``tokens``, ``pipeline``,
+    ``gpu`` and ``serve`` to ``sub`` (argparse sub-parsers)."""
     b = sub.add_parser("bench", help="efficiency benchmarks -> JSON + PNG")
     bs = b.add_subparsers(dest="bench", required=True)
     i = bs.add_parser("ingest", help="per-chunk latency/memory: engine vs full attention vs recompute")
@@ -90,6 +90,16 @@ def add_parser(sub: Any) -> None:
                    help="multiply every step's budget (and the suite's, unless --budget) by this: a shared machine")
     g.add_argument("--out", default="bench_out/gpu")
     g.set_defaults(func=_cli_gpu)
+    pl = bs.add_parser("pipeline", help="real H.264 clips end to end: ingest time over ffmpeg's decode time")
+    pl.add_argument("--sizes", default="720p,1080p", help="clip sizes: 720p, 1080p")
+    pl.add_argument("--seconds", type=float, default=180.0, help="clip length (the issue's runs: 120-300)")
+    pl.add_argument("--model", default="tiny-smolvlm")
+    pl.add_argument("--fps", type=float, default=1.0)
+    pl.add_argument("--repeats", type=int, default=3, help="ingest runs per clip (each between two ffmpeg runs)")
+    pl.add_argument("--threads", type=int, default=None, help="cores for ffmpeg and torch (default: all)")
+    pl.add_argument("--device", default="cpu")
+    pl.add_argument("--out", default="bench_out")
+    pl.set_defaults(func=_cli_pipeline)
     from vstream.bench.serve import add_parser as add_serve_parser
 
     add_serve_parser(bs)
@@ -191,6 +201,13 @@ def _cli_gpu(args: argparse.Namespace) -> int:
 
 def _cli_fleet(args: argparse.Namespace) -> int:
     from vstream.bench.fleet import run
+
+    _report(run(args))
+    return 0
+
+
+def _cli_pipeline(args: argparse.Namespace) -> int:
+    from vstream.bench.pipeline import run
 
     _report(run(args))
     return 0

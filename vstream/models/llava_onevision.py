@@ -7,9 +7,9 @@ LM width and 2x bilinear pooling shrinks it to ceil(G/2)^2 tokens (14 x 14 = 196
 frame HF appends one ``image_newline`` token per video, so a chunk of N frames carries
 N * ceil(G/2)^2 + 1 vision tokens. Positions are plain 1-D: appending a chunk to a cache is exact.
 
-Frames are resized straight to ``image_size`` squared with PIL's bicubic reproduced exactly on the device
-(``resize.resize_like_pil``), so pixel values equal HF's PIL processor's. Deliberate prompt differences
-from the chat template (each chunk's marker before its video tokens, no newline after them) are listed
+Frames are resized straight to ``image_size`` squared with PIL's bicubic (``resize.resize_frames``: Pillow on
+CPU, its exact torch reproduction elsewhere), so pixel values equal HF's PIL processor's. Deliberate prompt
+differences from the chat template (each chunk's marker before its video tokens, no newline after them) are listed
 and measured in tests/test_parity_prompt.py.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ from transformers import (AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionFor
                           SiglipVisionConfig)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from vstream.models.base import (ModelAdapter, Tokens, frames_to_tensor, one_line, placement_kwargs,
+from vstream.models.base import (ModelAdapter, Tokens, one_line, placement_kwargs,
                                  read_checkpoint_json)
-from vstream.models.resize import resize_like_pil
+from vstream.models.resize import resize_frames
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -125,13 +125,14 @@ class LlavaOneVisionAdapter(ModelAdapter):
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """[N, H, W, 3] uint8 -> [N, 3, S, S] normalised pixels in the model dtype on its device (S = frame_size)."""
-        x = frames_to_tensor(frames, self.device)  # [N, 3, H, W] in 0..1
-        n, _, h, w = x.shape
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
+        n, h, w = frames.shape[:3]
         if n == 0 or h == 0 or w == 0:
             raise ValueError(f"frames must hold at least one non-empty frame, got shape {frames.shape}")
         s = self.frame_size
-        # HF's processors resize straight to size x size (bicubic), no aspect-preserving crop; PIL's arithmetic
-        x = resize_like_pil(x, (s, s), "bicubic")
+        # HF's processors resize straight to size x size (bicubic), no aspect-preserving crop; PIL's pixels
+        x = resize_frames(frames, [(s, s)], "bicubic", self.device)  # [N, 3, S, S] in 0..1
         mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.dtype)
@@ -165,7 +166,7 @@ class LlavaOneVisionAdapter(ModelAdapter):
         """Marker text + N * T + 1 video tokens; positions 0..S-1."""
         if not isinstance(marker, str):
             raise ValueError(f"marker must be a str, got {type(marker).__name__}")
-        feats = self.vision_features(self.preprocess(frames))  # [V, D]
+        feats = self.vision_features(self.preprocessed(frames))  # [V, D]
         text_ids = torch.tensor(self.tokenize(marker), dtype=torch.long, device=self.device)  # [St]
         vis_ids = torch.full((feats.shape[0],), self.video_token_id, dtype=torch.long, device=self.device)  # [V]
         ids = torch.cat([text_ids, vis_ids]).unsqueeze(0)  # [1, S]
@@ -189,7 +190,7 @@ class LlavaOneVisionAdapter(ModelAdapter):
         those of ``embed_chunk`` one by one)."""
         if not chunks:
             return []
-        pixels = [self.preprocess(frames) for _, frames in chunks]  # each [N_i, 3, S, S]
+        pixels = [self.preprocessed(frames) for _, frames in chunks]  # each [N_i, 3, S, S]
         feats = self.vision_features(torch.cat(pixels))[:-1]  # [sum N_i * T, D] (the one newline dropped)
         newline = self.model.model.image_newline.to(feats.dtype).view(1, -1)  # [1, D]
         out, at = [], 0

@@ -13,8 +13,8 @@ HF processor would give grid (t, h, w) under that budget gets exactly that grid 
 test_parity_processor.py). ``frame_size`` (constructor / ``random`` / ``from_pretrained`` argument) is
 the side of the square with that area. Default: 448 for the published configs and real checkpoints
 (16 x 16 = 256 merged tokens per 2 frames of a square video; less when a checkpoint's ``max_pixels`` is
-smaller), 56 for the tiny preset. The resize is PIL's bicubic reproduced exactly on the device
-(``resize.resize_like_pil``): pixel values equal HF's PIL processor's (measured difference 0).
+smaller), 56 for the tiny preset. The resize is PIL's bicubic (``resize.resize_frames``: Pillow on CPU,
+its exact torch reproduction elsewhere): pixel values equal HF's PIL processor's (measured difference 0).
 ``fps`` (attribute, default 2.0) is the sampling rate of the frames; it sets the temporal position
 spacing (``second_per_grid_ts = temporal_patch_size / fps``).
 """
@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from vstream.models.base import (ModelAdapter, Tokens, default_side, frames_to_tensor, one_line, placement_kwargs,
+from vstream.models.base import (ModelAdapter, Tokens, default_side, one_line, placement_kwargs,
                                  read_preprocessor_config)
-from vstream.models.resize import fit_to_grid, resize_like_pil
+from vstream.models.resize import fit_to_grid, resize_frames
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -175,17 +175,18 @@ class Qwen25VLAdapter(ModelAdapter):
     def preprocess(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames [N, H, W, 3] uint8 -> (pixel patches [T*gh*gw, 3*tp*p*p] fp32, grid_thw [3] int64).
 
-        Runs on the model's device with torch: resize (``resize_like_pil``), normalise, pad the frame
+        Resize as PIL does (``resize_frames``: Pillow on CPU, torch on the device), normalise, pad the frame
         count to a multiple of the temporal patch size by repeating the last frame, patchify in the
         layout of Qwen2-VL's video processor.
         """
         dev = self.device
-        x = frames_to_tensor(frames, dev)  # [N, 3, H, W] in 0..1
-        n = x.shape[0]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
+        n = frames.shape[0]
         if n == 0:
             raise ValueError("a chunk needs at least one frame, got 0")
-        h, w = self.resized_hw(x.shape[2], x.shape[3])
-        x = resize_like_pil(x, (h, w))
+        h, w = self.resized_hw(frames.shape[1], frames.shape[2])
+        x = resize_frames(frames, [(h, w)], "bicubic", dev)  # [N, 3, h, w] in 0..1
         x = (x - self.image_mean.to(dev).view(1, 3, 1, 1)) / self.image_std.to(dev).view(1, 3, 1, 1)
         tp, p, m = self.temporal_patch_size, self.patch_size, self.merge_size
         if pad := -n % tp:
@@ -214,7 +215,7 @@ class Qwen25VLAdapter(ModelAdapter):
         """Marker + frames [N, H, W, 3] uint8 -> Tokens with 3-D rel_pos starting at 0."""
         if not isinstance(marker, str):
             raise ValueError(f"marker must be a string, got {type(marker).__name__}")
-        pixels, grid = self.preprocess(frames)
+        pixels, grid = self.preprocessed(frames)
         dev = self.device
         ids = torch.tensor(self.chunk_ids(marker, grid), dtype=torch.long, device=dev).unsqueeze(0)  # [1, S]
         emb = self.language_model().embed_tokens(ids)  # [1, S, D]
@@ -233,7 +234,7 @@ class Qwen25VLAdapter(ModelAdapter):
         for marker, _ in chunks:
             if not isinstance(marker, str):
                 raise ValueError(f"marker must be a string, got {type(marker).__name__}")
-        prepped = [self.preprocess(frames) for _, frames in chunks]  # (pixels [P_i, C*tp*p*p], grid [3])
+        prepped = [self.preprocessed(frames) for _, frames in chunks]  # (pixels [P_i, C*tp*p*p], grid [3])
         grids = torch.stack([g for _, g in prepped])  # [B, 3]
         feats = self.model.model.get_video_features(torch.cat([p for p, _ in prepped]), grids).pooler_output
         out = []

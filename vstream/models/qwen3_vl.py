@@ -137,7 +137,7 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         """Frames [N, H, W, 3] uint8 -> Tokens with 3-D rel_pos from 0 and the chunk's DeepStack features."""
         if not isinstance(marker, str):
             raise ValueError(f"marker must be a string, got {type(marker).__name__}")
-        pixels, grid = self.preprocess(frames)
+        pixels, grid = self.preprocessed(frames)
         dev = self.device
         ids = torch.tensor(self.chunk_ids(marker, grid, len(frames)), dtype=torch.long, device=dev).unsqueeze(0)
         emb = self.language_model().embed_tokens(ids)  # [1, S, D]

@@ -1,13 +1,17 @@
 """Frame resizing the way the HF processors do it, on the model's device.
 
-``fit_to_grid``: the Qwen-VL size rule. ``resize_like_pil``: PIL's 8-bit resampling (bicubic, Lanczos,
-bilinear) reproduced exactly in torch, so the adapters' pixels equal HF's PIL-backed processors.
+``fit_to_grid``: the Qwen-VL size rule. ``resize_frames``: the adapters' entry point. On CPU it resizes
+with Pillow itself (the HF processors' own reference, in C); on other devices with ``resize_like_pil``,
+PIL's 8-bit resampling (bicubic, Lanczos, bilinear) reproduced exactly in torch. Both give PIL's pixels
+to the level. ``torch_resize()`` (or ``VSTREAM_RESIZE=torch``) forces the torch path on CPU too.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from typing import Callable
+import os
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -116,3 +120,55 @@ def resize_like_pil(x: torch.Tensor, size: tuple[int, int], resample: str = "bic
     if y.shape[-2] != h:
         y = _pass(y, _resample_matrix(int(y.shape[-2]), h, resample).to(y.device), -2)
     return (y / 255.0).to(x.dtype)
+
+
+_PIL_FILTERS = {"bicubic": "BICUBIC", "lanczos": "LANCZOS", "bilinear": "BILINEAR"}
+_force_torch = os.environ.get("VSTREAM_RESIZE", "").strip().lower() == "torch"
+
+
+@contextlib.contextmanager
+def torch_resize(on: bool = True) -> Iterator[None]:
+    """Within the block, resize with the torch reproduction on CPU as well (``on=False``: Pillow on CPU)."""
+    global _force_torch
+    before, _force_torch = _force_torch, on
+    try:
+        yield
+    finally:
+        _force_torch = before
+
+
+def uses_pillow(device: torch.device | str) -> bool:
+    """True when ``resize_frames`` resizes with Pillow on ``device`` (CPU, not forced to torch)."""
+    return torch.device(device).type == "cpu" and not _force_torch
+
+
+def _pil_chain(frame: np.ndarray, sizes: Sequence[tuple[int, int]], resample: str) -> np.ndarray:
+    """One [H, W, 3] uint8 frame through Pillow's resize to each (h, w) in turn (HF's PIL processors' call)."""
+    from PIL import Image
+
+    flt = getattr(Image.Resampling, _PIL_FILTERS[resample])
+    img = Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
+    for h, w in sizes:
+        if img.size != (w, h):
+            img = img.resize((w, h), resample=flt, reducing_gap=None)
+    return np.asarray(img)
+
+
+def resize_frames(frames: np.ndarray, sizes: Sequence[tuple[int, int]], resample: str,
+                  device: torch.device | str) -> torch.Tensor:
+    """[N, H, W, 3] uint8 frames -> [N, 3, h, w] float32 levels / 255 on ``device``, resized as PIL does.
+
+    ``sizes`` are (h, w) targets applied in turn (SmolVLM resizes twice). CPU: Pillow's own resize;
+    otherwise (or under ``torch_resize()``): ``resize_like_pil`` on the device. Same levels either way.
+    """
+    if resample not in _PIL_FILTERS:
+        raise ValueError(f"unknown resample filter {resample!r}; use bicubic, lanczos or bilinear")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
+    if uses_pillow(device):
+        out = np.stack([_pil_chain(f, sizes, resample) for f in frames])  # [N, h, w, 3] uint8
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)  # [N, 3, h, w]
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    for size in sizes:
+        x = resize_like_pil(x, size, resample)
+    return x  # [N, 3, h, w]

@@ -8,9 +8,9 @@ prompt lays out frames (``"\\nFrame from 00:01:"`` + image tokens, never split i
 Frames are resized as SmolVLM's video processor does: longest edge to the checkpoint's
 ``video_sampling.video_size`` (aspect kept), then to a square of ``frame_size`` pixels (default: the
 checkpoint's ``max_image_size``, i.e. the vision tower's image size: 512 for SmolVLM2-256M/500M, 384 for
-2.2B), both with the checkpoint's filter (``resample`` 1 = LANCZOS) in PIL's exact arithmetic, then
-normalised with the checkpoint's mean/std (0.5). Pixel values equal HF's PIL processor's
-(tests/test_parity_processor.py). Deliberate prompt differences from HF's video prompt (no intro line,
+2.2B), both with the checkpoint's filter (``resample`` 1 = LANCZOS), by Pillow itself on CPU (its exact
+torch reproduction elsewhere), then normalised with the checkpoint's mean/std (0.5). Pixel values equal
+HF's PIL processor's (tests/test_parity_processor.py). Deliberate prompt differences from HF's video prompt (no intro line,
 one time marker per chunk instead of one timestamp per frame) are listed in tests/test_parity_prompt.py. The tower sees ``(frame_size // patch)^2`` patches and the connector's pixel
 shuffle folds ``scale_factor^2`` of them into one LM token, so L = (frame_size // patch)^2 / scale_factor^2
 (64 for 256M at 512, 81 for 2.2B at 384). The LM uses 1-D RoPE: a chunk's positions are 0..S-1.
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vstream.models.base import (ModelAdapter, Tokens, default_side, frames_to_tensor, one_line, placement_kwargs,
+from vstream.models.base import (ModelAdapter, Tokens, default_side, one_line, placement_kwargs,
                                  read_preprocessor_config)
-from vstream.models.resize import PIL_RESAMPLE, resize_like_pil
+from vstream.models.resize import PIL_RESAMPLE, resize_frames
 from vstream.models.tokenizer import build_offline_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -216,13 +216,12 @@ class SmolVLMAdapter(ModelAdapter):
         """frames [N, H, W, 3] uint8 -> pixel values [N, 3, side, side] fp32, normalised, on the model's device.
 
         The two resizes of SmolVLM's video processor (longest edge to the video size, then the square
-        ``frame_size``), each with PIL's arithmetic (``resize_like_pil``, the checkpoint's filter).
+        ``frame_size``), each PIL's (``resize_frames``: Pillow on CPU, its torch reproduction elsewhere).
         """
         self._check_frames(frames)
-        x = frames_to_tensor(frames, self.device)  # [N, 3, H, W] in 0..1
         side = self.frame_size
-        x = resize_like_pil(x, self.first_resize_hw(x.shape[-2], x.shape[-1]), self.resample)
-        x = resize_like_pil(x, (side, side), self.resample)
+        first = self.first_resize_hw(frames.shape[1], frames.shape[2])
+        x = resize_frames(frames, [first, (side, side)], self.resample, self.device)  # [N, 3, side, side] 0..1
         mean = self.image_mean.to(x.device)
         std = self.image_std.to(x.device)
         return (x - mean) / std  # [N, 3, side, side]
@@ -236,7 +235,7 @@ class SmolVLMAdapter(ModelAdapter):
     @torch.inference_mode()
     def embed_chunk(self, marker: str, frames: np.ndarray) -> Tokens:
         """Chunk = marker text + every frame as one global image; positions 0..S-1."""
-        pixels = self.preprocess(frames)  # [N, 3, side, side]
+        pixels = self.preprocessed(frames)  # [N, 3, side, side]
         n = int(pixels.shape[0])
         ids = torch.tensor(self._chunk_ids(marker, n), dtype=torch.long, device=self.device).unsqueeze(0)  # [1, S]
         emb = self.language_model().embed_tokens(ids)  # [1, S, D]
@@ -264,7 +263,7 @@ class SmolVLMAdapter(ModelAdapter):
         independently, so each result is that of ``embed_chunk``)."""
         if not chunks:
             return []
-        pixels = [self.preprocess(frames) for _, frames in chunks]  # each [N_i, 3, side, side]
+        pixels = [self.preprocessed(frames) for _, frames in chunks]  # each [N_i, 3, side, side]
         feats = self.encode_frames(torch.cat(pixels))  # [sum N_i, L, D]
         out, at = [], 0
         for (marker, _), px in zip(chunks, pixels):

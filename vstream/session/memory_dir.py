@@ -143,7 +143,7 @@ class ShiftedSource:
 
     def __iter__(self) -> Iterator[Frame]:
         for f in self.inner:
-            yield Frame(f.t + self.offset_s, f.rgb)
+            yield f.shifted(self.offset_s)  # stays lazy: only kept frames are converted
 
     def __getattr__(self, name: str) -> Any:  # gap_records, reconnects, dropped, push(), ...
         return getattr(self.inner, name)

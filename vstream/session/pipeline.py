@@ -1,7 +1,9 @@
 """The stream side of a session: source -> sampler -> chunker -> perception, and waiting on stream time.
 
-In the background a reader thread decodes ahead into a bounded chunk queue and a perception thread
-takes chunks from it. Backlog policy: realtime drops the oldest queued chunk (counted) when perception
+In the background three stages run in their own threads with bounded queues between them: a decode
+thread iterates the source into a frame queue (``stages.DecodeAhead``); a reader thread samples, converts
+the kept frames, chunks and preprocesses them (``adapter.prepare_ahead``) into a chunk queue; a
+perception thread takes chunks from it. ``stage_seconds`` says how long each stage was busy. Backlog policy: realtime drops the oldest queued chunk (counted) when perception
 falls behind; otherwise the reader waits (back-pressure: no drops, no growing backlog). Without a
 background thread, ``advance_to`` ingests in the caller's thread. A source that fails mid-stream ends
 the stream with a one-line ``error``; ``ended`` is signalled to everyone waiting.
@@ -18,6 +20,7 @@ import numpy as np
 
 from vstream.config import SamplerConfig
 from vstream.engine.core import Engine
+from vstream.session.stages import DecodeAhead, StageClock
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ class Pipeline:
         self.reader: threading.Thread | None = None
         self.perception: threading.Thread | None = None
         self._chunk_iter: Iterator | None = None
+        self.clock = StageClock()
+        self.decoder: DecodeAhead | None = None
         self._stop = threading.Event()
         self._advanced = threading.Condition()
         if source is not None:
@@ -56,8 +61,14 @@ class Pipeline:
         adapter = self.engine.adapter
         self.sampler = Sampler(sc.fps, realtime=sc.realtime)
         adapter.configure_sampling(sc.fps)
+        if hasattr(self.source, "plan_sampling"):  # a file that knows its frame times: fetch only kept frames
+            self.source.plan_sampling(sc.fps)
         fpc = adapter.frames_per_chunk(sc.fps, sc.chunk_seconds)
-        chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc)(self.sampler(iter(self.source)))
+        frames = iter(self.source)
+        if self.background:  # decoding in its own thread
+            self.decoder = DecodeAhead(self.source, clock=self.clock)
+            frames = iter(self.decoder)
+        chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc)(self.sampler(frames))
         if progress and getattr(self.source, "duration", None):
             from tqdm import tqdm
 
@@ -68,7 +79,7 @@ class Pipeline:
             self.reader = threading.Thread(target=self._feed, args=(chunks,), name="vstream-reader", daemon=True)
             self.reader.start()
         else:
-            self._chunk_iter = iter(chunks)
+            self._chunk_iter = self._timed_chunks(chunks)
 
     def start(self) -> None:
         """Start the perception thread (background pipelines on a source); otherwise nothing to do."""
@@ -81,9 +92,10 @@ class Pipeline:
     def _feed(self, chunks: Iterator) -> None:
         q = self.queue
         try:
-            for ch in chunks:
+            for ch in self._timed_chunks(chunks):
                 if self._stop.is_set():
                     break
+                self._prepare(ch)
                 if self.realtime:
                     self._put_dropping_oldest(q, ch)
                 else:
@@ -97,6 +109,34 @@ class Pipeline:
             self._source_failed(e)
         finally:
             self._put_end(q)
+
+    def _timed_chunks(self, chunks: Iterator) -> Iterator:
+        """``chunks`` with the reader's own time (sampling, conversion, chunking) counted as ``convert``."""
+        it = iter(chunks)
+        while True:
+            t0 = time.perf_counter()
+            waited0 = self.decoder.waited_s if self.decoder is not None else 0.0
+            try:
+                ch = next(it)
+            except StopIteration:
+                return
+            finally:
+                waited = (self.decoder.waited_s if self.decoder is not None else 0.0) - waited0
+                self.clock.add("convert", time.perf_counter() - t0 - waited)
+            yield ch
+
+    def _prepare(self, ch) -> None:
+        """The preprocess stage: the adapter preprocesses the chunk's frames ahead of perception."""
+        prepare = getattr(self.engine.adapter, "prepare_ahead", None)
+        if prepare is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            prepare(ch.frames)
+        except Exception as e:  # noqa: BLE001 - perception preprocesses again and reports the error there
+            logger.debug("preprocessing ahead failed (%s); perception will preprocess", e)
+        finally:
+            self.clock.add("preprocess", time.perf_counter() - t0)
 
     def _put_dropping_oldest(self, q: queue.Queue, ch) -> None:
         while True:
@@ -165,7 +205,11 @@ class Pipeline:
         chunk = self._next_chunk()
         if chunk is None:
             return False
-        self._step_fn(chunk)
+        t0 = time.perf_counter()
+        try:
+            self._step_fn(chunk)
+        finally:
+            self.clock.add("model", time.perf_counter() - t0)
         with self._advanced:
             self._advanced.notify_all()
         return True
@@ -189,21 +233,34 @@ class Pipeline:
             return self._advanced.wait_for(lambda: self.ended or self.engine.chunks_ingested >= n, timeout)
 
     def frame_counts(self) -> dict[str, int]:
-        """frames_in / frames_kept / frames_dropped (sampler, backlog and a push source's own drops)."""
+        """frames_in / frames_kept / frames_dropped (sampler, backlog and a push source's own drops), and
+        frames_decoded / frames_converted (the source's own counters; frames_in where it keeps none)."""
         s = self.sampler
-        return {"frames_in": getattr(s, "frames_in", 0),
+        src = self.source
+        frames_in = getattr(s, "frames_in", 0)
+        return {"frames_in": frames_in,
+                "frames_decoded": int(getattr(src, "frames_decoded", frames_in)),
+                "frames_converted": int(getattr(src, "frames_converted", frames_in)),
                 "frames_kept": getattr(s, "frames_kept", 0) - self.frames_dropped_backlog,
                 "frames_dropped": getattr(s, "frames_dropped", 0) + self.frames_dropped_backlog
                 + getattr(self.source, "dropped", 0)}  # a PushSource drops when its own queue is full
 
+    def stage_seconds(self) -> dict[str, float]:
+        """Busy seconds per stage: decode, convert (sample + convert + chunk), preprocess (ahead), model
+        (perception: the engine plus what follows a chunk). Without background threads decoding counts in
+        ``convert``, preprocessing in ``model``."""
+        return {k: round(v, 4) for k, v in self.clock.seconds.items()}
+
     def close(self, deadline: float) -> None:
         """Stop reading and perceiving; close the source; join the threads by ``deadline`` (monotonic)."""
         self._stop.set()
+        if self.decoder is not None:
+            self.decoder.stop()
         if self.source is not None and hasattr(self.source, "close"):
             try:
                 self.source.close()
             except Exception as e:
                 logger.warning("closing the source failed: %s", e)
-        for t in (self.perception, self.reader):
+        for t in (self.perception, self.reader, self.decoder.thread if self.decoder is not None else None):
             if t is not None:
                 t.join(max(0.0, deadline - time.monotonic()))

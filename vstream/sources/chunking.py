@@ -81,6 +81,29 @@ class Sampler:
             self.frames_kept += 1
             yield frame
 
+    def plan(self, times) -> np.ndarray:
+        """Indices into ``times`` (increasing stream times) that this sampler keeps when not pacing.
+
+        The same rule as iterating (it runs on stand-in frames that carry only ``t``), for sources that
+        know every frame's time up front and decode only what will be kept (decord). Counters are reset.
+        """
+        class _T:
+            __slots__ = ("t", "i")
+
+        def stubs():
+            for i, t in enumerate(times):
+                s = _T()
+                s.t, s.i = float(t), i
+                yield s
+
+        realtime, self.realtime = self.realtime, False
+        try:
+            kept = [s.i for s in self(stubs())]
+        finally:
+            self.realtime = realtime
+            self._reset()
+        return np.asarray(kept, dtype=np.int64)
+
     def stats(self) -> dict:
         """The counters as a dict."""
         return {"frames_in": self.frames_in, "frames_kept": self.frames_kept,

@@ -11,15 +11,21 @@ from typing import Iterator
 
 import numpy as np
 
-from vstream.sources.frames import Frame, check_max_side, resize_max_side
+from vstream.sources.frames import ConversionCounter, Frame, check_max_side, resize_max_side
 from vstream.sources.errors import _check_file, _container_error, _exc_text, _file_error
 from vstream.sources.pyav import _open_container, _pyav_frames, _stream_facts
 
 logger = logging.getLogger(__name__)
 
 
-class FileSource:
+class FileSource(ConversionCounter):
     """A video file decoded with decord in batches; timestamps from the container (VFR-safe).
+
+    Only what is kept is converted to RGB: after ``plan_sampling(fps)`` (the pipeline calls it) decord
+    fetches only the frames a ``Sampler`` at that fps keeps (indices chosen by timestamp first) and
+    yields the others as lazy frames; PyAV decodes every frame and converts a frame only when its
+    ``rgb`` is read. ``frames_decoded`` / ``frames_converted`` count, per iteration, the frames that went
+    through the decoder (decord: the frames of the range it read) and those turned into RGB arrays.
 
     Frames with ``start_s <= t < end_s`` are yielded. ``backend="auto"`` uses decord and falls back to
     PyAV when decord cannot open the file (other codecs, truncated files); ``"pyav"`` forces PyAV.
@@ -41,6 +47,7 @@ class FileSource:
         self.start_s, self.end_s, self.max_side, self.batch = float(start_s), end_s, max_side, batch
         self._vr = None
         self._ts: np.ndarray | None = None  # [N] frame start times (decord)
+        self._plan_fps: float | None = None
         self.backend = backend
         if backend in ("auto", "decord"):
             try:
@@ -95,7 +102,14 @@ class FileSource:
 
     # -- iteration ---------------------------------------------------------------------------
 
+    def plan_sampling(self, fps: float | None) -> None:
+        """Frames will be sampled at ``fps`` (None: all are read): decord then fetches only those kept."""
+        if fps is not None and not fps > 0:
+            raise ValueError(f"plan_sampling fps must be > 0 or None, got {fps}")
+        self._plan_fps = fps
+
     def __iter__(self) -> Iterator[Frame]:
+        self.frames_decoded = self.frames_converted = 0
         if self.backend == "pyav":
             yield from self._iter_pyav()
         else:
@@ -107,7 +121,7 @@ class FileSource:
             n = 0
             try:
                 for frame in _pyav_frames(container, path=self.name, start_s=self.start_s, end_s=self.end_s,
-                                          max_side=self.max_side, seek=seek):
+                                          max_side=self.max_side, seek=seek, counter=self):
                     n += 1
                     yield frame
             finally:
@@ -124,18 +138,42 @@ class FileSource:
         if self.end_s is not None:
             keep &= ts < self.end_s
         order = np.flatnonzero(keep)
-        order = order[np.argsort(ts[order], kind="stable")]
-        for lo in range(0, len(order), self.batch):
+        order = order[np.argsort(ts[order], kind="stable")]  # frame indices in time order
+        if self._plan_fps is None:
+            wanted = order
+        else:  # indices first, by the sampler's own rule: nothing else is fetched in batches
+            from vstream.sources.chunking import Sampler
+
+            wanted = order[Sampler(self._plan_fps).plan(ts[order])]
+        pos = {int(i): k for k, i in enumerate(wanted)}  # frame index -> place in ``wanted``
+        fetched: dict[int, np.ndarray] = {}
+        for i in order:
+            i = int(i)
             if self._vr is None:  # closed while iterating
                 return
-            idx = [int(i) for i in order[lo:lo + self.batch]]
-            try:
-                frames = vr.get_batch(idx).asnumpy()  # [B, H, W, 3] uint8
-            except Exception as exc:  # noqa: BLE001 - decode error inside the file
-                yield from self._decord_one_by_one(vr, idx, exc)
-                return
-            for i, rgb in zip(idx, frames):
-                yield Frame(float(ts[i]), resize_max_side(rgb, self.max_side))
+            if i not in pos:  # the sampler drops it: a lazy frame, fetched alone if ever read
+                self.frames_decoded += 1
+                yield self.lazy_frame(float(ts[i]), self._decord_fetch_one(i))
+                continue
+            if i not in fetched:
+                fetched.clear()  # frames fetched earlier and not yielded (none in order) are released
+                idx = [int(j) for j in wanted[pos[i]:pos[i] + self.batch]]
+                try:
+                    batch = vr.get_batch(idx).asnumpy()  # [B, H, W, 3] uint8
+                except Exception as exc:  # noqa: BLE001 - decode error inside the file
+                    yield from self._decord_one_by_one(vr, idx, exc)
+                    return
+                self.frames_converted += len(idx)
+                fetched = {j: resize_max_side(rgb, self.max_side) for j, rgb in zip(idx, batch)}
+            self.frames_decoded += 1
+            yield Frame(float(ts[i]), fetched.pop(i))
+
+    def _decord_fetch_one(self, i: int):
+        def fetch() -> np.ndarray:
+            if self._vr is None:
+                raise RuntimeError(f"FileSource {self.name!r} is closed; open a new one")
+            return resize_max_side(self._vr.get_batch([i]).asnumpy()[0], self.max_side)
+        return fetch
 
     def _decord_one_by_one(self, vr, idx: list[int], exc: BaseException) -> Iterator[Frame]:
         """A batch failed: decode its frames singly up to the broken one, warn, and end."""
@@ -147,6 +185,8 @@ class FileSource:
                 exc = exc2
                 break
             last = float(self._ts[i])
+            self.frames_decoded += 1
+            self.frames_converted += 1
             yield Frame(last, resize_max_side(rgb, self.max_side))
         where = f"after t={last:.2f}s" if last is not None else f"at t={float(self._ts[idx[0]]):.2f}s"
         logger.warning("video %r is truncated or damaged: decoding stopped %s (%s)", self.name, where, _exc_text(exc))

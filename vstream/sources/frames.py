@@ -5,19 +5,87 @@ A source yields ``Frame(t, rgb)``: ``t`` is the presentation time in seconds of 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
 
-@dataclass(frozen=True, eq=False)
 class Frame:
-    """One decoded frame at presentation time ``t`` (seconds of stream time)."""
+    """One decoded frame at presentation time ``t`` (seconds of stream time).
 
-    t: float  # presentation time in seconds (stream time)
-    rgb: np.ndarray  # [H, W, 3] uint8 RGB
+    ``Frame(t, rgb)`` holds its pixels; ``Frame.lazy(t, convert)`` holds a decoded picture that is
+    turned into RGB (``convert()``) only when ``rgb`` is first read, so frames the sampler drops are
+    never colour-converted or copied. Read-only after construction.
+    """
+
+    __slots__ = ("t", "_rgb", "_convert")
+
+    def __init__(self, t: float, rgb: np.ndarray | None = None) -> None:
+        if rgb is None:
+            raise ValueError("Frame needs its rgb array; use Frame.lazy(t, convert) for a deferred conversion")
+        object.__setattr__(self, "t", t)  # presentation time in seconds (stream time)
+        object.__setattr__(self, "_rgb", rgb)  # [H, W, 3] uint8 RGB
+        object.__setattr__(self, "_convert", None)
+
+    @classmethod
+    def lazy(cls, t: float, convert: Callable[[], np.ndarray]) -> "Frame":
+        """A frame whose ``rgb`` is made by ``convert()`` on first access (at most once)."""
+        f = cls.__new__(cls)
+        object.__setattr__(f, "t", t)
+        object.__setattr__(f, "_rgb", None)
+        object.__setattr__(f, "_convert", convert)
+        return f
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """[H, W, 3] uint8 RGB (converted now if this frame is lazy and was not read before)."""
+        if self._rgb is None:
+            object.__setattr__(self, "_rgb", self._convert())
+            object.__setattr__(self, "_convert", None)  # drop the decoded picture
+        return self._rgb
+
+    @property
+    def converted(self) -> bool:
+        """True once the pixels exist as an RGB array."""
+        return self._rgb is not None
+
+    def shifted(self, dt: float) -> "Frame":
+        """The same picture at time ``t + dt`` (stays lazy when this frame is)."""
+        if self._rgb is not None:
+            return Frame(self.t + dt, self._rgb)
+        return Frame.lazy(self.t + dt, lambda: self.rgb)
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError("Frame is read-only")
+
+    def __repr__(self) -> str:
+        shape = "lazy" if self._rgb is None else "x".join(map(str, self._rgb.shape))
+        return f"Frame(t={self.t:.3f}, {shape})"
+
+
+class ConversionCounter:
+    """A source's own counters: ``frames_decoded`` (pictures out of the decoder) and ``frames_converted``
+    (pictures turned into RGB arrays). ``lazy_frame`` wraps a decoded picture so that its conversion is
+    counted when, and only when, someone reads its pixels."""
+
+    frames_decoded: int = 0
+    frames_converted: int = 0
+
+    def _counted(self, convert: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            rgb = convert()
+            self.frames_converted += 1
+            return rgb
+        return run
+
+    def lazy_frame(self, t: float, convert: Callable[[], np.ndarray]) -> Frame:
+        """A lazy ``Frame`` at ``t`` whose conversion ``convert()`` is counted in ``frames_converted``."""
+        return Frame.lazy(t, self._counted(convert))
+
+    def conversion_counts(self) -> dict[str, int]:
+        """{"frames_decoded", "frames_converted"}."""
+        return {"frames_decoded": self.frames_decoded, "frames_converted": self.frames_converted}
 
 
 @runtime_checkable

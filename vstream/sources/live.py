@@ -9,20 +9,20 @@ change (HTTP 4xx, a page that is not video) are not retried. An http(s) file tha
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
 import time
 import urllib.request
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-import numpy as np
 
-from vstream.sources.frames import Frame, check_max_side, resize_max_side
+from vstream.sources.frames import ConversionCounter, Frame, check_max_side
 from vstream.sources.errors import (LIVE_SCHEMES, SourceError, _check_file, _container_error, _exc_text, _file_error,
                                     _redact, _stream_error, is_device, is_url)
-from vstream.sources.pyav import _decode_video, _DecodeLog, _open_container, _stream_facts, _video_origin
+from vstream.sources.pyav import _decode_video, _DecodeLog, _open_container, _stream_facts, _video_origin, rgb_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _final(err: BaseException) -> bool:
     return isinstance(cause, (av.HTTPClientError, av.InvalidDataError))
 
 
-class LiveSource:
+class LiveSource(ConversionCounter):
     """A live stream (rtsp/rtmp/http(s)/srt, ``/dev/video*``) or any file PyAV can open.
 
     The first connection is made at construction (errors surface before ingestion). For network
@@ -50,7 +50,8 @@ class LiveSource:
     (``backoff_s * 2**attempt``, at most ``max_retries`` attempts in a row); the stream time lost
     is recorded in ``gaps`` as ``(last_t, resumed_t)`` and ``reconnects`` counts the successes.
     When retries run out, iteration raises SourceError. For a local file a decode error means
-    truncation: a warning, then the end.
+    truncation: a warning, then the end. Frames are lazy: a picture is converted to RGB only when its
+    ``rgb`` is read (``frames_decoded`` / ``frames_converted`` count both, over the source's life).
     """
 
     def __init__(self, url: str | os.PathLike, *, max_side: int | None = None, reconnect: bool = True,
@@ -126,11 +127,13 @@ class LiveSource:
                 self._sleep(wait)
         raise AssertionError("unreachable")
 
-    def _decode(self, container, log: _DecodeLog) -> Iterator[tuple[float | None, np.ndarray]]:
+    def _decode(self, container, log: _DecodeLog) -> Iterator[tuple[float | None, Any]]:
+        """(pts seconds, decoded picture) of the first video stream; pictures are converted later."""
         vs = container.streams.video[0]
         vs.thread_type = "AUTO"
         for frame in _decode_video(container, vs, log):
-            yield frame.time, frame.to_ndarray(format="rgb24")
+            self.frames_decoded += 1
+            yield frame.time, frame
 
     def __iter__(self) -> Iterator[Frame]:
         import av
@@ -165,7 +168,7 @@ class LiveSource:
             log = _DecodeLog(container if self._is_file else None)
             frames_here = 0
             try:
-                for pts, rgb in self._decode(container, log):
+                for pts, picture in self._decode(container, log):
                     if self._is_file:
                         t = float(pts) - _video_origin(container) if pts is not None else (
                             0.0 if last_t is None else last_t + fallback_dt)  # first video frame = 0, as decord
@@ -189,7 +192,7 @@ class LiveSource:
                     last_t, last_wall = t, self._clock()
                     frames_here += 1
                     log.add(t)
-                    yield Frame(t, resize_max_side(rgb, self.max_side))
+                    yield self.lazy_frame(t, functools.partial(rgb_of, picture, self.max_side))
                     if self._closed:
                         return
             except (av.FFmpegError, EOFError, OSError) as exc:

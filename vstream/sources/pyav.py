@@ -7,12 +7,13 @@ index says it should is reported as truncated.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from vstream.sources.frames import Frame, resize_max_side
+from vstream.sources.frames import ConversionCounter, Frame, resize_max_side
 from vstream.sources.errors import (LIVE_SCHEMES, _check_file, _container_error, _exc_text, _file_error,
                                     _stream_error, is_device, is_url)
 
@@ -151,10 +152,18 @@ def _decode_video(container, vs, log: _DecodeLog) -> Iterator[Any]:
         raise
 
 
+def rgb_of(frame, max_side: int | None = None):
+    """A decoded PyAV picture as [H, W, 3] uint8 RGB, longer side shrunk to ``max_side``."""
+    return resize_max_side(frame.to_ndarray(format="rgb24"), max_side)
+
+
 def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | None = None,
-                 max_side: int | None = None, seek: bool = True) -> Iterator[Frame]:
+                 max_side: int | None = None, seek: bool = True,
+                 counter: ConversionCounter | None = None) -> Iterator[Frame]:
     """Decode the first video stream of an open PyAV container (a file): what is readable, then a warning.
 
+    Frames are lazy: a picture becomes an RGB array only when its ``rgb`` is read (counted in
+    ``counter.frames_converted``; ``counter.frames_decoded`` counts every picture decoded).
     ``seek=False`` decodes from the start and skips to ``start_s`` (for containers that seek badly)."""
     import av
 
@@ -171,6 +180,8 @@ def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | N
     error: BaseException | None = None
     try:
         for frame in _decode_video(container, vs, log):
+            if counter is not None:
+                counter.frames_decoded += 1
             t = frame.time
             if t is None:  # no pts: continue from the last time at the nominal rate
                 t = 0.0 if log.last_t is None else log.last_t + 1.0 / (facts_fps or 25.0)
@@ -181,7 +192,10 @@ def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | N
             if end_s is not None and t >= end_s:
                 return
             log.add(t)
-            yield Frame(t, resize_max_side(frame.to_ndarray(format="rgb24"), max_side))
+            if counter is None:
+                yield Frame(t, rgb_of(frame, max_side))
+                continue
+            yield counter.lazy_frame(t, functools.partial(rgb_of, frame, max_side))
     except (av.FFmpegError, EOFError, OSError) as exc:
         error = exc
     log.warn_if_damaged(path, error)

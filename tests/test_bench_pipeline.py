@@ -1,0 +1,62 @@
+"""`vstream bench pipeline`: the rendered clip is what it claims (H.264 with B-frames, AAC), and the
+end-to-end run reports deterministic counts (no timing is asserted)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory):
+    from vstream.bench.pipeline import render_clip
+
+    return render_clip(tmp_path_factory.mktemp("bp") / "c.mp4", 160, 90, 3)
+
+
+def test_render_clip_is_h264_with_b_frames_and_aac(small_clip):
+    import av
+
+    with av.open(str(small_clip)) as c:
+        vs = c.streams.video[0]
+        assert vs.codec_context.name == "h264" and (vs.width, vs.height) == (160, 90)
+        assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
+        kinds = [f.pict_type for f in c.decode(vs)]
+    assert len(kinds) == 90 and av.video.frame.PictureType.B in kinds
+
+
+def test_render_clip_refuses_bad_sizes(tmp_path):
+    from vstream.bench.pipeline import render_clip
+
+    with pytest.raises(ValueError, match="even"):
+        render_clip(tmp_path / "x.mp4", 161, 90, 1)
+    with pytest.raises(ValueError, match="seconds"):
+        render_clip(tmp_path / "x.mp4", 160, 90, 0)
+    assert not list(tmp_path.iterdir())  # nothing left behind
+
+
+def test_ingest_over_decode_counts(small_clip):
+    from vstream.bench.pipeline import ingest_over_decode
+
+    r = ingest_over_decode(small_clip, model="tiny-smolvlm", fps=1.0, device="cpu", threads=1)
+    for k in ("ingest_s", "decode_s", "ratio", "frames_decoded", "frames_converted", "frames_kept"):
+        assert k in r
+    assert r["frames_decoded"] == 90 and r["frames_kept"] == 3 == r["chunks"]
+    assert r["frames_converted"] <= 1.2 * r["frames_kept"]
+    assert set(r["stage_s"]) == {"decode", "convert", "preprocess", "model"}
+    assert r["ratio"] > 0 and r["decode_s"] > 0
+
+
+def test_bad_input_is_refused_before_loading(tmp_path, small_clip):
+    from vstream.bench.pipeline import bench_pipeline, ingest_over_decode
+
+    with pytest.raises(ValueError, match="does not exist"):
+        ingest_over_decode(tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="fps"):
+        ingest_over_decode(small_clip, fps=0)
+    with pytest.raises(ValueError, match="unknown size"):
+        bench_pipeline(tmp_path, sizes=("4k",))
+    with pytest.raises(ValueError, match="repeats"):
+        bench_pipeline(tmp_path, repeats=0)

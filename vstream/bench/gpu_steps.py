@@ -183,10 +183,18 @@ def step_bf16(s: dict[str, Any], out: Path) -> dict[str, Any]:
     return {"cap": cap, "headline": headline, "build": {**info, "peak_device_bytes": _peak()}}
 
 
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 # ---- 6. 1080p H.264 file ingest over the decode bound ---------------------------------------------------
 def step_pipeline(s: dict[str, Any], out: Path) -> dict[str, Any]:
     """A rendered 1080p H.264 clip: time to ingest it over the time to only decode it."""
-    import importlib.util
     import shutil
     import tempfile
 
@@ -197,7 +205,7 @@ def step_pipeline(s: dict[str, Any], out: Path) -> dict[str, Any]:
     if shutil.which("ffmpeg") is None:  # renders the clip and times the decode bound
         return {"status": "skipped", "reason": "ffmpeg is not on PATH on this machine (it renders the clip and "
                                                "times the decode bound)"}
-    if not any(importlib.util.find_spec(m) for m in ("decord", "av")):
+    if not any(_importable(m) for m in ("decord", "av")):
         return {"status": "skipped", "reason": "neither decord nor PyAV is installed here: no file source to ingest"}
 
     with tempfile.TemporaryDirectory(prefix="vstream-gpu-clip-") as tmp:

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from vstream.models.ahead import PreprocessAhead
+
 logger = logging.getLogger(__name__)
 
 
@@ -106,7 +108,7 @@ class StopForward(Exception):
     """Raised from a projection hook to end a forward pass early (capture_projection_means(stop_after=...))."""
 
 
-class ModelAdapter(ABC):
+class ModelAdapter(PreprocessAhead, ABC):
     """One VLM family behind one protocol. Subclasses fill in the abstract methods."""
 
     family: ClassVar[str] = ""
@@ -190,25 +192,6 @@ class ModelAdapter(ABC):
         Preprocessing (resize, normalise, patchify): ``preprocessed(frames)``, i.e. the result of an earlier
         ``prepare_ahead`` of the same array when there is one, else ``preprocess`` now.
         """
-
-    #: chunks preprocessed ahead and not yet embedded, at most this many are held
-    AHEAD_MAX = 8
-
-    def prepare_ahead(self, frames: np.ndarray) -> None:
-        """Preprocess ``frames`` now (the pipeline's preprocess stage, in its own thread); the next
-        ``preprocessed`` of this same array object returns the result instead of preprocessing again."""
-        out = self.preprocess(frames)
-        ahead = self.__dict__.setdefault("_ahead", {})  # id(frames) -> (frames, result); dict ops are atomic
-        ahead[id(frames)] = (frames, out)
-        while len(ahead) > self.AHEAD_MAX:  # chunks dropped before perception (realtime backlog)
-            ahead.pop(next(iter(ahead)), None)
-
-    def preprocessed(self, frames: np.ndarray) -> Any:
-        """``preprocess(frames)``, taken from ``prepare_ahead`` when that already ran on this array."""
-        hit = self.__dict__.get("_ahead", {}).pop(id(frames), None)
-        if hit is not None and hit[0] is frames:
-            return hit[1]
-        return self.preprocess(frames)
 
     @abstractmethod
     def reference_logits(self, pieces: Sequence[Any]) -> torch.Tensor:

@@ -12,8 +12,8 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet``, ``asr``, ``ops`` and ``pipeline`` to ``sub``
-    (argparse sub-parsers)."""
+    """Add ``bench`` with ``ingest``, ``memory``, ``realtime``, ``fleet``, ``asr``, ``tokens``, ``ops``,
+    ``pipeline``, ``gpu`` and ``serve`` to ``sub`` (argparse sub-parsers)."""
     b = sub.add_parser("bench", help="efficiency benchmarks -> JSON + PNG")
     bs = b.add_subparsers(dest="bench", required=True)
     i = bs.add_parser("ingest", help="per-chunk latency/memory: engine vs full attention vs recompute")
@@ -75,6 +75,16 @@ def add_parser(sub: Any) -> None:
                                                     "repeated to each)")
     o.add_argument("--chunks", type=int, default=3, help="chunks counted per point, after the window is full")
     _finish(o, _cli_ops, device="cpu")
+    g = bs.add_parser("gpu", help="the whole GPU suite in one run (9 min on one H100); --smoke: tiny presets on CPU")
+    g.add_argument("--smoke", action="store_true", help="the same steps and code paths with tiny presets on CPU")
+    g.add_argument("--only", default=None, help="comma-separated steps: realtime,ingest,memory,fleet,bf16,pipeline")
+    g.add_argument("--budget", type=float, default=None, help="the whole suite's time budget in seconds "
+                                                               "(default 540; 115 with --smoke)")
+    g.add_argument("--budget-scale", type=float, default=1.0,
+                   help="multiply every step's budget (and the suite's, unless --budget) by this: a shared machine")
+    g.add_argument("--device", default="auto", help="auto (cuda; cpu with --smoke), cpu or cuda[:N]")
+    g.add_argument("--out", default="bench_out/gpu")
+    g.set_defaults(func=_cli_gpu)
     pl = bs.add_parser("pipeline", help="real H.264 clips end to end: ingest time over ffmpeg's decode time")
     pl.add_argument("--sizes", default="720p,1080p", help="clip sizes: 720p, 1080p")
     pl.add_argument("--seconds", type=float, default=180.0, help="clip length (the issue's runs: 120-300)")
@@ -185,6 +195,14 @@ def _cli_ops(args: argparse.Namespace) -> int:
         raise ValueError(f"--chunks must be >= 1, got {args.chunks}")
     res = bench_ops(args.model, windows, layers, args.chunks, device=args.device)
     return _save(res, args.out, "ops", plot_ops, summary=res["summary"])
+
+
+def _cli_gpu(args: argparse.Namespace) -> int:
+    from vstream.bench.gpu import main_args
+
+    res = main_args(args)
+    _report(res)
+    return 0 if res["counts"]["failed"] == 0 else 1
 
 
 def _cli_fleet(args: argparse.Namespace) -> int:

@@ -144,15 +144,16 @@ class RayFleet:
         """``{worker name: {"alive", "pid", "streams"}}``."""
         return self._call("workers")
 
-    def actor_of(self, stream_id: str):
-        """(worker name, Ray actor handle) serving a stream now."""
-        return self._call("locate", stream_id)
+    def actor_of(self, stream_id: str, timeout: float = 60.0):
+        """(worker name, Ray actor handle) serving a stream now (waits up to ``timeout`` s for a re-placement)."""
+        return self._call("locate", stream_id, timeout)
 
     # ---- streams ------------------------------------------------------------------------------
     def add(self, stream_id: str, source: str | os.PathLike, *, memory_dir: str | Path | None = None, notify=(),
             fps: float | None = None, realtime: bool | None = None, chunk_seconds: float | None = None,
-            config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Place a stream on the least loaded actor; returns where it went. Arguments as ``Fleet.add``."""
+            config: dict[str, Any] | None = None, max_streams: int | None = None) -> dict[str, Any]:
+        """Place a stream on the least loaded actor; returns where it went. Arguments as ``Fleet.add``;
+        ``max_streams``: refuse (LimitExceeded) when the fleet holds that many streams already."""
         if not isinstance(stream_id, str) or not stream_id.strip():
             raise ValueError("stream_id must be a non-empty string, e.g. 'cam-1'")
         if not isinstance(source, (str, os.PathLike)):
@@ -161,7 +162,8 @@ class RayFleet:
         options = {"notify": [notify] if isinstance(notify, (str, dict)) else list(notify or ()), "fps": fps,
                    "realtime": realtime, "chunk_seconds": chunk_seconds, "config": config}
         options = {k: v for k, v in options.items() if v not in (None, [], {})}
-        return self._call("add", stream_id, str(source), options, str(memory_dir) if memory_dir else None)
+        return self._call("add", stream_id, str(source), options, str(memory_dir) if memory_dir else None,
+                          max_streams=max_streams)
 
     def remove(self, stream_id: str) -> None:
         """Stop a stream; its memory stays in its directory."""
@@ -191,8 +193,10 @@ class RayFleet:
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, stream_id: str, question: str, *, stream: bool = False, max_new_tokens: int | None = None,
-            history: bool = True, timeout: float | None = None, retries: int = 1) -> Answer | Iterator[str]:
-        """Ask one stream (as ``Session.ask``). A plain ask whose actor dies is retried on the new placement."""
+            history: bool = True, timeout: float | None = None, retries: int = 1, request_id: str | None = None,
+            max_question_tokens: int | None = None) -> Answer | Iterator[str]:
+        """Ask one stream (as ``Session.ask``). A plain ask whose actor dies is retried on the new placement.
+        ``request_id``: a name for ``cancel``; ``max_question_tokens``: refuse longer questions (LimitExceeded)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the stream")
         if stream:
@@ -203,7 +207,8 @@ class RayFleet:
         for attempt in range(retries + 1):
             _, h = self.actor_of(stream_id)
             try:
-                d = self._ray.get(h.ask.remote(stream_id, question, max_new_tokens, history, timeout), timeout=timeout)
+                d = self._ray.get(h.ask.remote(stream_id, question, max_new_tokens, history, timeout, request_id,
+                                               max_question_tokens), timeout=timeout)
                 return answer_from_dict(d)
             except self._ray.exceptions.RayActorError:
                 if attempt == retries:
@@ -212,18 +217,29 @@ class RayFleet:
                 raise unwrap(e) from None
 
     def ask_stream(self, stream_id: str, question: str, *, max_new_tokens: int | None = None,
-                   history: bool = True) -> Iterator[str | Answer]:
+                   history: bool = True, request_id: str | None = None,
+                   max_question_tokens: int | None = None) -> Iterator[str | Answer]:
         """Pieces (str) as they are decoded, then the ``Answer``."""
         from vstream.serve.controller import unwrap
 
         _, h = self.actor_of(stream_id)
-        gen = h.ask_stream.options(num_returns="streaming").remote(stream_id, question, max_new_tokens, history)
+        gen = h.ask_stream.options(num_returns="streaming").remote(stream_id, question, max_new_tokens, history,
+                                                                   request_id, max_question_tokens)
         try:
             for ref in gen:
                 item = self._ray.get(ref)
                 yield answer_from_dict(item) if isinstance(item, dict) else item
         except self._ray.exceptions.RayTaskError as e:
             raise unwrap(e) from None
+
+    def cancel(self, stream_id: str, request_id: str) -> bool:
+        """Stop decoding the question ``request_id`` of a stream (its asker went away); False when unknown."""
+        try:
+            _, h = self.actor_of(stream_id, timeout=5.0)
+            return bool(self._ray.get(h.cancel.remote(request_id), timeout=10))
+        except Exception as e:  # the stream or its worker is gone: nothing decodes any more
+            logger.info("RayFleet: cancel %s on %s: %s", request_id, stream_id, e)
+            return False
 
     def ask_all(self, question: str, *, top: int = 3, evidence: int = 3) -> list:
         """The ``top`` streams whose memory best matches ``question`` (``StreamHit``), across every actor."""

@@ -175,11 +175,16 @@ class Controller:
 
     # ---- streams ------------------------------------------------------------------------------
     def add(self, stream_id: str, source: str, options: dict[str, Any] | None = None,
-            memory_dir: str | None = None) -> dict[str, Any]:
-        """Place a new stream on the least loaded worker."""
+            memory_dir: str | None = None, max_streams: int | None = None) -> dict[str, Any]:
+        """Place a new stream on the least loaded worker (``max_streams``: LimitExceeded when that many exist)."""
         with self._lock:
             if stream_id in self._streams:
                 raise ValueError(f"stream {stream_id!r} already exists; remove it first or pick another id")
+            if max_streams is not None and len(self._streams) >= max_streams:
+                from vstream.serve.limits import LimitExceeded
+
+                raise LimitExceeded(f"the server holds {len(self._streams)} streams, its limit; remove one first",
+                                    429, "too_many_streams")
             md = memory_dir or str(self.storage / "streams" / safe_name(stream_id) / "memory")
             st = _Stream(stream_id, source, dict(options or {}), md)
             target = self._least_loaded()
@@ -388,7 +393,16 @@ class Controller:
         return {"streams": per, "workers": workers, "total": total}
 
     def events_since(self, since: int = 0, timeout: float = 1.0, limit: int = 1000) -> list[dict]:
-        """Logged events with ``seq >= since`` (waits up to ``timeout`` s for the first one)."""
+        """Logged events with ``seq >= since`` (waits up to ``timeout`` s for the first one). Events older than
+        those kept in memory (e.g. logged before a restart) are read from the log file."""
+        recent = self.journal.log._recent
+        oldest = recent[0]["seq"] if recent else self.journal.seq
+        if since < oldest and self.journal.log.path is not None:
+            from vstream.serve.journal import read_events
+
+            old = [e for e in read_events(self.journal.log.path, since, limit) if e["seq"] < oldest]
+            if old:
+                return old
         out = []
         for e in self.journal.iter(since, follow=True, timeout=timeout):
             out.append(e)

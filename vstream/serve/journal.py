@@ -134,6 +134,73 @@ class Journal:
         self.log.close()
 
 
+def read_events(path: str | Path, since: int = 0, limit: int | None = None) -> list[dict]:
+    """Events of a log file with ``seq >= since`` (at most ``limit``), read from disk: what a restarted
+    controller or a second process serves. Torn or damaged lines are skipped."""
+    out: list[dict] = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    with open(p, "rb") as f:
+        for raw in f:
+            e = _parse_line(raw)
+            if e is not None and e["seq"] >= since:
+                out.append(e)
+                if limit is not None and len(out) >= limit:
+                    break
+    return out
+
+
+def _parse_line(raw: bytes) -> dict | None:
+    if not raw.endswith(b"\n"):
+        return None
+    try:
+        e = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return e if isinstance(e, dict) and isinstance(e.get("seq"), int) else None
+
+
+async def tail_events(path: str | Path, since: int = 0, *, follow: bool = True, poll_s: float = 0.25,
+                      keepalive_s: float = 10.0):
+    """Async iterator over a log file's events with ``seq >= since``; with ``follow`` it waits for new
+    lines (yielding None every ``keepalive_s`` idle seconds, so a gone client is noticed). Reads the
+    file only: no thread, no call to the controller."""
+    import asyncio
+    import time
+
+    p = Path(path)
+    offset, buf = 0, b""
+    idle_since = time.monotonic()
+    while True:
+        got = False
+        try:
+            with open(p, "rb") as f:
+                f.seek(offset)
+                data = f.read(1 << 20)
+        except FileNotFoundError:
+            data = b""
+        if data:
+            offset += len(data)
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                e = _parse_line(raw + b"\n")
+                if e is not None and e["seq"] >= since:
+                    got = True
+                    yield e
+            if len(data) == 1 << 20:
+                continue  # more to read now
+        if got:
+            idle_since = time.monotonic()
+        if not follow:
+            return
+        if time.monotonic() - idle_since >= keepalive_s:
+            idle_since = time.monotonic()
+            yield None
+        await asyncio.sleep(poll_s)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

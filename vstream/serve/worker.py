@@ -104,6 +104,7 @@ class FleetWorker:
         self._outboxes: dict[str, Outbox] = {}
         self._moving: set[str] = set()
         self._added_wall: dict[str, float] = {}
+        self._cancels: dict[str, threading.Event] = {}  # request id -> cancel flag of a question being answered
         self.fleet.log.add_listener(self._on_event)
         self.pid = os.getpid()
         logger.info("worker %s: %s loaded (pid %d)", name, self.agent.model_name, self.pid)
@@ -177,21 +178,68 @@ class FleetWorker:
             self._added_wall.pop(stream_id, None)
 
     # ---- questions ----------------------------------------------------------------------------
+    def _check_question(self, question: str, max_question_tokens: int | None) -> None:
+        if max_question_tokens is None:
+            return
+        n = len(self.fleet.adapter.tokenize(question))
+        if n > max_question_tokens:
+            from vstream.serve.limits import LimitExceeded
+
+            raise LimitExceeded(f"the question is {n} tokens, over the server's limit of {max_question_tokens}; "
+                                "ask a shorter question", 413, "question_too_long")
+
+    def _start(self, stream_id: str, question: str, max_new_tokens: int | None, history: bool,
+               request_id: str | None, max_question_tokens: int | None, on_piece=None):
+        """(future, cancel event) of a question; ``request_id`` names it for ``cancel``."""
+        self._check_question(question, max_question_tokens)
+        s = self.fleet.stream(stream_id)
+        cancel = threading.Event()
+        if request_id is not None:
+            with self._lock:
+                self._cancels[request_id] = cancel
+        try:
+            fut = s.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
+                              cancel=cancel)
+        except BaseException:
+            self._forget(request_id)
+            raise
+        return fut, cancel
+
+    def _forget(self, request_id: str | None) -> None:
+        if request_id is not None:
+            with self._lock:
+                self._cancels.pop(request_id, None)
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop decoding the question named ``request_id`` (its client went away); False when unknown."""
+        with self._lock:
+            ev = self._cancels.pop(request_id, None)
+        if ev is not None:
+            ev.set()
+            logger.info("worker %s: question %s cancelled", self.name, request_id)
+        return ev is not None
+
     def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> dict[str, Any]:
-        ans = self.fleet.ask(stream_id, question, max_new_tokens=max_new_tokens, history=history, timeout=timeout)
-        return ans.to_dict()
+            timeout: float | None = None, request_id: str | None = None,
+            max_question_tokens: int | None = None) -> dict[str, Any]:
+        fut, cancel = self._start(stream_id, question, max_new_tokens, history, request_id, max_question_tokens)
+        try:
+            return fut.result(timeout).to_dict()
+        finally:
+            if not fut.done():
+                cancel.set()
+                fut.cancel()
+            self._forget(request_id)
 
     def ask_stream(self, stream_id: str, question: str, max_new_tokens: int | None = None,
-                   history: bool = True) -> Iterator[Any]:
+                   history: bool = True, request_id: str | None = None,
+                   max_question_tokens: int | None = None) -> Iterator[Any]:
         """Pieces of the answer as they are decoded (str), then the whole answer (dict)."""
         import queue
 
-        s = self.fleet.stream(stream_id)
         pieces: queue.Queue = queue.Queue()
-        cancel = threading.Event()
-        fut = s.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=pieces.put,
-                          cancel=cancel)
+        fut, cancel = self._start(stream_id, question, max_new_tokens, history, request_id, max_question_tokens,
+                                  on_piece=pieces.put)
         fut.add_done_callback(lambda _f: pieces.put(None))
         try:
             while True:
@@ -204,6 +252,7 @@ class FleetWorker:
             if not fut.done():
                 cancel.set()
                 fut.cancel()
+            self._forget(request_id)
 
     def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
         """``Fleet.ask_all`` without the write-through copies: a stored entry of a chunk still in the window

@@ -83,7 +83,8 @@ def cmd_serve(args) -> int:
         ray.init(address=args.ray_address, **kw)
     storage = Path(args.storage or "vstream-serve").resolve()
     fleet = RayFleet(actors=args.actors, model=args.model, config=args.config, dtype=args.dtype,
-                     num_cpus=args.num_cpus, num_gpus=args.num_gpus, storage=storage, webhook=args.webhook)
+                     num_cpus=args.num_cpus, num_gpus=args.num_gpus, storage=storage, webhook=args.webhook,
+                     respawn=True)
     stop = threading.Event()
     try:
         url = deploy(fleet.controller_name, token=token, allow_dir=str(allow) if allow else None, host=args.host,

@@ -52,7 +52,10 @@ class RayFleet:
     address: a Ray cluster ("auto", "ray://host:10001"); None: the running Ray of this process, else a
     local one (``ray_init`` kwargs). actors: workers to start. num_cpus / num_gpus: per worker.
     model / config / device / dtype / overrides: as ``Agent.from_pretrained``. storage: shared directory for
-    memories, outboxes and the event log. health_interval_s / max_missed: failure detection.
+    memories, outboxes, the event log and the stream registry (a new RayFleet on the same storage resumes
+    the registered streams). health_interval_s / max_missed: failure detection. respawn: replace a dead
+    worker by a new one. controller_restarts: how often Ray restarts a dead controller (its state comes
+    back from the registry and the event log).
     """
 
     def __init__(self, address: str | None = None, *, actors: int = 1, model: str | None = None,
@@ -61,7 +64,8 @@ class RayFleet:
                  event_log: str | Path | None = None, webhook: str | None = None,
                  webhook_options: dict | None = None, health_interval_s: float = 0.5, health_timeout_s: float = 5.0,
                  max_missed: int = 3, max_batch: int = 16, ray_init: dict[str, Any] | None = None,
-                 namespace: str = "vstream", name: str | None = None) -> None:
+                 namespace: str = "vstream", name: str | None = None, respawn: bool = False,
+                 controller_restarts: int = 20) -> None:
         if actors < 0:
             raise ValueError(f"actors must be >= 0, got {actors}")
         if num_cpus <= 0 and not num_gpus:
@@ -90,12 +94,14 @@ class RayFleet:
                 "num_gpus": num_gpus, "device": device, "dtype": dtype, "overrides": overrides or {},
                 "event_log": str(event_log) if event_log else None, "webhook": webhook,
                 "webhook_options": webhook_options, "health_interval_s": health_interval_s,
-                "health_timeout_s": health_timeout_s, "max_missed": max_missed, "max_batch": max_batch, "tag": tag}
+                "health_timeout_s": health_timeout_s, "max_missed": max_missed, "max_batch": max_batch, "tag": tag,
+                "respawn": bool(respawn)}
         from vstream.serve.controller import CONTROLLER_NAME, Controller
 
         self.controller_name = f"{CONTROLLER_NAME}-{tag}"
         self.controller = ray.remote(Controller).options(
-            name=self.controller_name, num_cpus=0, max_concurrency=64, max_restarts=0).remote(spec)
+            name=self.controller_name, num_cpus=0, max_concurrency=64,
+            max_restarts=int(controller_restarts)).remote(spec)
         self._closed = False
         try:
             if actors:

@@ -118,6 +118,15 @@ class Journal:
         """Record every event of an outbox not logged yet; returns how many were new."""
         return sum(self.record(e, **extra) is not None for e in read_outbox(path))
 
+    def replay_dir(self, directory: str | Path) -> int:
+        """Replay, then delete, every outbox file in ``directory`` (left by placements of a dead process)."""
+        d = Path(directory)
+        n = 0
+        for p in sorted(d.glob("*.jsonl")) if d.is_dir() else ():
+            n += self.replay(p)
+            p.unlink(missing_ok=True)
+        return n
+
     def alert_state(self, stream_id: str) -> dict[str, float]:
         """condition -> stream time of its last logged alert, for one stream (carried to a new placement)."""
         with self._lock:
@@ -126,6 +135,22 @@ class Journal:
     @property
     def seq(self) -> int:
         return self.log.seq
+
+    def events_since(self, since: int = 0, timeout: float = 1.0, limit: int = 1000) -> list[dict]:
+        """Logged events with ``seq >= since`` (waits up to ``timeout`` s for the first one); those older than
+        the ones kept in memory (e.g. logged before a restart) are read from the log file."""
+        recent = list(self.log._recent)
+        oldest = recent[0]["seq"] if recent else self.log.seq
+        if since < oldest and self.log.path is not None:
+            old = [e for e in read_events(self.log.path, since, limit) if e["seq"] < oldest]
+            if old:
+                return old
+        out = []
+        for e in self.iter(since, follow=True, timeout=timeout):
+            out.append(e)
+            if len(out) >= limit or e["seq"] + 1 >= self.seq:
+                break
+        return out
 
     def iter(self, since: int = 0, *, follow: bool = True, timeout: float | None = None):
         return self.log.iter(since, follow=follow, timeout=timeout)

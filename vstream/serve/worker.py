@@ -139,10 +139,18 @@ class FleetWorker:
 
         opts = dict(options or {})
         resume_at = 0.0
-        if resume and (Path(memory_dir) / "config.json").exists():
-            resume_at = _latest_end_s(memory_dir)
         kind = source_kind(source)
+        ident = source_spec_identity(source)
+        if (Path(memory_dir) / "config.json").exists():  # a memory of this id: the same source resumes it
+            claim_identity(memory_dir, ident)  # another source: ValueError (HTTP 409), nothing opened
+            resume_at = _latest_end_s(memory_dir)
+        else:
+            claim_identity(memory_dir, ident, check=False)  # nothing stored: this source owns the directory
         src = open_source(source, start_s=resume_at) if (resume_at > 0 and kind in _RESTARTABLE) else open_source(source)
+        if resume_at > 0 and kind not in _RESTARTABLE:  # a live URL restarts its clock at 0: continue after the store
+            from vstream.session.memory_dir import ShiftedSource
+
+            src = ShiftedSource(src, resume_at)
         gate = _Gate(src)
         self._outboxes[stream_id] = Outbox(outbox, stream_id, epoch)
         try:
@@ -295,6 +303,46 @@ class FleetWorker:
         for box in self._outboxes.values():
             box.close()
         self._outboxes.clear()
+
+
+def source_spec_identity(spec: str) -> dict:
+    """What identifies a source spec across placements and restarts (a URL without its password, a
+    synthetic spec, a file's path, size and content fingerprint); the same as the CLI's sources.json."""
+    from vstream.session.memory_dir import source_identity
+    from vstream.sources.errors import _redact
+
+    kind = source_kind(spec)
+    if kind == "url":
+        return {"kind": "stream", "name": _redact(spec)}
+    if kind == "synthetic":
+        from vstream.sources import SyntheticSource, synthetic_kwargs
+
+        return source_identity(SyntheticSource(**synthetic_kwargs(spec)))
+    p = Path(spec)
+    if not p.is_file():
+        return {"kind": "file", "path": str(p)}
+    from vstream.session.memory_dir import _fingerprint
+
+    r = p.resolve()
+    return {"kind": "file", "path": str(r), "size": r.stat().st_size, "fingerprint": _fingerprint(r)}
+
+
+def claim_identity(memory_dir: str | Path, ident: dict, *, check: bool = True) -> None:
+    """Record ``ident`` as the source of a memory directory; ``check``: the directory holds a memory, whose
+    recorded source must be ``ident`` (ValueError naming the mismatch otherwise)."""
+    from vstream.session.memory_dir import SOURCES_NAME, _write_sources, read_sources
+
+    d = Path(memory_dir)
+    recorded = read_sources(d) if check else []
+    if recorded:
+        if recorded[-1]["identity"] != ident:
+            raise ValueError(f"memory dir {d} holds another source than the one given; remove the stream's "
+                             "memory or pick another stream id")
+        return
+    if (d / "config.json").exists() and not (d / SOURCES_NAME).exists():
+        logger.warning("memory dir %s had no source record: recording this source", d)
+    d.mkdir(parents=True, exist_ok=True)
+    _write_sources(d, [{"identity": ident, "offset_s": 0.0}])
 
 
 def _latest_end_s(memory_dir: str | Path) -> float:

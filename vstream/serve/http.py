@@ -167,6 +167,9 @@ def _runtime_error(_request: Request, e: RuntimeError) -> JSONResponse:
 
 @app.exception_handler(Exception)
 def _internal(_request: Request, e: Exception) -> JSONResponse:
+    if type(e).__module__.startswith("ray"):  # the controller or a worker is restarting
+        logger.warning("fleet unavailable: %s", " ".join(str(e).split())[:300])
+        return _error(503, "the server is recovering a process; try again shortly", "unavailable", "server_error")
     logger.exception("internal error: %s", e)
     return _error(500, "internal error (details in the server log)", "internal_error", "server_error")
 
@@ -270,7 +273,7 @@ async def delete_stream(stream_id: str, request: Request):
     return {"id": stream_id, "removed": True}
 
 
-async def _answer(request: Request, f, sid: str, q: str, mnt: int, history: bool):
+async def _answer(request: Request, f, sid: str, q: str, mnt: int | None, history: bool):
     """The Answer of a non-streamed question; decoding is cancelled when the client goes away."""
     rid = uuid.uuid4().hex
     lim = current_limits()
@@ -289,7 +292,7 @@ async def _answer(request: Request, f, sid: str, q: str, mnt: int, history: bool
         raise
 
 
-async def _pieces(f, sid: str, q: str, mnt: int, history: bool) -> AsyncIterator[Any]:
+async def _pieces(f, sid: str, q: str, mnt: int | None, history: bool) -> AsyncIterator[Any]:
     """Pieces (str), then the answer (dict), of a streamed question; cancelled when the consumer stops."""
     from vstream.serve.controller import unwrap
 

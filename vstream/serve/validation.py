@@ -130,10 +130,11 @@ class ChatBody(BaseModel):
     top_p: float | None = Field(None, **_Finite)
 
 
-def cap_tokens(n: int | None, limits: ServeLimits, name: str = "max_new_tokens") -> int:
-    """``n`` (default: the cap) within ``limits.max_new_tokens``, else APIError 400."""
+def cap_tokens(n: int | None, limits: ServeLimits, name: str = "max_new_tokens") -> int | None:
+    """``n`` within ``limits.max_new_tokens``, else APIError 400; None (the stream's configured length,
+    itself capped by ``config_overrides``) stays None."""
     if n is None:
-        return limits.max_new_tokens
+        return None
     if n > limits.max_new_tokens:
         raise APIError(400, f"{name} is {n}, over the server's limit of {limits.max_new_tokens}; ask for fewer",
                        "max_tokens_too_large")

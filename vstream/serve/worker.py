@@ -105,6 +105,7 @@ class FleetWorker:
         self._moving: set[str] = set()
         self._added_wall: dict[str, float] = {}
         self._cancels: dict[str, threading.Event] = {}  # request id -> cancel flag of a question being answered
+        self.cancelled = 0  # questions cancelled because their asker went away
         self.fleet.log.add_listener(self._on_event)
         self.pid = os.getpid()
         logger.info("worker %s: %s loaded (pid %d)", name, self.agent.model_name, self.pid)
@@ -135,6 +136,7 @@ class FleetWorker:
             options: dict[str, Any] | None = None, alert_state: dict[str, float] | None = None) -> dict[str, Any]:
         """Watch ``source`` as ``stream_id`` with memory in ``memory_dir``; ``resume``: continue that memory."""
         from memory.longterm import LongTerm  # noqa: F401  (fail here, not in a thread, if memory is broken)
+        from vstream.session.memory_dir import read_sources
         from vstream.sources import open_source
 
         opts = dict(options or {})
@@ -144,8 +146,6 @@ class FleetWorker:
         if (Path(memory_dir) / "config.json").exists():  # a memory of this id: the same source resumes it
             claim_identity(memory_dir, ident)  # another source: ValueError (HTTP 409), nothing opened
             resume_at = _latest_end_s(memory_dir)
-        else:
-            claim_identity(memory_dir, ident, check=False)  # nothing stored: this source owns the directory
         src = open_source(source, start_s=resume_at) if (resume_at > 0 and kind in _RESTARTABLE) else open_source(source)
         if resume_at > 0 and kind not in _RESTARTABLE:  # a live URL restarts its clock at 0: continue after the store
             from vstream.session.memory_dir import ShiftedSource
@@ -161,6 +161,8 @@ class FleetWorker:
             self._outboxes.pop(stream_id).close()
             gate.close()
             raise
+        if resume_at == 0 and not read_sources(memory_dir):
+            claim_identity(memory_dir, ident, check=False)  # the store exists now: record whose memory it is
         if resume_at > 0:
             mm = s.engine.memory
             mm.set_stream_time(max(mm.stream_time_s, resume_at))
@@ -224,6 +226,7 @@ class FleetWorker:
             ev = self._cancels.pop(request_id, None)
         if ev is not None:
             ev.set()
+            self.cancelled += 1
             logger.info("worker %s: question %s cancelled", self.name, request_id)
         return ev is not None
 
@@ -292,7 +295,8 @@ class FleetWorker:
         now = time.monotonic()
         for sid, v in st["streams"].items():
             v["uptime_s"] = now - self._added_wall.get(sid, now)
-        st["worker"] = {"name": self.name, "pid": self.pid, "model": self.agent.model_name}
+        st["worker"] = {"name": self.name, "pid": self.pid, "model": self.agent.model_name,
+                        "questions_cancelled": self.cancelled}
         return st
 
     def ping(self) -> int:

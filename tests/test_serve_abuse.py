@@ -91,6 +91,8 @@ def test_http_ts_file_and_ended_playlist_end_at_eof(media, name):
     src = LiveSource(f"{base}/{name}", backoff_s=0.01)
     frames = list(itertools.islice(src, 200))  # the old code replayed it forever: 200 frames
     assert len(frames) == 16 and src.reconnects == 0
+    ts = [f.t for f in frames]
+    assert ts == sorted(set(ts)) and all(t == t for t in ts)  # increasing, no NaN
     src.close()
 
 
@@ -101,6 +103,8 @@ def test_http_live_feed_without_length_still_reconnects(media):
     src = LiveSource(f"{base}/live.ts", backoff_s=0.01)
     frames = list(itertools.islice(src, 40))
     assert len(frames) == 40 and src.reconnects >= 2  # EOF of a feed of unknown size: the connection dropped
+    ts = [f.t for f in frames]
+    assert ts == sorted(set(ts)) and all(t == t for t in ts)  # frames without a time (NaN) are placed, not NaN
     src.close()
 
 
@@ -280,6 +284,12 @@ def test_a_client_that_leaves_cancels_its_question(env, c):  # probe 4
         httpx.post(f"{url}/v1/streams/qa/ask", headers=AUTH, timeout=0.5,
                    json={"question": "Describe everything in detail.", "max_new_tokens": 1024})
     assert _wait(lambda: ray.get(h.stats.remote())["worker"]["questions_cancelled"] > before, 30)
+    before += 1
+    with httpx.stream("POST", f"{url}/v1/streams/qa/ask?stream=true", headers=AUTH, timeout=60,
+                      json={"question": "Describe everything in detail.", "max_new_tokens": 1024}) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the answer started; then the client goes
+    assert _wait(lambda: ray.get(h.stats.remote())["worker"]["questions_cancelled"] >= before + 1, 30)
     ok = c.post("/v1/streams/qa/ask", json={"question": "And now?", "max_new_tokens": 2}, timeout=60)
     assert ok.status_code == 200  # the stream answers the next question
 
@@ -370,6 +380,21 @@ def test_readded_id_checks_its_source_and_resumes(env, c):  # probe 8 (re-add)
     r = c.post("/v1/streams", json=body)
     assert r.status_code == 201 and r.json()["resumed_at_s"] >= 3.0  # the same source resumes after its memory
     c.delete("/v1/streams/again")
+
+
+def test_readded_live_url_continues_its_clock(env, c, media):  # probe 8: chunks not silently dropped
+    fleet = env[0]
+    body = {"id": "feed", "source": f"{media[1]}/live.ts", "options": {"fps": 2}}
+    assert c.post("/v1/streams", json=body).status_code == 201
+    assert fleet.wait_chunks("feed", 3, timeout=60)
+    c.delete("/v1/streams/feed")
+    r = c.post("/v1/streams", json=body)
+    assert r.status_code == 201, r.text
+    resumed = r.json()["resumed_at_s"]
+    assert resumed >= 3.0
+    assert fleet.wait_chunks("feed", 2, timeout=60)
+    assert fleet.stats()["streams"]["feed"]["stream_time_s"] > resumed  # new chunks after the stored ones
+    c.delete("/v1/streams/feed")
 
 
 def test_killed_worker_is_replaced(env, c):  # probe 10

@@ -12,6 +12,7 @@ change (HTTP 4xx, a page that is not video) are not retried. An http(s) file tha
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -188,6 +189,8 @@ class LiveSource:
             frames_here = 0
             try:
                 for pts, rgb in self._decode(container, log):
+                    if pts is not None and not math.isfinite(pts):
+                        pts = None  # a frame without a usable time (PyAV gives NaN): placed after the last one
                     if self._is_file:
                         t = float(pts) - _video_origin(container) if pts is not None else (
                             0.0 if last_t is None else last_t + fallback_dt)  # first video frame = 0, as decord

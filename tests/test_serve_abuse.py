@@ -213,7 +213,9 @@ def test_listen_options_and_unlisted_schemes_are_refused(c):  # probe 11
     for src in (f"tcp://127.0.0.1:{port}?listen=1", f"udp://127.0.0.1:{port}", f"rtp://127.0.0.1:{port}",
                 f"srt://127.0.0.1:{port}?mode=listener", f"http://127.0.0.1:{port}/a.ts?listen=1",
                 "file:///etc/passwd", "concat:/etc/passwd", "gopher://x/"):
-        _err(c.post("/v1/streams", json={"id": "l", "source": src}), 400)
+        msg = _err(c.post("/v1/streams", json={"id": "l", "source": src}), 400)
+        if "://" in src:  # refused at the edge, never opened by a worker
+            assert "scheme" in msg or "listen" in msg, msg
     with socket.socket() as s:  # nothing listens on it
         s.bind(("127.0.0.1", port))
 

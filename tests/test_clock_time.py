@@ -413,13 +413,29 @@ def test_fleet_ask_and_ask_all_in_range(fleet, monkeypatch):
         fleet.ask_all("q", since=T0 + 6, until=T0 + 4)
 
 
+class _Served:
+    """What the HTTP layer calls on a RayFleet (request ids, the question-token cap), over a local Fleet."""
+
+    def __init__(self, fleet):
+        self.fleet = fleet
+
+    def ask(self, sid, question, *, request_id=None, max_question_tokens=None, **kw):
+        return self.fleet.ask(sid, question, **kw)
+
+    def ask_all(self, question, **kw):
+        return self.fleet.ask_all(question, **kw)
+
+    def cancel(self, sid, request_id):
+        return False
+
+
 def test_http_ask_and_search_pass_the_range(fleet):
     from starlette.testclient import TestClient
 
     import vstream.serve.http as http
 
     saved = dict(http._STATE)
-    http._STATE.update(fleet=fleet, token=None)
+    http._STATE.update(fleet=_Served(fleet), token=None)
     try:
         c = TestClient(http.app)
         empty = c.post(f"/v1/streams/gate/ask?since={T0 + 7}&until={T0 + 60}", json={"question": "q",

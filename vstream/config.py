@@ -233,8 +233,10 @@ class AgentConfig:
             target = out
             parts = key.split(".")
             for p in parts[:-1]:
-                target = getattr(target, p)
-            if not hasattr(target, parts[-1]):
+                target = getattr(target, p, None) if not p.startswith("_") else None
+                if not dataclasses.is_dataclass(target):  # never walk into classes, methods or modules
+                    raise ValueError(f"unknown config field {key!r}")
+            if parts[-1].startswith("_") or parts[-1] not in {f.name for f in dataclasses.fields(target)}:
                 raise ValueError(f"unknown config field {key!r}")
             setattr(target, parts[-1], value)
         return out

@@ -117,6 +117,15 @@ class Journal:
         """Record every event of an outbox not logged yet; returns how many were new."""
         return sum(self.record(e, **extra) is not None for e in read_outbox(path))
 
+    def replay_dir(self, directory: str | Path) -> int:
+        """Replay, then delete, every outbox file in ``directory`` (left by placements of a dead process)."""
+        d = Path(directory)
+        n = 0
+        for p in sorted(d.glob("*.jsonl")) if d.is_dir() else ():
+            n += self.replay(p)
+            p.unlink(missing_ok=True)
+        return n
+
     def alert_state(self, stream_id: str) -> dict[str, float]:
         """condition -> stream time of its last logged alert, for one stream (carried to a new placement)."""
         with self._lock:
@@ -126,8 +135,91 @@ class Journal:
     def seq(self) -> int:
         return self.log.seq
 
+    def events_since(self, since: int = 0, timeout: float = 1.0, limit: int = 1000) -> list[dict]:
+        """Logged events with ``seq >= since`` (waits up to ``timeout`` s for the first one); those older than
+        the ones kept in memory (e.g. logged before a restart) are read from the log file."""
+        recent = list(self.log._recent)
+        oldest = recent[0]["seq"] if recent else self.log.seq
+        if since < oldest and self.log.path is not None:
+            old = [e for e in read_events(self.log.path, since, limit) if e["seq"] < oldest]
+            if old:
+                return old
+        out = []
+        for e in self.iter(since, follow=True, timeout=timeout):
+            out.append(e)
+            if len(out) >= limit or e["seq"] + 1 >= self.seq:
+                break
+        return out
+
     def iter(self, since: int = 0, *, follow: bool = True, timeout: float | None = None):
         return self.log.iter(since, follow=follow, timeout=timeout)
 
     def close(self) -> None:
         self.log.close()
+
+
+def read_events(path: str | Path, since: int = 0, limit: int | None = None) -> list[dict]:
+    """Events of a log file with ``seq >= since`` (at most ``limit``), read from disk: what a restarted
+    controller or a second process serves. Torn or damaged lines are skipped."""
+    out: list[dict] = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    with open(p, "rb") as f:
+        for raw in f:
+            e = _parse_line(raw)
+            if e is not None and e["seq"] >= since:
+                out.append(e)
+                if limit is not None and len(out) >= limit:
+                    break
+    return out
+
+
+def _parse_line(raw: bytes) -> dict | None:
+    if not raw.endswith(b"\n"):
+        return None
+    try:
+        e = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return e if isinstance(e, dict) and isinstance(e.get("seq"), int) else None
+
+
+async def tail_events(path: str | Path, since: int = 0, *, follow: bool = True, poll_s: float = 0.25,
+                      keepalive_s: float = 10.0):
+    """Async iterator over a log file's events with ``seq >= since``; with ``follow`` it waits for new
+    lines (yielding None every ``keepalive_s`` idle seconds, so a gone client is noticed). Reads the
+    file only: no thread, no call to the controller."""
+    import asyncio
+    import time
+
+    p = Path(path)
+    offset, buf = 0, b""
+    idle_since = time.monotonic()
+    while True:
+        got = False
+        try:
+            with open(p, "rb") as f:
+                f.seek(offset)
+                data = f.read(1 << 20)
+        except FileNotFoundError:
+            data = b""
+        if data:
+            offset += len(data)
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                e = _parse_line(raw + b"\n")
+                if e is not None and e["seq"] >= since:
+                    got = True
+                    yield e
+            if len(data) == 1 << 20:
+                continue  # more to read now
+        if got:
+            idle_since = time.monotonic()
+        if not follow:
+            return
+        if time.monotonic() - idle_since >= keepalive_s:
+            idle_since = time.monotonic()
+            yield None
+        await asyncio.sleep(poll_s)

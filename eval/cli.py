@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,11 @@ def _protocol_arg(p: argparse.ArgumentParser) -> None:
                    help="official: the benchmark's own prompts, parsing and scoring (default); vstream: ours")
 
 
-def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``eval`` with its sub-commands to ``subparsers``; ``args.func`` is ``run_eval``."""
+def add_eval_parser(subparsers: Any, build_agent: Callable[[argparse.Namespace], Any]) -> argparse.ArgumentParser:
+    """Add ``eval`` with its sub-commands to ``subparsers``; ``args.func`` is ``run_eval``.
+
+    ``build_agent(args)``: the Agent of a run from its model/config options (the vstream CLI's own, so that
+    ``eval`` takes the options ``watch`` and ``ask`` take)."""
     ev = subparsers.add_parser("eval", help="benchmark runs -> JSONL predictions + scores",
                                description="Streaming benchmark runs: one pass per video, resumable.")
     sub = ev.add_subparsers(dest="eval_cmd", required=True)
@@ -151,22 +154,15 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--name", default="efficiency", help="file name stem")
 
-    ev.set_defaults(func=run_eval)
+    ev.set_defaults(func=run_eval, build_agent=build_agent)
     return ev
-
-
-def agent_from_args(args: argparse.Namespace) -> Any:
-    """Agent.from_pretrained with the model/config options of an eval sub-command."""
-    from vstream.cli.args import agent_from_args as build
-
-    return build(args)
 
 
 def _agent(args: argparse.Namespace) -> Any:
     """The agent of a run: a uniform-N preset answers from N frames re-sampled over the stream."""
     from eval.uniform import PRESET_FRAMES, UniformAgent
 
-    agent = agent_from_args(args)
+    agent = args.build_agent(args)
     n = PRESET_FRAMES.get(getattr(args, "config", None) or "")
     return UniformAgent(agent, n) if n else agent
 

@@ -19,9 +19,25 @@ import torch
 from memory.segment import VISION, Segment
 from memory.types import Retrieved, StoreMeta
 
-__all__ = ["LongTerm", "LongTermConfig", "Retrieved", "StoreMeta"]
+__all__ = ["LongTerm", "LongTermConfig", "Retrieved", "StoreMeta", "wall_overlaps"]
 
 logger = logging.getLogger(__name__)
+
+
+def wall_overlaps(item, wall_range: tuple[float, float] | None) -> bool:
+    """Whether ``item`` (an EntryInfo or Segment) overlaps the half-open wall-clock range ``[lo, hi)``.
+
+    True for ``wall_range=None``; False for an item without wall time. An instant (end == start, e.g. text
+    said at one moment) is in the range when ``lo <= start < hi``."""
+    if wall_range is None:
+        return True
+    a = getattr(item, "wall_s", None)
+    if a is None or a != a:  # None or NaN
+        return False
+    b = getattr(item, "wall_end_s", None)
+    b = a if b is None or b != b else b
+    lo, hi = wall_range
+    return (lo <= a < hi) if b <= a else (a < hi and b > lo)
 
 
 @dataclass(frozen=True)
@@ -149,8 +165,12 @@ class LongTerm:
         return seg.to("cpu", dtype=self.store.meta.torch_dtype)
 
     def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
-                 device: torch.device, dtype: torch.dtype | None = None) -> list[Retrieved]:
-        """Top-k entries that started before ``before_s`` (causality), best first, K/V on ``device``."""
+                 device: torch.device, dtype: torch.dtype | None = None,
+                 wall_range: tuple[float, float] | None = None) -> list[Retrieved]:
+        """Top-k entries that started before ``before_s`` (causality), best first, K/V on ``device``.
+
+        ``wall_range`` (UTC epoch seconds, half-open): only entries whose wall-clock span overlaps it
+        (entries without wall time never do)."""
         if k <= 0 or len(self.store) == 0:
             return []
         if self.cfg.retriever == "internal" and query_means is None:
@@ -158,17 +178,22 @@ class LongTerm:
         want = k + 32
         while True:
             hits = self._search(question, query_means, want)
-            ok = [(i, s) for i, s in hits if self.store.info(i).start_s < before_s]
+            ok = [(i, s) for i, s in hits if self.store.info(i).start_s < before_s
+                  and wall_overlaps(self.store.info(i), wall_range)]
             if len(ok) >= k or len(hits) < want or want >= len(self.store):
                 break
             want *= 4
         if self._stored_texts:
-            ok = self._with_speech(ok, before_s)
+            ok = [(i, s) for i, s in self._with_speech(ok, before_s) if wall_overlaps(self.store.info(i), wall_range)]
         out = []
         for entry_id, score in ok[:k]:
             seg = self.store.get(entry_id, device=device, dtype=dtype)
             out.append(Retrieved(segment=seg, score=float(score), entry_id=int(entry_id)))
         return out
+
+    def count_in_range(self, wall_range: tuple[float, float] | None) -> int:
+        """Stored entries whose wall-clock span overlaps ``wall_range`` (all of them for None)."""
+        return sum(1 for i in self.store.infos() if wall_overlaps(i, wall_range))
 
     def _with_speech(self, hits: list[tuple[int, float]], before_s: float) -> list[tuple[int, float]]:
         """A vision entry that carries a transcript brings the text entry of that speech right after it (the

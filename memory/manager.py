@@ -6,19 +6,21 @@ Layout of the active context, re-indexed contiguously from position 0 after ever
 
 and, for a question, ``| sinks | previous text | retrieved long-term (chronological) | live | question |``.
 
-The manager is driven by one writer (the perception thread). Readers take a ``Snapshot``: references
-to immutable tensors, never copies. ``DynamicCache.update`` concatenates into new tensors, so the
-tensors a snapshot holds are never written again.
+The manager is driven by one writer (the perception thread). The active context's K/V live in a
+``memory.kvbuffer.KVBuffer`` (preallocated per-layer buffers: prefills append in place, an eviction
+re-lays the window out with a constant number of tensor ops). Readers take a ``Snapshot``: views of a
+buffer generation that is never written below their length while the snapshot lives (copy-on-write).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
 
+from memory.kvbuffer import KVBuffer, Storage
 from memory.segment import PREV_TEXT, TEXT, VISION, Segment
 from memory.window import WindowPolicy
 
@@ -107,6 +109,7 @@ class Snapshot:
     next_pos: int
     stream_time_s: float
     chunks_ingested: int
+    storage: Storage | None = field(default=None, compare=False, repr=False)  # the buffer generation viewed
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -133,6 +136,10 @@ class MemoryManager:
         self.prev_tail: Segment | None = None  # last <= N tokens of it
         self.live: list[Segment] = []
         self.cache: DynamicCache = new_cache()
+        self.kv = KVBuffer(rotate)  # takes the cache's layers over at the first extract
+        self._layout: list[Segment] = []  # the segments in buffer order (sinks, previous text, live)
+        self._offsets: dict[int, int] = {}  # id(segment) -> token offset in the buffer (layout segments)
+        self._layout_tokens = 0  # tokens of the layout (the cache may hold more: a prefill not committed yet)
         self.next_pos = 0
         self.stream_time_s = 0.0
         self.chunks_ingested = 0
@@ -154,33 +161,65 @@ class MemoryManager:
 
     def device_bytes(self) -> int:
         """Bytes held by the materialised active context."""
+        if self.kv.adopted:
+            return self.kv.nbytes()
         return sum(l.keys.numel() * l.keys.element_size() * 2 for l in self.cache.layers if l.is_initialized)
 
     def snapshot(self) -> Snapshot:
-        """The memory as of the last completed change (safe to call from any thread)."""
-        snap = self._published
-        return snap if snap is not None else self._make_snapshot()
+        """The memory as of the last completed change (safe to call from any thread).
+
+        The snapshot's tensors stay exactly as they are while it lives (its buffer is pinned)."""
+        with self.kv.lock:
+            snap = self._published
+            if snap is None:
+                snap = self._published = self._make_snapshot()
+                self.kv.published = snap.storage
+            self.kv.pin(snap, snap.storage)
+        return snap
 
     def _publish(self) -> None:
-        self._published = self._make_snapshot()  # one reference assignment: readers see old or new, never half
+        snap = self._make_snapshot()
+        with self.kv.lock:  # readers see the old or the new snapshot, and pin what they got
+            self._published = snap
+            self.kv.published = snap.storage
 
     def _make_snapshot(self) -> Snapshot:
         keys, values = cache_tensors(self.cache) if self.context_tokens else ((), ())
         return Snapshot(sinks=tuple(self.sinks), prev_text=tuple(self.prev_text), live=tuple(self.live),
                         keys=keys, values=values, next_pos=self.next_pos, stream_time_s=self.stream_time_s,
-                        chunks_ingested=self.chunks_ingested)
+                        chunks_ingested=self.chunks_ingested, storage=self.kv.storage)
 
     # ---- writing --------------------------------------------------------------------------------
     def extract(self, n_tokens: int, start: int, rel_pos: torch.Tensor, kind: str, **meta) -> Segment:
         """Build a canonical Segment from the last ``n_tokens`` of the active cache (placed at ``start``)."""
-        keys = tuple(self.rotate(l.keys[:, :, -n_tokens:], -start) for l in self.cache.layers)
-        values = tuple(l.values[:, :, -n_tokens:].clone() for l in self.cache.layers)
+        self.kv.adopt(self.cache)
+        keys, values = self.kv.extract(n_tokens, start)
         return Segment(kind=kind, keys=keys, values=values, rel_pos=rel_pos, **meta)
+
+    def append_prefilled(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+        """Append per-layer K/V [1, H, s, D] computed elsewhere (a batched prefill) after the cache's tokens."""
+        for l, (k, v) in enumerate(zip(keys, values)):
+            self.cache.update(k, v, l)
+
+    def _placed(self, seg: Segment) -> None:
+        """``seg`` joins the buffer layout: it was just prefilled as the last tokens of the cache, or, when the
+        cache holds nothing after the layout (bookkeeping callers), it is placed from its canonical keys."""
+        end = self._layout_tokens
+        have = self.kv.length if self.kv.adopted else self.cache.get_seq_length()
+        if have == end:
+            for l, (k, v) in enumerate(zip(seg.keys, seg.values)):
+                self.cache.update(self.rotate(k, self.next_pos), v, l)
+        self.kv.adopt(self.cache)
+        self.kv.note_committed(end, seg)
+        self._layout.append(seg)
+        self._offsets[id(seg)] = end
+        self._layout_tokens = end + seg.n_tokens
 
     def commit_sink(self, seg: Segment) -> None:
         """Record a segment that was just prefilled at the end of the context as a sink (never evicted)."""
         if self.live or self.prev_text:
             raise RuntimeError("sinks must be added before any stream content")
+        self._placed(seg)
         self.sinks.append(seg)
         self.next_pos += seg.span
         self._publish()
@@ -193,6 +232,7 @@ class MemoryManager:
         """
         if seg.kind not in (VISION, TEXT):
             raise ValueError(f"live segments are vision or text, got {seg.kind!r}")
+        self._placed(seg)
         self.live.append(seg)
         self.next_pos += seg.span
         if seg.kind == VISION:
@@ -247,10 +287,30 @@ class MemoryManager:
             self.prev_tail = tail
 
     def _rebuild(self) -> None:
-        """Re-materialise the active context at contiguous positions 0..N-1."""
-        segs = self.segments()
-        keys, values, self.next_pos = place(segs, self.rotate)
-        self.cache = fill_cache(self.new_cache(), keys, values)
+        """Re-lay the active context out at contiguous positions 0..N-1 after the segments changed.
+
+        Segments before the first change keep their tokens; from there on, surviving segments are moved
+        and every key is re-rotated from its canonical form (``KVBuffer.relayout``: a constant number of
+        tensor ops, however many segments the window holds)."""
+        new = self.segments()
+        old = self._layout
+        i = 0
+        while i < min(len(new), len(old)) and new[i] is old[i]:
+            i += 1
+        a = sum(s.n_tokens for s in new[:i])
+        pos = sum(s.span for s in new[:i])
+        plan = []
+        offsets = {id(s): self._offsets[id(s)] for s in new[:i]}
+        at = a
+        for s in new[i:]:
+            plan.append((self._offsets.get(id(s)), s, pos))  # None: not in the buffer (new previous text)
+            offsets[id(s)] = at
+            at += s.n_tokens
+            pos += s.span
+        if plan or self.kv.length != a:
+            self.kv.relayout(a, plan)
+        self._layout, self._offsets, self._layout_tokens = list(new), offsets, at
+        self.next_pos = pos
         self.rebuilds += 1
 
     def assemble(self, snap: Snapshot, retrieved: Sequence[Segment]) -> tuple[DynamicCache, int]:
@@ -278,3 +338,16 @@ class MemoryManager:
         values = tuple(torch.cat([v[:, :, :n_head], rv, v[:, :, n_head:]], dim=-2)
                        for v, rv in zip(snap.values, r_values))
         return fill_cache(self.new_cache(), keys, values), snap.next_pos
+
+    def assemble_only(self, snap: Snapshot, retrieved: Sequence[Segment], keep: Callable[[Segment], bool]
+                      ) -> tuple[DynamicCache, int]:
+        """A fresh cache of the sinks, the retrieved entries (chronological) and the live segments ``keep``
+        accepts, at contiguous positions from 0 (a question about a time range: nothing else is seen).
+
+        Every kept segment is placed (rotated) anew; the previous-text block is left out (its text is from
+        other times). Returns the cache and the next free position.
+        """
+        ordered = sorted(retrieved, key=lambda s: -1.0 if s.start_s is None else s.start_s)  # chronological
+        segs = list(snap.sinks) + ordered + [s for s in snap.live if keep(s)]
+        keys, values, pos = place(segs, self.rotate)
+        return fill_cache(self.new_cache(), keys, values), pos

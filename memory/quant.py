@@ -90,23 +90,15 @@ def quantize(t: torch.Tensor, bits: int) -> dict[str, torch.Tensor]:
 
 
 def _pack(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """Signed values in [-qmax, qmax] -> uint8, 8 // bits values per byte (offset by qmax + 1)."""
-    per = 8 // bits
-    flat = (q.to(torch.int16) + _QMAX[bits] + 1).to(torch.uint8)  # [N], all >= 1
-    pad = (-flat.numel()) % per
-    if pad:
-        flat = torch.cat([flat, flat.new_full((pad,), _QMAX[bits] + 1)])
-    flat = flat.reshape(-1, per)
-    out = flat[:, 0].clone()
-    for j in range(1, per):
-        out |= flat[:, j] << (bits * j)
-    return out.contiguous()
+    """Signed values in [-qmax, qmax] -> uint8, 8 // bits values per byte (offset by qmax + 1; a padded
+    tail holds the code of 0)."""
+    offset = _QMAX[bits] + 1
+    return _pack_unsigned(q.to(torch.int16) + offset, bits, pad_code=offset)  # codes all >= 1
 
 
 def _unpack(q: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    per, mask = 8 // bits, (1 << bits) - 1
-    parts = [((q >> (bits * j)) & mask).to(torch.int16) for j in range(per)]
-    return (torch.stack(parts, dim=-1).reshape(-1)[:n] - (_QMAX[bits] + 1)).to(torch.float32)
+    """Inverse of ``_pack``: the first ``n`` signed values, fp32."""
+    return (_unpack_unsigned(q, bits, n).to(torch.int16) - (_QMAX[bits] + 1)).to(torch.float32)
 
 
 def dequantize(d: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -166,12 +158,13 @@ def _rounded(x: torch.Tensor, down: bool) -> torch.Tensor:
     return torch.where(wrong, torch.nextafter(h, toward), h)
 
 
-def _pack_unsigned(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes in [0, 2**bits) -> uint8, 8 // bits per byte (first code in the low bits)."""
+def _pack_unsigned(codes: torch.Tensor, bits: int, pad_code: int = 0) -> torch.Tensor:
+    """Codes in [0, 2**bits) -> uint8, 8 // bits per byte (first code in the low bits; a last byte that is
+    not full is padded with ``pad_code``)."""
     per = 8 // bits
     flat = codes.reshape(-1).to(torch.uint8)
     if pad := (-flat.numel()) % per:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
+        flat = torch.cat([flat, flat.new_full((pad,), pad_code)])
     flat = flat.reshape(-1, per)
     out = flat[:, 0].clone()
     for j in range(1, per):
@@ -180,6 +173,7 @@ def _pack_unsigned(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _unpack_unsigned(q: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of ``_pack_unsigned``: the first ``n`` codes (uint8)."""
     mask = (1 << bits) - 1
     parts = [(q >> (bits * j)) & mask for j in range(8 // bits)]
     return torch.stack(parts, dim=-1).reshape(-1)[:n]

@@ -7,6 +7,7 @@ Tensors are never modified after creation; a snapshot of memory is a list of ref
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 
@@ -39,6 +40,9 @@ class Segment:
     thumbnail: bytes | None = None  # small JPEG of a keyframe
     chunk_index: int | None = None
     source: str = ""  # text: where it came from ("speech": recognised audio, kept in long-term on eviction)
+    wall_s: float | None = None  # wall-clock time (UTC epoch seconds) at start_s, when the source knows it
+    wall_end_s: float | None = None  # ... at end_s
+    tz: str = ""  # the source's IANA time-zone name (with wall_s)
     seg_id: int = field(default_factory=next_segment_id)
 
     def __post_init__(self) -> None:
@@ -51,9 +55,10 @@ class Segment:
     def n_tokens(self) -> int:
         return int(self.keys[0].shape[-2])
 
-    @property
+    @functools.cached_property
     def span(self) -> int:
-        """Positions the segment occupies (M-RoPE chunks may span fewer positions than tokens)."""
+        """Positions the segment occupies (M-RoPE chunks may span fewer positions than tokens); computed once
+        (a device sync), the segment never changes."""
         return int(self.rel_pos.max().item()) + 1 if self.rel_pos.numel() else 0
 
     @property
@@ -72,4 +77,5 @@ class Segment:
         return Segment(kind=self.kind, keys=keys, values=values, rel_pos=self.rel_pos.to(device),
                        start_s=self.start_s, end_s=self.end_s, text=self.text, token_ids=self.token_ids,
                        key_summary=self.key_summary, thumbnail=self.thumbnail, chunk_index=self.chunk_index,
-                       source=self.source, seg_id=self.seg_id)
+                       source=self.source, wall_s=self.wall_s, wall_end_s=self.wall_end_s, tz=self.tz,
+                       seg_id=self.seg_id)

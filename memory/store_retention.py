@@ -7,19 +7,19 @@ never half done. Compaction rewrites the journal with only the live entries (tem
 directory fsync), headed by a ``{"op": "next_id"}`` record so that ids of deleted entries are never
 reused; a crash leaves the old or the new journal, which describe the same entries.
 
-The mixin uses the store's entry table, locks and journal (``_entries``, ``_ram``, ``_ram_used``,
-``_lock``, ``_write_lock``, ``_journal``, ``_durable``, ``_seg_dir``, ``_next_id``, ``_check_open``,
-``_append_journal``, ``_entry_line``); the policy (what to delete) is ``memory.retention``.
+The mixin uses the store's entry table, locks and journal (``_entries``, ``_ram`` (a
+``memory.store_tiers.RamTier``), ``_lock``, ``_write_lock``, ``_journal``, ``_durable``, ``_seg_dir``,
+``_next_id``, ``_check_open``, ``_append_journal``); the policy (what to delete) is ``memory.retention``.
 """
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from memory import fsops
 from memory.fsops import FileOps
 from memory.journal import Journal, atomic_write, encode_line, fsync_dir
+from memory.store_io import entry_line
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class RetentionMixin:
             with self._lock:
                 for i in ids:
                     self._entries.pop(i, None)
-                    old = self._ram.pop(i, None)
-                    if old is not None:
-                        self._ram_used -= sum(t.numel() * t.element_size() for t in old.values())
+                    self._ram.discard(i)
             self.dead_lines += 1 + len(ids)
             for f in files:
                 _remove_file(self.directory / f, self.fs)
@@ -88,7 +86,7 @@ class RetentionMixin:
         with self._write_lock:
             with self._lock:
                 lines = [encode_line({"op": "next_id", "next_id": self._next_id})]
-                lines += [self._entry_line(self._entries[i]) for i in sorted(self._entries)]
+                lines += [entry_line(self._entries[i]) for i in sorted(self._entries)]
             path = self._journal.path
             try:
                 atomic_write(path, b"".join(lines), self._durable, self.fs)

@@ -13,11 +13,14 @@ from memory.segment import Segment
 #: Newest memory format this code reads. 1: vision entries only, K/V as is or int8 / int4 / k4v2. 2: entries may
 #: also be text (``kind="text"``, e.g. ``source="speech"``): a reader of format 1 would take them for video
 #: chunks, so a store is marked 2 once it holds one. 3: the k2v1.58 cold tier (mixed 2/1-bit keys, ternary values
-#: packed five per byte). A store is written with the lowest version its content needs (memory.store.
+#: packed five per byte). A store is written with the lowest version its content needs (memory.store_format.
 #: format_version_for, upgraded in place when a text entry or a k2v1.58 entry first needs more), so older
 #: readers keep reading what they can.
-FORMAT_VERSION = 3
+#: 4: entries may carry wall-clock time (``wall_s``, ``wall_end_s``, ``tz``); a reader of format 3 would drop it
+#: silently, so a store is marked 4 once it holds an entry with wall time (memory.store_format).
+FORMAT_VERSION = 4
 TEXT_FORMAT_VERSION = 2  # the first format with text entries
+CLOCK_FORMAT_VERSION = 4  # the first format with wall-clock time on entries
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -93,6 +96,9 @@ class EntryInfo:
     nbytes: int  # K/V bytes as stored (after quantisation)
     kind: str = "vision"  # "vision" (a video chunk) | "text" (format 2: e.g. recognised speech)
     source: str = ""  # text entries: "speech"
+    wall_s: float | None = None  # format 4: wall-clock time (UTC epoch seconds) at start_s; None: unknown
+    wall_end_s: float | None = None  # format 4: ... at end_s
+    tz: str = ""  # format 4: the source's IANA time-zone name
 
 
 @dataclass

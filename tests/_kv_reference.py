@@ -52,8 +52,8 @@ class Recorder:
         self.records: list[Span] = []
         self._orig = adapter.forward
 
-        def forward(inputs_embeds, position_ids, cache, logits="last"):
-            out = self._orig(inputs_embeds, position_ids, cache, logits)
+        def forward(inputs_embeds, position_ids, cache, logits="last", **lm_inputs):
+            out = self._orig(inputs_embeds, position_ids, cache, logits, **lm_inputs)
             n = inputs_embeds.shape[1]
             self.records.append(Span([l.keys[:, :, -n:].clone() for l in cache.layers],
                                      [l.values[:, :, -n:].clone() for l in cache.layers],

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from memory.segment import Segment
-from memory.store import StoreMeta
+from memory.types import StoreMeta
 
 L, H, D = 2, 2, 8
 

@@ -86,7 +86,8 @@ def test_live_source_converts_only_kept_frames(clip30):
 
 def _pipeline(source, fps=1.0):
     adapter = SimpleNamespace(configure_sampling=lambda fps: None, frames_per_chunk=lambda fps, c: None)
-    engine = SimpleNamespace(adapter=adapter, stream_time_s=0.0, set_perceiving=lambda on: None)
+    config = SimpleNamespace(memory=SimpleNamespace(time_marker="stream"))
+    engine = SimpleNamespace(adapter=adapter, config=config, stream_time_s=0.0, set_perceiving=lambda on: None)
     steps = []
 
     def step(chunk):

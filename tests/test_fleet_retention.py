@@ -13,7 +13,8 @@ import pytest
 from _memory_helpers import make_segment, meta
 from memory.index import MemoryIndex
 from memory.retention import enforce
-from memory.store import JOURNAL_NAME, SEGMENT_DIR, LongTermStore
+from memory.store import LongTermStore
+from memory.store_format import JOURNAL_NAME, SEGMENT_DIR
 from vstream.config import MemoryConfig
 
 WRITER = Path(__file__).with_name("_retention_writer.py")

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from vstream.models.qwen2_5_vl import (
-    CLIP_MEAN, CLIP_STD, QWEN_FIRST_SPECIAL_ID, QWEN_SPECIAL_TOKENS, Qwen25VLAdapter, _published_config,
-    real_id_tokenizer,
-)
+from vstream.models.qwen2_5_vl import CLIP_MEAN, CLIP_STD, Qwen25VLAdapter
+from vstream.models.qwen_vl import QWEN_FIRST_SPECIAL_ID, QWEN_SPECIAL_TOKENS, real_id_tokenizer
 
 TOL = 1e-4
 
@@ -205,7 +203,7 @@ def test_published_configs_use_real_token_ids():
     assert tok.decode(tok("Time=1.0-2.0s ok")["input_ids"]) == "Time=1.0-2.0s ok"
     expect = {"3b": (2048, 36, 16, 2, 11008, 151936, True), "7b": (3584, 28, 28, 4, 18944, 152064, False)}
     for size, (hid, layers, heads, kv, inter, vocab, tie) in expect.items():
-        cfg = _published_config(size)
+        cfg = Qwen25VLAdapter.published_config(size)
         tc, vc = cfg.text_config, cfg.vision_config
         assert (tc.hidden_size, tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads,
                 tc.intermediate_size, tc.vocab_size, cfg.tie_word_embeddings) == (hid, layers, heads, kv, inter,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from vstream.models.qwen3_vl import Qwen3VLAdapter, patch_times, published_config
-from vstream.models.qwen2_5_vl import QWEN_SPECIAL_TOKENS, real_id_tokenizer
+from vstream.models.qwen3_vl import Qwen3VLAdapter, patch_times
+from vstream.models.qwen_vl import QWEN_SPECIAL_TOKENS, real_id_tokenizer
 
 TOL = 1e-4
 
@@ -99,7 +99,7 @@ def test_published_configs():
               "4b": (2560, 36, 32, 8, 9728, True, 24, 1024, 4096, [5, 11, 17]),
               "8b": (4096, 36, 32, 8, 12288, False, 27, 1152, 4304, [8, 16, 24])}
     for size, want in expect.items():
-        cfg = published_config(size)
+        cfg = Qwen3VLAdapter.published_config(size)
         tc, vc = cfg.text_config, cfg.vision_config
         got = (tc.hidden_size, tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads,
                tc.intermediate_size, cfg.tie_word_embeddings, vc.depth, vc.hidden_size, vc.intermediate_size,

@@ -1,5 +1,8 @@
 """Prompt parity: the token ids the engine feeds == each checkpoint's own chat template, or documented differences.
 
+Every test runs with stream-time markers and with clock markers (live sources), so both reach the model as
+text exactly as the template renders it.
+
 The conversation: system prompt; a stream turn (the user turn the chunks are written into); a question;
 the assistant's answer (kept in the text window, as the session does); one more chunk; a second
 question and the open assistant turn. The engine side is recorded from a real Engine (start, ingest,
@@ -139,9 +142,23 @@ def _tok(adapter, text: str) -> list[int]:
     return adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-@pytest.fixture(scope="module")
-def chunks():
-    return make_chunks(3, frames=2, size=32, seed=11)
+#: clock markers (memory.time_marker "clock"): 2026-07-01 14:05:03 in Berlin (CEST, UTC+2) is 12:05:03 UTC
+CLOCK_T0 = 1782907503.0
+
+
+@pytest.fixture(scope="module", params=["stream", "clock"])
+def chunks(request):
+    """The same chunks with stream markers (``Time=0.0-1.0s``) and with clock markers (``Time=14:05:03-14:05:04``,
+    the form live sources use): each template test checks the engine's ids against the template for both."""
+    cs = make_chunks(3, frames=2, size=32, seed=11)
+    if request.param == "clock":
+        for c in cs:
+            c.wall_s, c.tz, c.clock = CLOCK_T0 + c.start_s, "Europe/Berlin", True
+        assert [c.marker for c in cs] == ["Time=14:05:03-14:05:04", "Time=14:05:04-14:05:05",
+                                          "Time=14:05:05-14:05:06"]
+    else:
+        assert [c.marker for c in cs] == ["Time=0.0-1.0s", "Time=1.0-2.0s", "Time=2.0-3.0s"]
+    return cs
 
 
 def test_qwen2_5_vl_prompt_is_the_template(chunks):

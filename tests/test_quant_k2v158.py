@@ -17,7 +17,8 @@ import memory.types as mtypes
 from _memory_helpers import make_segment, meta
 from memory import quant
 from memory.segment import Segment
-from memory.store import LongTermStore, format_version_for
+from memory.store import LongTermStore
+from memory.store_format import format_version_for
 
 
 def _keys_like(seed: int, shape=(1, 4, 50, 32)) -> torch.Tensor:

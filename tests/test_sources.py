@@ -341,6 +341,28 @@ def test_push_source_drops_when_full_and_uses_clock():
         PushSource().push(np.zeros((8, 8), np.uint8))
 
 
+def test_push_queue_bounds_by_cost_and_ends():
+    """The primitive under PushSource and AudioPush: refused past its capacity (by cost), a consumer gets
+    None on timeout and after end(), close() discards what waits."""
+    from vstream.sources.push_queue import PushQueue
+
+    q: PushQueue[str] = PushQueue(1.0)
+    assert q.put("a", 0.5) and q.put("b", 0.5) and not q.put("c", 0.25)  # full: 1.0 of 1.0 waiting
+    assert len(q) == 2 and q.queued() == pytest.approx(1.0)
+    assert q.get(timeout=0) == "a" and q.queued() == pytest.approx(0.5) and q.put("c", 0.25)
+    assert q.get(timeout=0) == "b" and q.get(timeout=0) == "c" and q.get(timeout=0.01) is None
+    q.put("d")  # default cost 1: fits an empty queue of capacity 1
+    q.end()
+    assert not q.put("e", 0.0) and list(q) == ["d"] and q.get() is None  # ended: drains, then None at once
+    q2: PushQueue[int] = PushQueue(3)
+    for i in range(3):
+        q2.put(i)
+    q2.close()
+    assert len(q2) == 0 and q2.queued() == 0 and list(q2) == []
+    with pytest.raises(ValueError, match="capacity"):
+        PushQueue(0)
+
+
 # ----------------------------------------------------------------------------------------------
 # open_source and errors
 # ----------------------------------------------------------------------------------------------

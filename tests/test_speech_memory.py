@@ -13,7 +13,8 @@ from _memory_helpers import make_segment, meta
 from memory.longterm import LongTerm, LongTermConfig
 from memory.manager import MemoryManager
 from memory.segment import TEXT, Segment
-from memory.store import LongTermStore, read_infos
+from memory.store import LongTermStore
+from memory.store_io import read_infos
 
 
 def _speech(start: float, end: float, text: str, m=None) -> Segment:

@@ -343,10 +343,10 @@ def test_ram_lru_order(tmp_path):
     one = sum(t.numel() * t.element_size() for t in make_segment(0, m).keys + make_segment(0, m).values)
     with LongTermStore(m, tmp_path / "m", ram_bytes=3 * (one + 200)) as s:
         _fill(s, 3)
-        assert list(s._ram) == [0, 1, 2]
+        assert s._ram.ids() == [0, 1, 2]
         s.get(0)  # 0 becomes most recently used
         s.add(make_segment(3, m))
-        assert list(s._ram) == [2, 0, 3]  # 1 was the least recently used
+        assert s._ram.ids() == [2, 0, 3]  # 1 was the least recently used
     with LongTermStore(m, tmp_path / "z", ram_bytes=0) as s:
         _fill(s, 2)
         assert s.ram_bytes_used() == 0 and same_kv(s.get(1), make_segment(1, m))
@@ -363,10 +363,10 @@ def test_ram_tier_makes_room_for_a_large_entry(tmp_path):
     with LongTermStore(m, tmp_path / "r", ram_bytes=limit) as s:
         for seg in small:
             s.add(seg)
-        assert list(s._ram) == [0, 1, 2, 3] and s.ram_bytes_used() == limit
+        assert s._ram.ids() == [0, 1, 2, 3] and s.ram_bytes_used() == limit
         s.add(make_segment(4, m, tokens=10))  # about 2.5 small entries: the three oldest must go
         assert s.ram_bytes_used() <= limit
-        assert list(s._ram) == [3, 4]
+        assert s._ram.ids() == [3, 4]
 
 
 def test_concurrent_add_and_get(tmp_path):
@@ -413,7 +413,7 @@ def test_cuda_segments_and_pinned_ram_tier(tmp_path):
     with LongTermStore(m, tmp_path / "m", device="cuda") as s:
         for i in range(3):
             s.add(make_segment(i, m).to("cuda"))
-        assert all(t.is_pinned() for t in s._ram[0].values())
+        assert all(t.is_pinned() for t in s._ram.peek(0).values())
         got = s.get(1)
         assert got.keys[0].device.type == "cuda"
         assert same_kv(got.to("cpu"), make_segment(1, m))

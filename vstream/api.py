@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import numpy as np
 import psutil
 
 from vstream.session.alerts import Alerts, Notifier
@@ -17,7 +14,9 @@ from vstream.config import AgentConfig, MemoryConfig, from_name
 from vstream.engine.core import Engine
 from vstream.models.base import ModelAdapter
 from vstream.session.pipeline import Pipeline
-from vstream.session.responder import Responder, stream_answer
+from vstream.session.asking import Asking
+from vstream.session.responder import Responder
+from vstream.session.stats import stream_stats
 from vstream.types import Alert, Answer, ChunkReport, CommentaryItem, Evidence
 
 logger = logging.getLogger(__name__)
@@ -25,18 +24,20 @@ logger = logging.getLogger(__name__)
 __all__ = ["Agent", "Session", "Answer", "Evidence", "CommentaryItem", "Alert", "search", "export", "transcript"]
 
 
-def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None) -> list:
+def search(directory: str | Path, query: str, *, top: int = 5, thumbs_dir: str | Path | None = None,
+           since: Any = None, until: Any = None, tz: str | None = None) -> list:
     """Moments of a memory directory matching ``query`` (no VLM, read-only): ``vstream.session.recall.search``."""
     from vstream.session.recall import search as _search
 
-    return _search(directory, query, top=top, thumbs_dir=thumbs_dir)
+    return _search(directory, query, top=top, thumbs_dir=thumbs_dir, since=since, until=until, tz=tz)
 
 
-def export(directory: str | Path, fmt: str = "srt") -> str:
+def export(directory: str | Path, fmt: str = "srt", *, since: Any = None, until: Any = None,
+           tz: str | None = None) -> str:
     """The transcript of a memory directory as ``srt``, ``vtt`` or ``json`` text: ``vstream.session.recall.export``."""
     from vstream.session.recall import export as _export
 
-    return _export(directory, fmt)
+    return _export(directory, fmt, since=since, until=until, tz=tz)
 
 
 def transcript(directory: str | Path) -> list:
@@ -44,10 +45,6 @@ def transcript(directory: str | Path) -> list:
     from vstream.session.recall import transcript as _transcript
 
     return _transcript(directory)
-
-
-def _percentile(xs, q: float) -> float | None:
-    return float(np.percentile(np.asarray(xs, dtype=float), q)) if len(xs) else None
 
 
 def _open_long_term(adapter: ModelAdapter, mc: MemoryConfig, memory_dir: str | Path | None, load_existing: bool):
@@ -101,7 +98,8 @@ class Agent:
               chunk_seconds: float | None = None, memory_dir: str | Path | None = None, commentary: bool = False,
               previous_text: str = "", start_s: float = 0.0, end_s: float | None = None,
               commentary_replay: dict[int, str | list[int]] | None = None, progress: bool = False,
-              memory_append: bool = False, asr: bool | None = None, audio: Any = None) -> "Session":
+              memory_append: bool = False, asr: bool | None = None, audio: Any = None,
+              start_at: Any = None, tz: str | None = None) -> "Session":
         """Open a session on ``source`` (path, URL, device, "synthetic:...", or a VideoSource).
 
         asr: recognise the audio track into memory (default: ``memory.asr``); ``audio``: AudioBlocks to use
@@ -110,6 +108,8 @@ class Agent:
 
         ``memory_dir`` that already holds entries: resumed when it holds this source, else refused unless
         ``memory_append`` (then this stream's times start after the stored ones; ``vstream.session.memory_dir``).
+        ``start_at`` (files): the wall-clock time the recording began (ISO 8601), so that entries carry clock
+        time; ``tz``: the camera's time zone (IANA name; default this machine's).
         """
         from vstream.sources import open_source
 
@@ -126,7 +126,17 @@ class Agent:
         if changes:
             cfg = cfg.replace(**changes).validate()
         kw: dict[str, Any] = {"start_s": start_s, "end_s": end_s} if (start_s or end_s is not None) else {}
+        if tz is not None:
+            from vstream.clock import check_zone
+
+            check_zone(tz)
         src = open_source(source, **kw)
+        if start_at is not None:
+            from vstream.sources.clocked import ClockedSource
+
+            src = ClockedSource(src, start_at, tz)
+        elif tz is not None and hasattr(src, "tz"):
+            src.tz = tz
         return Session(self, cfg, src, background=background, memory_dir=memory_dir, commentary=commentary,
                        previous_text=previous_text, commentary_replay=commentary_replay, progress=progress,
                        memory_append=memory_append, audio=audio, window=(start_s, end_s))
@@ -136,7 +146,7 @@ class Agent:
         return Session(self, self.config, None, background=False, memory_dir=directory, load_existing=True)
 
 
-class Session:
+class Session(Asking):
     """One stream being watched: perception in the background, answers on snapshots.
 
     A facade over its parts: the Pipeline (reader thread, backlog, end of stream), the Engine (model
@@ -241,7 +251,7 @@ class Session:
                 self.commentary_items.append(item)
                 for cb in list(self._commentary_cbs):
                     cb(item)
-        self.alerts.check(chunk.end_s)
+        self.alerts.check(chunk.end_s, getattr(chunk, "wall_end_s", None))
 
     # ---- driving the stream -------------------------------------------------------------------
     @property
@@ -294,22 +304,15 @@ class Session:
         return self.pipeline.wait_chunks(n, timeout)
 
     # ---- questions ----------------------------------------------------------------------------
-    def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
-        """Queue a question on the memory as of now; returns a Future[Answer]. Raises ValueError when full."""
-        return self.responder.ask(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
-                                  cancel=cancel)
+    @property
+    def tz(self) -> str:
+        """The time zone of this stream's clock (the source's, else the stored entries', else this machine's)."""
+        from vstream.clock import local_zone
 
-    def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> Answer | Iterator[str]:
-        """Answer a question about what has been seen so far (perception keeps running meanwhile).
-
-        stream=True returns an iterator of text pieces; the final Answer is then ``session.last_answer``.
-        """
-        if not stream:
-            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history).result(timeout)
-        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history)
-        return pieces
+        tz = getattr(self.source, "tz", None)
+        if not tz and self.long_term is not None:
+            tz = next((i.tz for i in reversed(self.long_term.store.infos()) if i.tz), None)
+        return tz or local_zone()
 
     def probe(self, text: str) -> float:
         """P("Yes") that ``text`` happened in the latest chunk (one forward step)."""
@@ -332,32 +335,11 @@ class Session:
     # ---- state --------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Frames in / kept / dropped, latencies, tokens/s and memory bytes per tier."""
-        lat = [r.latency_s for r in list(self.reports)]  # copy: perception appends concurrently
-        eng, pipe, resp, lt = self.engine, self.pipeline, self.responder, self.long_term
         return {
-            "stream_time_s": eng.stream_time_s,
-            **pipe.frame_counts(),  # frames_in, frames_decoded, frames_converted, frames_kept, frames_dropped
-            "chunks": eng.chunks_ingested,
-            "chunks_dropped": pipe.chunks_dropped,
-            "stage_s": pipe.stage_seconds(),  # busy seconds: decode, convert, preprocess, model
-            "chunk_latency_p50": _percentile(lat, 50),
-            "chunk_latency_p95": _percentile(lat, 95),
-            "chunk_latency_p99": _percentile(lat, 99),
-            "ttft_p50": _percentile(resp.ttfts, 50),
-            "ttft_p95": _percentile(resp.ttfts, 95),
-            "tokens_per_s": resp.tokens_per_s,
-            "context_tokens": eng.context_tokens,
-            "visual_tokens_kept": eng.visual_tokens_kept,
-            "visual_tokens_dropped": eng.visual_tokens_dropped,
-            "queries_pending": resp.pending,
-            "queries_answered": resp.answered,
-            "queries_rejected": resp.rejected,
-            "memory_bytes": {"device": eng.device_bytes(), "ram": lt.ram_bytes() if lt else 0,
-                             "disk": lt.disk_bytes() if lt else 0},
-            "long_term_entries": len(lt) if lt else 0,
+            **stream_stats(self.engine, self.pipeline, self.responder, self.long_term, self.reports),
             "process_rss_bytes": psutil.Process().memory_info().rss,
-            "ended": pipe.ended,
-            "error": pipe.error,
+            "ended": self.pipeline.ended,
+            "error": self.pipeline.error,
             "asr": self.speech.stats() if self.speech is not None else None,  # rtf, dropped_s, segments...
             # a live stream's outages: {"at_s", "duration_s", "reason"} each, and the reconnects that ended them
             "gaps": [{**g, "at_s": round(g["at_s"] + self.time_offset_s, 3)}

@@ -56,6 +56,8 @@ class MemoryConfig:
     max_disk_bytes: int = 0  # retention: the store (segments + journal) is kept under this many bytes, oldest
     #                          entries deleted first (0 = no cap)
     max_age_s: float = 0.0  # retention: entries that ended more than this much stream time ago are deleted (0 = keep)
+    time_marker: str = "auto"  # chunk markers the model sees: "clock" (Time=14:05:03-14:05:04, the camera's zone),
+    #                            "stream" (Time=12.0-13.0s), "auto" (clock for live sources, stream for files)
 
     def validate(self) -> None:
         if self.window_chunks < 1:
@@ -80,6 +82,8 @@ class MemoryConfig:
                              f"got {self.max_disk_bytes!r}")
         if not self.max_age_s >= 0:
             raise ValueError(f"max_age_s must be >= 0 seconds (0 = keep forever), got {self.max_age_s!r}")
+        if self.time_marker not in ("auto", "clock", "stream"):
+            raise ValueError(f"time_marker must be auto, clock or stream, got {self.time_marker!r}")
 
 
 VAD_MODES = ("silero", "energy", "off")
@@ -229,8 +233,10 @@ class AgentConfig:
             target = out
             parts = key.split(".")
             for p in parts[:-1]:
-                target = getattr(target, p)
-            if not hasattr(target, parts[-1]):
+                target = getattr(target, p, None) if not p.startswith("_") else None
+                if not dataclasses.is_dataclass(target):  # never walk into classes, methods or modules
+                    raise ValueError(f"unknown config field {key!r}")
+            if parts[-1].startswith("_") or parts[-1] not in {f.name for f in dataclasses.fields(target)}:
                 raise ValueError(f"unknown config field {key!r}")
             setattr(target, parts[-1], value)
         return out

@@ -17,6 +17,9 @@ class Evidence:
     thumbnail: bytes | None = field(default=None, repr=False)  # small JPEG
     source: str = "vision"  # what it is: "vision" (video chunk) | "speech" (recognised audio) | "text"
     text: str = ""  # the entry's text (marker, OCR, transcript)
+    wall_s: float | None = None  # wall-clock time (UTC epoch seconds) at start_s; None: the source had no clock
+    wall_end_s: float | None = None  # ... at end_s
+    tz: str = ""  # the source's IANA time-zone name
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -68,6 +71,7 @@ class Alert:
     at_s: float
     probability: float
     answer: Answer | None = None
+    wall_s: float | None = None  # wall-clock time (UTC epoch seconds) at at_s, when the source has a clock
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

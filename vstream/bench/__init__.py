@@ -10,9 +10,12 @@ asr      speech recognition on a clip: real-time factor, WER, timestamp error, a
          latency with ASR on over off in one run.
 pipeline real 720p/1080p H.264 clips through ``Agent.watch``: ingest time over ffmpeg's decode time, stage
          shares, frames converted per kept frame (``render_clip``, ``ingest_over_decode``).
+gpu      the whole GPU suite in one run sized for one H100 in 9 minutes (``gpu`` runs the steps of
+         ``gpu_steps`` each in its own process with a time budget; ``--smoke``: tiny presets on CPU).
 
 Modules: ``common`` (device sync and memory, random chunks, environment facts, JSON/PNG writing),
-``ingest``, ``memory_ttft``, ``realtime``, ``asr`` (one benchmark each) and ``commands`` (the argparse wiring).
+``ingest``, ``memory_ttft``, ``realtime``, ``asr``, ``ops``, ``pipeline`` (one benchmark each), ``gpu`` /
+``gpu_steps`` (the GPU suite, built on the others) and ``commands`` (the argparse wiring).
 
 Which way imports go: the benches are a top-layer command like the CLI. ``commands`` imports the three
 benchmark modules and ``eval.bench_memory`` (FAISS latency and KV bytes per hour); the benchmark modules

@@ -5,6 +5,7 @@ Imports nothing from the other bench modules (they import it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +23,66 @@ def sync() -> None:
     """Wait for queued device work, so a wall-clock reading covers it (no-op on CPU)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+class PhaseClock:
+    """Time named phases of a step: CUDA events on a GPU (read after one synchronize), wall time on CPU.
+
+    ``with clock.phase("vision"): ...`` marks a phase; ``collect()`` waits for the device and returns the
+    seconds per phase name since the last ``collect`` (phases entered several times are summed).
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self._marks: list[tuple[str, Any, Any]] = []
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._marks.append((name, start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self._marks.append((name, t0, time.perf_counter()))
+
+    def collect(self) -> dict[str, float]:
+        """Seconds per phase since the last call (synchronises the device first)."""
+        sync()
+        out: dict[str, float] = {}
+        for name, a, b in self._marks:
+            out[name] = out.get(name, 0.0) + (a.elapsed_time(b) / 1000.0 if self.cuda else b - a)
+        self._marks.clear()
+        return out
+
+
+@contextlib.contextmanager
+def timed_methods(obj: Any, clock: PhaseClock, phases: dict[str, str]) -> Iterator[None]:
+    """Within the block, calls of ``obj``'s methods are timed as phases (``{method name: phase name}``)."""
+    def wrap(fn: Any, phase: str) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with clock.phase(phase):
+                return fn(*args, **kwargs)
+        return timed
+
+    own = {m: obj.__dict__[m] for m in phases if m in vars(obj)}  # instance attributes to put back
+    for meth, phase in phases.items():
+        setattr(obj, meth, wrap(getattr(obj, meth), phase))
+    try:
+        yield
+    finally:
+        for meth in phases:
+            if meth in own:
+                setattr(obj, meth, own[meth])
+            else:
+                delattr(obj, meth)  # back to the class's method
 
 
 def device_mem() -> int:
@@ -55,10 +116,14 @@ def _git_commit() -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """Where a benchmark ran: device, torch version, threads, CPUs, commit, local time."""
+    """Where a benchmark ran: device, torch version, threads, CPUs, commit, local time.
+
+    The commit comes from git, else from the ``VSTREAM_COMMIT`` environment variable (a copy of the tree
+    without its .git, as on a lent GPU machine)."""
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     return {"device": dev, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "commit": _git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "cpus": os.cpu_count(), "commit": _git_commit() or os.environ.get("VSTREAM_COMMIT"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def write_json(result: dict[str, Any], out: Path, name: str) -> Path:

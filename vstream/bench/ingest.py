@@ -15,7 +15,8 @@ import numpy as np
 import psutil
 import torch
 
-from vstream.bench.common import device_mem, environment, median_or_none, new_figure, random_chunks, save_png, sync
+from vstream.bench.common import (PhaseClock, device_mem, environment, median_or_none, new_figure, random_chunks,
+                                  save_png, sync, timed_methods)
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,62 @@ def bench_ingest(model: str = "small-llava-onevision", chunks: int = 1000, windo
         summary["recompute_over_engine"] = rec_med / eng_med
     return {"bench": "ingest", "model": model, "chunks": chunks, "window": window, "frames_per_chunk": frames,
             "frame_size": side, "env": environment(), "summary": summary, "rows": rows}
+
+
+def measure_ingest_split(adapter, config, chunks, progress: bool = True) -> dict[str, Any]:
+    """Pure ingest (no commentary) on one engine: frames per second, then the per-chunk time split.
+
+    Pass 1 times the whole stream (one synchronize per chunk): ingest FPS = frames / wall seconds. Pass 2,
+    on a fresh engine, times the phases of each chunk: ``vision`` (``embed_chunk``: preprocessing and the
+    vision tower), ``prefill`` (the LLM forward over the chunk) and ``bookkeeping`` (the rest: K/V extraction,
+    eviction, re-rotation, thumbnail, long-term store), with CUDA events on a GPU. The first two chunks of
+    each pass warm up and are not counted.
+    """
+    from tqdm import tqdm
+
+    from vstream.engine.core import Engine
+
+    if len(chunks) < 3:
+        raise ValueError(f"need at least 3 chunks (2 warm up), got {len(chunks)}")
+    eng = Engine(adapter, config)
+    eng.start()
+    for ch in chunks[:2]:
+        eng.ingest(ch)
+    sync()
+    t0 = time.perf_counter()
+    lat = []
+    for ch in tqdm(chunks[2:], desc="ingest fps", disable=None if progress else True, leave=False):
+        t1 = time.perf_counter()
+        eng.ingest(ch)
+        sync()
+        lat.append(time.perf_counter() - t1)
+    wall = time.perf_counter() - t0
+    frames = sum(len(ch) for ch in chunks[2:])
+    del eng
+    clock = PhaseClock(adapter.device)
+    eng = Engine(adapter, config)
+    eng.start()
+    rows: list[dict[str, Any]] = []
+    with timed_methods(adapter, clock, {"embed_chunk": "vision", "forward": "prefill"}):
+        for ch in tqdm(chunks, desc="ingest split", disable=None if progress else True, leave=False):
+            sync()
+            t1 = time.perf_counter()
+            rep = eng.ingest(ch)
+            phases = clock.collect()  # synchronises
+            total = time.perf_counter() - t1
+            vis, pre = phases.get("vision", 0.0), phases.get("prefill", 0.0)
+            rows.append({"chunk": ch.index, "frames": len(ch), "tokens": rep.n_tokens, "total_s": total,
+                         "vision_s": vis, "prefill_s": pre, "bookkeeping_s": max(0.0, total - vis - pre),
+                         "evicted": rep.evicted, "context_tokens": rep.context_tokens, "device_bytes": device_mem()})
+    del eng
+    steady = rows[2:]
+    split = {k: median_or_none([r[k] for r in steady]) for k in ("total_s", "vision_s", "prefill_s", "bookkeeping_s")}
+    return {"rows": rows, "summary": {
+        "chunks_timed": len(lat), "frames": frames, "wall_s": wall, "ingest_fps": frames / wall if wall > 0 else None,
+        "chunk_s_p50": median_or_none(lat), "tokens_per_chunk": rows[-1]["tokens"],
+        **{f"split_{k}_p50": v for k, v in split.items()},
+        "split_shares": {k: (split[f"{k}_s"] / split["total_s"]) if split["total_s"] else None
+                         for k in ("vision", "prefill", "bookkeeping")}}}
 
 
 def plot_ingest(result: dict[str, Any], path: Path) -> None:

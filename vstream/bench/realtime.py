@@ -200,12 +200,15 @@ def measure_ttft(adapter, config, fps: float, chunk_seconds: float, size: tuple[
 def bench_realtime(models: Sequence[str] = DEFAULT_MODELS, chunks: int = 60, fps: float = 2.0,
                    commentary_tokens: int = 20, device: str = "auto", max_visual_tokens: int | None = None, *,
                    chunk_seconds: float = 1.0, frame_size: tuple[int, int] = (160, 120), questions: int = 3,
-                   config: str = "default", progress: bool = True) -> dict[str, Any]:
+                   config: str = "default", progress: bool = True, frame_side: int | None = None,
+                   window: int | None = None) -> dict[str, Any]:
     """Sustained FPS with commentary and TTFT mid-stream vs idle for each model; rows plus a summary.
 
     ``config`` is a config preset name; long-term memory is off (the window and text memory are what a
-    live stream exercises every chunk). Returns ``{"bench", "settings", "rows", "summary"}`` where
-    ``summary[model]`` holds the headline numbers.
+    live stream exercises every chunk). ``frame_side`` sets the adapter's frame size before the
+    ``max_visual_tokens`` cap walks it down (start large to land just under the cap); ``window`` overrides
+    the preset's W. Returns ``{"bench", "settings", "rows", "summary"}`` where ``summary[model]`` holds the
+    headline numbers.
     """
     from vstream.config import from_name
     from vstream.models.registry import load_model
@@ -220,9 +223,12 @@ def bench_realtime(models: Sequence[str] = DEFAULT_MODELS, chunks: int = 60, fps
     summary: dict[str, Any] = {}
     for name in models:
         adapter = load_model(name, device=device)
+        if frame_side is not None:
+            adapter.frame_size = int(frame_side)
+        extra = {} if window is None else {"memory.window_chunks": int(window)}
         cfg = from_name(config).replace(model=adapter.name, **{
             "memory.long_term": False, "sampler.fps": fps, "sampler.chunk_seconds": chunk_seconds,
-            "responder.commentary_tokens": commentary_tokens, "responder.close_timeout_s": 2.0}).validate()
+            "responder.commentary_tokens": commentary_tokens, "responder.close_timeout_s": 2.0, **extra}).validate()
         chunk_list = synthetic_chunks(adapter, chunks, fps, chunk_seconds, frame_size)
         adapter, cap = cap_visual_tokens(adapter, chunk_list[0], max_visual_tokens)
         logger.info("%s: %d chunks of %d frames, %d vision tokens each", name, len(chunk_list),
@@ -238,7 +244,8 @@ def bench_realtime(models: Sequence[str] = DEFAULT_MODELS, chunks: int = 60, fps
     return {"bench": "realtime", "settings": {"models": list(models), "chunks": chunks, "fps": fps,
                                               "chunk_seconds": chunk_seconds, "commentary_tokens": commentary_tokens,
                                               "max_visual_tokens": max_visual_tokens, "frame_size": list(frame_size),
-                                              "config": config, "device": device, "questions": questions},
+                                              "config": config, "device": device, "questions": questions,
+                                              "frame_side": frame_side, "window": cfg.memory.window_chunks},
             "rows": rows, "summary": summary}
 
 

@@ -155,7 +155,7 @@ def unrelated_similarity(adapter, chunk_sets: Sequence[Sequence]) -> float:
 def entry_kv_bytes(quantize: str, layers: int, kv_heads: int, head_dim: int, tokens: int) -> int:
     """K+V bytes one entry of ``tokens`` tokens takes in the store's cold tier ``quantize`` (bf16 when none)."""
     from memory import quant
-    from memory.store import quant_bits
+    from memory.store_format import quant_bits
 
     kbits, vbits = quant_bits(quantize)
     t = torch.randn(1, kv_heads, tokens, head_dim, generator=torch.Generator().manual_seed(0))

@@ -30,7 +30,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample.mp4"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample.mp4"  # the repository's data/
 PIX_TOL = 1e-6
 
 

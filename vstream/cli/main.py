@@ -22,6 +22,8 @@ from vstream.cli import doctor
 from vstream.cli.args import agent_from_args
 from vstream.cli.fleet import add_parser as add_fleet_parser
 from vstream.cli.serve import add_parser as add_serve_parser
+from vstream.cli.timeopts import (add_time_args, add_timeline_parser, check_time_args, session_span, span_text,
+                                  when_text)
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,12 @@ def cmd_watch(args) -> int:
     asks = sorted((_parse_ask(a) for a in args.ask), key=lambda x: x[0])
     _check_fps(args.fps)
     _check_config(args)
+    if args.tz is not None or args.start_at is not None:
+        from vstream.clock import check_zone, parse_when
+
+        check_zone(args.tz)
+        if args.start_at is not None:
+            parse_when(args.start_at, tz=args.tz, what="--start-at")
     check_model_name(args.model)
     source = open_source(args.source)
     if args.memory_dir:
@@ -142,22 +150,28 @@ def cmd_watch(args) -> int:
         raise
     session = agent.watch(source, background=args.realtime, realtime=args.realtime, fps=args.fps,
                           memory_dir=args.memory_dir, commentary=args.commentary, memory_append=args.memory_append,
-                          progress=not args.json and not args.realtime and sys.stderr.isatty())
+                          progress=not args.json and not args.realtime and sys.stderr.isatty(),
+                          start_at=args.start_at, tz=args.tz)
     offset = session.time_offset_s  # appended to a memory dir: this stream's times start there
     with session:
         if session.speech is not None:
-            session.speech.on_segment(lambda s: em.emit("speech", f"[{s.start_s:.1f}-{s.end_s:.1f}s] speech: {s.text}",
-                                                        start_s=s.start_s, end_s=s.end_s, text=s.text,
-                                                        words=[[w.text, round(w.start_s, 3), round(w.end_s, 3)]
-                                                               for w in s.words]))
+            def on_speech(s) -> None:
+                when, wall = session_span(session, s.start_s, s.end_s)
+                em.emit("speech", f"[{when}] speech: {s.text}", start_s=s.start_s, end_s=s.end_s, text=s.text,
+                        words=[[w.text, round(w.start_s, 3), round(w.end_s, 3)] for w in s.words], **wall)
+
+            session.speech.on_segment(on_speech)
         if args.commentary:
-            session.on_commentary(lambda c: em.emit("commentary", f"[{c.start_s:.1f}-{c.end_s:.1f}s] {c.text}",
-                                                    start_s=c.start_s, end_s=c.end_s, text=c.text))
+            def on_commentary(c) -> None:
+                when, wall = session_span(session, c.start_s, c.end_s)
+                em.emit("commentary", f"[{when}] {c.text}", start_s=c.start_s, end_s=c.end_s, text=c.text, **wall)
+
+            session.on_commentary(on_commentary)
         for cond in args.notify:
             session.notify_when(cond, lambda al: em.emit(
-                "notify", f"[{al.at_s:.1f}s] ALERT {al.condition!r} (p={al.probability:.2f})"
-                + (f": {al.answer.text}" if al.answer else ""),
-                at_s=al.at_s, condition=al.condition, probability=al.probability,
+                "notify", f"[{when_text(al.at_s, al.wall_s, session.tz)}] ALERT {al.condition!r} "
+                f"(p={al.probability:.2f})" + (f": {al.answer.text}" if al.answer else ""),
+                at_s=al.at_s, wall_s=al.wall_s, condition=al.condition, probability=al.probability,
                 text=al.answer.text if al.answer else None))
         for t, q in asks:
             t += offset
@@ -168,7 +182,8 @@ def cmd_watch(args) -> int:
                 logger.warning("the stream ended at %.1fs, before the question's time %gs: asked at %.1fs",
                                reached, t, reached)
             ans = session.ask(q)
-            em.emit("answer", f"[{ans.asked_at_s:.1f}s] Q: {q}\n        A: {ans.text}", **_answer_fields(ans))
+            when, wall = session_span(session, ans.asked_at_s)
+            em.emit("answer", f"[{when}] Q: {q}\n        A: {ans.text}", **_answer_fields(ans), **wall)
         if not asks or args.commentary or args.notify or args.memory_dir:
             session.run_to_end()
         if session.error:
@@ -205,6 +220,7 @@ def cmd_ask(args) -> int:
     if not (Path(args.memory_dir) / "config.json").is_file():  # before loading anything
         raise CLIError(f"{args.memory_dir} is not a vstream memory directory (no config.json); give the directory "
                        f"written by `vstream watch --memory-dir` or session.save()")
+    rng, tz = check_time_args(args)
     check_model_name(args.model)
     if args.model is None:  # the model that wrote the memory (its entries only make sense for it)
         args.model = _recorded_model(args.memory_dir)
@@ -217,9 +233,10 @@ def cmd_ask(args) -> int:
     agent = agent_from_args(args)
     with agent.load(args.memory_dir) as session:
         for q in args.question:
-            ans = session.ask(q)
+            ans = session.ask(q, since=args.since, until=args.until)
             fields = _answer_fields(ans)
-            ev = ", ".join(f"{e.start_s:.1f}-{e.end_s:.1f}s {e.source} ({e.score:.2f})" for e in ans.evidence)
+            ev = ", ".join(f"{span_text(e.start_s, e.end_s, e.wall_s, e.wall_end_s, tz)} {e.source} ({e.score:.2f})"
+                           for e in ans.evidence)
             em.emit("answer", f"Q: {q}\nA: {ans.text}\n   evidence: {ev or 'none'}", **fields)
     return 0
 
@@ -235,15 +252,18 @@ def cmd_search(args) -> int:
 
         thumbs = tempfile.mkdtemp(prefix="vstream-search-")
     em = Emitter(args.json)
+    _rng, tz = check_time_args(args)
     for qi, query in enumerate(args.query):
         sub_dir = thumbs if len(args.query) == 1 else str(Path(thumbs) / f"q{qi + 1:02d}")
-        moments = search(args.memory_dir, query, top=args.top, thumbs_dir=sub_dir)
+        moments = search(args.memory_dir, query, top=args.top, thumbs_dir=sub_dir, since=args.since, until=args.until)
         if len(args.query) > 1 and not args.json:
             em.emit("query", f"{query}", query=query)
         if not moments:
-            em.emit("none", f"no moment in {args.memory_dir} matches {query!r}", query=query)
+            em.emit("none", f"no moment in {args.memory_dir} matches {query!r}"
+                    + (" in that period" if _rng is not None else ""), query=query)
         for rank, m in enumerate(moments, 1):
-            em.emit("moment", f"{rank}. [{m.start_s:.1f}-{m.end_s:.1f}s] ({m.source}, {m.score:.2f}) {m.text}"
+            em.emit("moment", f"{rank}. [{span_text(m.start_s, m.end_s, m.wall_s, m.wall_end_s, tz)}] "
+                              f"({m.source}, {m.score:.2f}) {m.text}"
                               + (f"\n   thumbnail: {m.thumbnail}" if m.thumbnail else ""), query=query, rank=rank,
                     **m.to_dict())
     return 0
@@ -252,7 +272,8 @@ def cmd_search(args) -> int:
 def cmd_export(args) -> int:
     from vstream.api import export
 
-    text = export(args.memory_dir, args.format)
+    check_time_args(args)
+    text = export(args.memory_dir, args.format, since=args.since, until=args.until, tz=args.tz)
     if args.out:
         from pathlib import Path
 
@@ -311,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--memory-append", action="store_true",
                    help="the memory dir holds another video: add this one after it, its times starting where "
                         "the stored ones end (its own time base)")
+    w.add_argument("--start-at", default=None, metavar="WHEN",
+                   help="a recorded file: the wall-clock time it began (ISO 8601), so entries carry clock time")
+    w.add_argument("--tz", default=None, metavar="ZONE", help="the camera's time zone (IANA name; default: this "
+                                                              "machine's)")
     w.add_argument("--ocr", action="store_true", help="OCR a keyframe per chunk into memory (slides, signs); "
                                                       "turns on the text retriever too (--retriever both)")
     w.add_argument("--asr", nargs="?", const="default", default=None, metavar="MODEL",
@@ -322,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("memory_dir")
     a.add_argument("question", nargs="+")
     _add_model_args(a)
+    add_time_args(a)
     a.set_defaults(func=cmd_ask)
 
     s = sub.add_parser("search", help="find moments in a memory directory by meaning (no VLM; read-only)")
@@ -330,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=5, help="moments to list (default 5)")
     s.add_argument("--thumbs-dir", default=None, help="write each moment's thumbnail here (default: a temp dir)")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_time_args(s)
     s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("export", help="the transcript (and commentary) of a memory directory with times")
@@ -338,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in ("srt", "vtt", "json"):
         fmt.add_argument(f"--{f}", dest="format", action="store_const", const=f, help=f"write {f.upper()}")
     e.add_argument("--out", "-o", default=None, help="file to write (default: stdout)")
+    add_time_args(e)
     e.set_defaults(func=cmd_export)
+    add_timeline_parser(sub)
 
     m = sub.add_parser("models", help="list presets and supported model families")
     m.add_argument("--json", action="store_true")
@@ -348,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(sub)
     add_fleet_parser(sub)
     add_serve_parser(sub)
-    add_eval_parser(sub)
+    add_eval_parser(sub, agent_from_args)
     return ap
 
 

@@ -34,6 +34,18 @@ def add_parser(sub) -> None:
                                                    "(default: ./vstream-serve)")
     p.add_argument("--webhook", default=None, help="POST every event as JSON to this URL")
     p.add_argument("--json", action="store_true", help="print where it listens as one JSON line")
+    from vstream.serve.limits import ServeLimits
+
+    d = ServeLimits()
+    p.add_argument("--max-streams", type=int, default=d.max_streams, help=f"streams per server ({d.max_streams})")
+    p.add_argument("--max-followers-per-token", type=int, default=d.max_followers_per_token,
+                   help=f"open /v1/events followers per token ({d.max_followers_per_token})")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                   help=f"request body size ({d.max_body_bytes})")
+    p.add_argument("--max-question-tokens", type=int, default=d.max_question_tokens,
+                   help=f"tokens in a question ({d.max_question_tokens})")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help=f"cap on max_new_tokens / max_tokens ({d.max_new_tokens})")
     p.set_defaults(func=cmd_serve)
 
 
@@ -46,6 +58,11 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1..65535, got {args.port}")
+    from vstream.serve.limits import ServeLimits
+
+    limits = ServeLimits(max_streams=args.max_streams, max_followers_per_token=args.max_followers_per_token,
+                         max_body_bytes=args.max_body_bytes, max_question_tokens=args.max_question_tokens,
+                         max_new_tokens=args.max_new_tokens).validate()  # ValueError before Ray starts
     token = read_token(args.token_file) if args.token_file else None
     allow = None
     if args.allow_dir is not None:
@@ -61,14 +78,17 @@ def cmd_serve(args) -> int:
         kw = {"include_dashboard": False, "log_to_driver": False, "namespace": "vstream"}
         if args.ray_address is None:
             kw["runtime_env"] = {"env_vars": _worker_env()}
+            if args.host in ("127.0.0.1", "localhost"):  # Ray's own addresses on loopback too
+                kw["_node_ip_address"] = "127.0.0.1"
         ray.init(address=args.ray_address, **kw)
     storage = Path(args.storage or "vstream-serve").resolve()
     fleet = RayFleet(actors=args.actors, model=args.model, config=args.config, dtype=args.dtype,
-                     num_cpus=args.num_cpus, num_gpus=args.num_gpus, storage=storage, webhook=args.webhook)
+                     num_cpus=args.num_cpus, num_gpus=args.num_gpus, storage=storage, webhook=args.webhook,
+                     respawn=True)
     stop = threading.Event()
     try:
         url = deploy(fleet.controller_name, token=token, allow_dir=str(allow) if allow else None, host=args.host,
-                     port=args.port)
+                     port=args.port, limits=limits)
         info = {"type": "listening", "url": url, "model": fleet.model, "actors": args.actors,
                 "auth": token is not None, "allow_dir": str(allow) if allow else None, "storage": str(storage)}
         if args.json:

@@ -266,7 +266,7 @@ def compute_batch(engines: Sequence, chunks: Sequence, ragged: bool) -> list[tup
     adapter = engines[0].adapter
     prefill = prefill_ragged if ragged else prefill_batch
     with torch.inference_mode():
-        tokens = adapter.embed_chunks([(c.marker, c.frames) for c in chunks])
+        tokens = adapter.embed_chunks([(adapter.chunk_marker(c), c.frames) for c in chunks])
         tokens = [e.drop_tokens(t) for e, t in zip(engines, tokens)]  # memory.token_drop (no-op when off)
         starts = [e.memory.next_pos for e in engines]
         rows = prefill(adapter, [e.memory.cache for e in engines], tokens, starts)

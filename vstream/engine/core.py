@@ -21,23 +21,21 @@ import cv2
 import numpy as np
 import torch
 
-from memory.index import pool_layers
+from memory.longterm import wall_overlaps
 from memory.manager import MemoryManager, Snapshot, fill_cache
 from memory.segment import SINK, TEXT, VISION, Segment
 from memory.types import Retrieved  # the long-term store's result type, re-exported here
+from vstream.clock import NOTHING_RECORDED
 from vstream.config import AgentConfig
 from vstream.engine.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
 from vstream.sources.frames import resize_max_side
+from vstream.engine.evidence import (evidence_source, long_term_evidence, recorded_in,  # noqa: F401
+                                     speech_evidence, wall_at, window_evidence)
 from vstream.engine.tokendrop import drop_chunk_tokens, token_drop_for
-from vstream.types import Answer, ChunkReport, CommentaryItem, Evidence
+from vstream.types import Answer, ChunkReport, CommentaryItem
 
 logger = logging.getLogger(__name__)
-
-
-def evidence_source(seg) -> str:
-    """"vision" (a chunk), "speech" (recognised audio) or "text", for a Segment or an EntryInfo."""
-    return "vision" if seg.kind == VISION else ("speech" if seg.source == "speech" else "text")
 
 
 class LongTermMemory(Protocol):
@@ -45,7 +43,9 @@ class LongTermMemory(Protocol):
 
     def on_evict(self, seg: Segment) -> None: ...
     def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
-                 device: torch.device, dtype: torch.dtype | None = None) -> list[Retrieved]: ...
+                 device: torch.device, dtype: torch.dtype | None = None,
+                 wall_range: tuple[float, float] | None = None) -> list[Retrieved]: ...
+    def count_in_range(self, wall_range: tuple[float, float] | None) -> int: ...
     def __len__(self) -> int: ...
 
 
@@ -121,6 +121,7 @@ class Engine:
         self._speech: collections.deque[tuple[float, float, str]] = collections.deque(maxlen=32)  # recent speech
         self._gen_lock = threading.Lock()  # answers: one decode at a time on self._generator
         self._generator = torch.Generator()
+        self._clock_ref: tuple[float, float, str] | None = None  # (stream s, wall s, tz) of the last chunk's start
         self._commentary_lock = threading.Lock()  # commentary never waits for an answer
         self._commentary_generator = torch.Generator()
         if config.generation.seed is not None:
@@ -152,9 +153,13 @@ class Engine:
             raise ValueError("empty text cannot be added to memory")
         start = mm.next_pos
         prefill(a, mm.cache, tokens, start, logits=logits)
-        return mm.extract(tokens.n_tokens, start, tokens.rel_pos, TEXT, start_s=at_s,
-                          end_s=at_s if end_s is None else end_s, text=text,
-                          token_ids=tuple(tokens.input_ids[0].tolist()))
+        end = at_s if end_s is None else end_s
+        return mm.extract(tokens.n_tokens, start, tokens.rel_pos, TEXT, start_s=at_s, end_s=end, text=text,
+                          token_ids=tuple(tokens.input_ids[0].tolist()), **self.wall_of(at_s, end))
+
+    def wall_of(self, start_s: float | None, end_s: float | None) -> dict:
+        """``wall_s``/``wall_end_s``/``tz`` of stream times, from the last chunk's clock ({} without one)."""
+        return wall_at(self._clock_ref, start_s, end_s)
 
     @_writes
     @_on_stream("perception")
@@ -196,7 +201,7 @@ class Engine:
         self.apply_inbox()
         t0 = time.perf_counter()
         a, mm = self.adapter, self.memory
-        tokens = a.embed_chunk(chunk.marker, chunk.frames)
+        tokens = a.embed_chunk(a.chunk_marker(chunk), chunk.frames)
         tokens = self.drop_tokens(tokens)
         start = mm.next_pos
         with a.capture_projection_means("k") as kmeans:
@@ -225,7 +230,8 @@ class Engine:
         if len(cache_keys) != self.adapter.num_layers or \
                 int(cache_keys[0].shape[-2]) != mm.context_tokens + tokens.n_tokens:
             raise RuntimeError("prefilled K/V do not match the model's layers or this cache plus the chunk")
-        mm.cache = fill_cache(self.adapter.new_cache(), cache_keys, cache_values)
+        n = tokens.n_tokens
+        mm.append_prefilled([k[:, :, -n:] for k in cache_keys], [v[:, :, -n:] for v in cache_values])
         return self._commit_chunk(chunk, tokens, start, key_summary, time.perf_counter() if t0 is None else t0)
 
     def _commit_chunk(self, chunk, tokens, start: int, key_summary: torch.Tensor | None, t0: float) -> ChunkReport:
@@ -244,9 +250,13 @@ class Engine:
         for a_s, b_s, said in self._speech:  # speech recognised before its chunk arrived
             if a_s < chunk.end_s and b_s > chunk.start_s:
                 text = f"{text} {said}"
+        wall = getattr(chunk, "wall_s", None)
+        if wall is not None:
+            self._clock_ref = (chunk.start_s, wall, chunk.tz)
         seg = mm.extract(tokens.n_tokens, start, tokens.rel_pos, VISION, start_s=chunk.start_s, end_s=chunk.end_s,
                          text=text, key_summary=key_summary,
-                         thumbnail=make_thumbnail(mid, mc.thumbnail_px), chunk_index=chunk.index)
+                         thumbnail=make_thumbnail(mid, mc.thumbnail_px), chunk_index=chunk.index,
+                         **self.wall_of(chunk.start_s, chunk.end_s) if wall is not None else {})
         evicted = mm.commit(seg)
         return ChunkReport(index=chunk.index, start_s=chunk.start_s, end_s=chunk.end_s, n_tokens=tokens.n_tokens,
                            latency_s=time.perf_counter() - t0, evicted=len(evicted), context_tokens=mm.context_tokens,
@@ -297,7 +307,8 @@ class Engine:
         n_new = mm.context_tokens - n0
         ids = head.input_ids[0].tolist() + list(word_ids) + close.input_ids[0].tolist()
         seg = mm.extract(n_new, start, a.text_positions(n_new), TEXT, start_s=chunk.start_s, end_s=chunk.end_s, text=text,
-                         token_ids=tuple(ids), source="commentary" if text else "")  # kept in long-term (export)
+                         token_ids=tuple(ids), source="commentary" if text else "",  # kept in long-term (export)
+                         **self.wall_of(chunk.start_s, chunk.end_s))
         for vis in reversed(mm.live):  # the chunk's entry text carries its commentary into long-term memory
             if vis.kind == VISION and vis.chunk_index == chunk.index:
                 vis.text = f"{vis.text} {text}" if text else vis.text
@@ -399,11 +410,13 @@ class Engine:
 
     @_on_stream("answer")
     def prepare(self, question: str, snap: Snapshot, retrieve_k: int | None = None,
-                retrieved: Sequence[Retrieved] | None = None):
+                retrieved: Sequence[Retrieved] | None = None, wall_range: tuple[float, float] | None = None):
         """Retrieve, assemble the context and prefill the question turn.
 
         Returns (cache, next_pos, logits [1, V], retrieved, query_means [L, H_kv*D]). ``retrieved`` forces
         the given entries (tests) instead of searching. ``question`` is non-empty (the Responder checks).
+        ``wall_range`` (UTC epoch seconds, half-open): only long-term entries and live segments whose
+        wall-clock span overlaps it are in the context (plus the sinks).
         """
         a, mc = self.adapter, self.config.memory
         q_tokens = a.embed_text(a.question_text(question.strip()))
@@ -415,9 +428,14 @@ class Engine:
                 qmeans = self._query_means(q_tokens, snap)
                 live_vision = [s for s in snap.live if s.kind == VISION]
                 first_live = live_vision[0].start_s if live_vision else snap.stream_time_s
+                kw = {"wall_range": wall_range} if wall_range is not None else {}
                 retrieved = self.long_term.retrieve(question=question, query_means=qmeans, k=k,
-                                                    before_s=first_live, device=a.device, dtype=a.dtype)
-        cache, pos = self.memory.assemble(snap, [r.segment for r in retrieved])
+                                                    before_s=first_live, device=a.device, dtype=a.dtype, **kw)
+        if wall_range is None:
+            cache, pos = self.memory.assemble(snap, [r.segment for r in retrieved])
+        else:
+            cache, pos = self.memory.assemble_only(snap, [r.segment for r in retrieved],
+                                                   lambda s: wall_overlaps(s, wall_range))
         if qmeans is None:
             with a.capture_projection_means("q") as qm:
                 logits = prefill(a, cache, q_tokens, pos)
@@ -429,11 +447,20 @@ class Engine:
     @_on_stream("answer")
     def answer(self, question: str, snap: Snapshot, *, max_new_tokens: int | None = None,
                on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
-               retrieve_k: int | None = None) -> Answer:
-        """Answer ``question`` on the memory as of ``snap``: retrieve, assemble, prefill, decode."""
+               retrieve_k: int | None = None, wall_range: tuple[float, float] | None = None) -> Answer:
+        """Answer ``question`` on the memory as of ``snap``: retrieve, assemble, prefill, decode.
+
+        ``wall_range`` (UTC epoch seconds, half-open, ``vstream.clock.parse_range``): answer only from what
+        was recorded then; when nothing was, the answer is ``NOTHING_RECORDED`` and the model is not called.
+        """
         a = self.adapter
         t0 = time.perf_counter()
-        cache, pos, logits, retrieved, qmeans = self.prepare(question, snap, retrieve_k)
+        if wall_range is not None and recorded_in(snap.live, self.long_term, wall_range) == 0:
+            if on_piece is not None:
+                on_piece(NOTHING_RECORDED)
+            return Answer(question=question, text=NOTHING_RECORDED, asked_at_s=snap.stream_time_s,
+                          memory_s=snap.stream_time_s, ttft_s=0.0, latency_s=time.perf_counter() - t0)
+        cache, pos, logits, retrieved, qmeans = self.prepare(question, snap, retrieve_k, wall_range=wall_range)
         streamer = TextStreamer(a)
         ttft: list[float] = []
 
@@ -449,42 +476,16 @@ class Engine:
                                   on_token=on_token, cancel=cancel, generator=self._generator)
         latency = time.perf_counter() - t0
         text = a.decode(res.token_ids).strip()
-        evidence = [Evidence(start_s=r.segment.start_s, end_s=r.segment.end_s, score=float(r.score),
-                             tier="long_term", entry_id=r.entry_id, thumbnail=r.segment.thumbnail,
-                             source=evidence_source(r.segment), text=r.segment.text)
-                    for r in retrieved]
-        evidence += self._window_evidence([s for s in snap.live if s.kind == VISION], qmeans)
-        evidence += self._speech_evidence(question, [s for s in snap.live if s.source == "speech"])
+        evidence = long_term_evidence(retrieved)
+        live = [s for s in snap.live if wall_overlaps(s, wall_range)]
+        evidence += window_evidence([s for s in live if s.kind == VISION], qmeans)
+        embedder = getattr(getattr(self.long_term, "index", None), "embedder", None)
+        evidence += speech_evidence(embedder, question, [s for s in live if s.source == "speech"])
         return Answer(question=question, text=text, asked_at_s=snap.stream_time_s, memory_s=snap.stream_time_s,
                       evidence=evidence,
                       ttft_s=ttft[0] if ttft else latency, latency_s=latency, tokens=len(res.token_ids),
                       token_ids=[int(t) for t in res.token_ids],
                       cancelled=res.stopped == "cancelled")
-
-    def _window_evidence(self, live_vision: Sequence[Segment], qmeans: torch.Tensor | None, top: int = 3
-                         ) -> list[Evidence]:
-        """The window chunks most similar to the question (same key-space score as the internal retriever)."""
-        scored = []
-        q = pool_layers(qmeans.numpy()) if qmeans is not None else None
-        for s in live_vision:
-            # the internal retriever's score (mean per-layer cosine): comparable with long-term evidence
-            score = float(pool_layers(s.key_summary.numpy()) @ q) if (q is not None and s.key_summary is not None) \
-                else 0.0
-            scored.append((score, s))
-        scored.sort(key=lambda x: -x[0])
-        return [Evidence(start_s=s.start_s, end_s=s.end_s, score=sc, tier="window", thumbnail=s.thumbnail,
-                         text=s.text) for sc, s in scored[:top]]
-
-    def _speech_evidence(self, question: str, speech: Sequence[Segment], top: int = 2) -> list[Evidence]:
-        """Speech in the text window that the question matches (MiniLM cosine), when a text embedder exists."""
-        emb = getattr(getattr(self.long_term, "index", None), "embedder", None)
-        if not speech or emb is None:
-            return []
-        v = emb.encode([question] + [s.text for s in speech])  # [1 + N, dim], unit rows
-        scores = v[1:] @ v[0]
-        best = sorted(zip(scores.tolist(), speech), key=lambda x: -x[0])[:top]
-        return [Evidence(start_s=s.start_s, end_s=s.end_s, score=float(sc), tier="window", source="speech",
-                         thumbnail=s.thumbnail, text=s.text) for sc, s in best]
 
     @_on_stream("answer")
     def probe(self, text: str, snap: Snapshot) -> float:

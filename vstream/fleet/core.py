@@ -117,6 +117,7 @@ class Fleet:
             ocr = self._shared_ocr().read if cfg.memory.ocr else None
             eng = Engine(self.adapter, cfg, lt, ocr=ocr)
             eng.start()
+            src = _continue_live(src, eng, lt)
         except BaseException:
             if lt is not None:
                 lt.close()
@@ -154,7 +155,8 @@ class Fleet:
 
     def _add_condition(self, s: FleetStream, text: str, threshold: float, cooldown_s: float) -> int:
         def on_alert(al: Alert) -> None:  # responder thread, once the alert's answer is decoded
-            self._emit("alert", s, stream_time_s=al.at_s, condition=al.condition, probability=al.probability,
+            self._emit("alert", s, stream_time_s=al.at_s, clock_s=al.wall_s, condition=al.condition,
+                       probability=al.probability,
                        answer=al.answer.text if al.answer is not None else None,
                        evidence=[e.to_dict() for e in al.answer.evidence] if al.answer is not None else [])
 
@@ -190,20 +192,23 @@ class Fleet:
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, stream_id: str, question: str, *, stream: bool = False, max_new_tokens: int | None = None,
-            history: bool = True, timeout: float | None = None) -> Answer | Iterator[str]:
-        """Ask one stream, exactly as ``Session.ask``."""
+            history: bool = True, timeout: float | None = None, since: Any = None,
+            until: Any = None) -> Answer | Iterator[str]:
+        """Ask one stream, exactly as ``Session.ask`` (``since``/``until``: only what it recorded then)."""
         return self._get(stream_id).ask(question, stream=stream, max_new_tokens=max_new_tokens, history=history,
-                                        timeout=timeout)
+                                        timeout=timeout, since=since, until=until)
 
     def ask_async(self, stream_id: str, question: str, **kw):
         """``Session.ask_async`` on one stream: a Future[Answer]."""
         return self._get(stream_id).ask_async(question, **kw)
 
-    def ask_all(self, question: str, *, top: int = 3, evidence: int = 3) -> list[StreamHit]:
+    def ask_all(self, question: str, *, top: int = 3, evidence: int = 3, since: Any = None,
+                until: Any = None) -> list[StreamHit]:
         """The ``top`` streams whose memory best matches ``question``, best first, with their evidence.
 
         No answer is decoded: every stream's long-term entries and window chunks are scored with the
         stream's retriever (text cosine with the text retriever, mean per-layer key cosine otherwise).
+        ``since``/``until``: only what each stream recorded in that wall-clock range (in its own zone).
         """
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; say what to look for")
@@ -211,13 +216,16 @@ class Fleet:
             raise ValueError("top and evidence must be >= 1")
         from vstream.fleet.search import stream_evidence
 
+        with self._lock:
+            streams = dict(self._streams)
+        ranges = {sid: st.time_range(since, until) for sid, st in streams.items()}  # bad times: ValueError now
         hits = []
         for sid in self.streams:
             try:
                 s = self._get(sid)
             except ValueError:
                 continue  # removed meanwhile
-            ev = stream_evidence(s.engine, question.strip(), evidence)
+            ev = stream_evidence(s.engine, question.strip(), evidence, ranges.get(sid))
             if ev:
                 hits.append(StreamHit(stream=sid, score=ev[0].score, evidence=ev))
         hits.sort(key=lambda h: -h.score)
@@ -337,7 +345,7 @@ class Fleet:
             s.state = UP
             self._emit("up", s)
         s.enforce_retention()
-        s.alerts.check(ch.end_s)
+        s.alerts.check(ch.end_s, getattr(ch, "wall_end_s", None))
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -410,6 +418,22 @@ class Fleet:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _continue_live(src: Any, eng, lt) -> Any:
+    """A live source added on a memory directory that holds entries continues stream time after them (new
+    content: chunks at the stored times would be taken for stored ones); files and synthetic sources replay."""
+    if lt is None or len(lt) == 0:
+        return src
+    from vstream.session.memory_dir import ShiftedSource, source_identity
+
+    if source_identity(src).get("kind") != "stream":
+        return src
+    offset = lt.latest_end_s()
+    eng.resume_at(offset)
+    logger.info("fleet: live source %s continues after the %d stored entries (from %.1f s)",
+                getattr(src, "name", src), len(lt), offset)
+    return ShiftedSource(src, offset)
 
 
 def _condition(c, cfg: AgentConfig) -> tuple[str, float, float]:

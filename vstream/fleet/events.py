@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from memory.journal import fsync_dir, write_all
+
 logger = logging.getLogger(__name__)
 
 EVENT_TYPES = ("alert", "up", "down", "gap", "removed")
@@ -47,7 +49,7 @@ class EventLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.seq = _last_seq(self.path) + 1
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
     def add_listener(self, fn: Callable[[dict], None]) -> None:
         """``fn(event)`` after each event is logged (called with no lock held; must not block)."""
@@ -63,7 +65,7 @@ class EventLog:
             ev = {"seq": self.seq, "type": type, "stream": str(stream), "wall_time": time.time(), **fields}
             if self._fd is not None:
                 line = (json.dumps(ev, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-                _write_all(self._fd, line)
+                write_all(self._fd, line)
                 os.fsync(self._fd)
             self.seq += 1
             self._recent.append(ev)
@@ -202,20 +204,6 @@ class Webhook:
         except queue.Full:
             pass
         self._thread.join(max(0.0, deadline - time.monotonic()) + 0.1)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _last_seq(path: Path) -> int:

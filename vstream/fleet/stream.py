@@ -13,25 +13,21 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import numpy as np
 
 from vstream.session.alerts import Alerts
 from vstream.config import AgentConfig
 from vstream.engine.core import Engine
 from vstream.session.pipeline import Pipeline
-from vstream.session.responder import Responder, stream_answer
+from vstream.session.asking import Asking
+from vstream.session.responder import Responder
+from vstream.session.stats import stream_stats
 from vstream.types import Answer, ChunkReport
 
 logger = logging.getLogger(__name__)
 
 UP, STALLED, DOWN = "up", "stalled", "down"
-
-
-def _percentile(xs, q: float) -> float | None:
-    return float(np.percentile(np.asarray(xs, dtype=float), q)) if len(xs) else None
 
 
 def one_line(e: BaseException) -> str:
@@ -43,7 +39,7 @@ def _no_step(_chunk) -> None:
     raise RuntimeError("a fleet stream's pipeline has no perception thread: the fleet ingests its chunks")
 
 
-class FleetStream:
+class FleetStream(Asking):
     """Per-stream state of a fleet. The fleet's perception thread is the only writer of ``engine``
     (under ``engine.write_lock``)."""
 
@@ -127,19 +123,12 @@ class FleetStream:
                 raise
             return self.engine.answer(question, snap, **kw)
 
-    def ask_async(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-                  on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
-        """``Session.ask_async``: a Future[Answer] on the memory as of now."""
-        return self.responder.ask(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
-                                  cancel=cancel)
+    @property
+    def tz(self) -> str:
+        """The zone of this stream's clock (its source's, else this machine's)."""
+        from vstream.clock import local_zone
 
-    def ask(self, question: str, *, stream: bool = False, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> Answer | Iterator[str]:
-        """``Session.ask``: the Answer, or with ``stream`` an iterator of text pieces."""
-        if not stream:
-            return self.ask_async(question, max_new_tokens=max_new_tokens, history=history).result(timeout)
-        _fut, pieces = stream_answer(self.responder.ask, question, max_new_tokens=max_new_tokens, history=history)
-        return pieces
+        return getattr(self.source, "tz", None) or local_zone()
 
     def probe(self, text: str) -> float:
         return self.engine.probe(text, self.engine.snapshot())
@@ -167,28 +156,10 @@ class FleetStream:
     # ---- state --------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Session-style statistics of this stream (plus its state, waiting chunks and retention)."""
-        lat = [r.latency_s for r in list(self.reports)]
-        eng, pipe, resp, lt = self.engine, self.pipeline, self.responder, self.long_term
         return {
             "state": self.state,
-            "stream_time_s": eng.stream_time_s,
-            **pipe.frame_counts(),
-            "chunks": eng.chunks_ingested,
-            "chunks_dropped": pipe.chunks_dropped,
+            **stream_stats(self.engine, self.pipeline, self.responder, self.long_term, self.reports),
             "chunks_waiting": self.waiting,
-            "chunk_latency_p50": _percentile(lat, 50),
-            "chunk_latency_p95": _percentile(lat, 95),
-            "chunk_latency_p99": _percentile(lat, 99),
-            "ttft_p50": _percentile(resp.ttfts, 50),
-            "ttft_p95": _percentile(resp.ttfts, 95),
-            "tokens_per_s": resp.tokens_per_s,
-            "context_tokens": eng.context_tokens,
-            "queries_pending": resp.pending,
-            "queries_answered": resp.answered,
-            "queries_rejected": resp.rejected,
-            "memory_bytes": {"device": eng.device_bytes(), "ram": lt.ram_bytes() if lt else 0,
-                             "disk": lt.disk_bytes() if lt else 0},
-            "long_term_entries": len(lt) if lt else 0,
             "retention_deleted": self.retention_deleted,
             "ended": self.state == DOWN,
             "error": self.error,

@@ -1,5 +1,5 @@
 """One adapter per VLM family behind one protocol (``base.ModelAdapter``) and a registry of names and
-presets (``registry``); exact preprocessing (``resize``), chat templates and the offline tokenizer.
+presets (``registry``); ``qwen_vl`` is the base the two Qwen-VL families share; exact preprocessing (``resize``), chat templates and the offline tokenizer.
 """
 from __future__ import annotations
 

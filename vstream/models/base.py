@@ -351,6 +351,11 @@ class ModelAdapter(PreprocessAhead, ABC):
         """
         return {}
 
+    def chunk_marker(self, chunk: Any) -> str:
+        """The marker text this family is fed for ``chunk`` (a ``vstream.sources.Chunk``): its own marker, in
+        clock form (``Time=14:05:03-14:05:04``) when the session asks for clock markers."""
+        return chunk.marker
+
     def embed_chunks(self, chunks: Sequence[tuple[str, np.ndarray]]) -> list[Tokens]:
         """Several chunks (marker, frames [N, H, W, 3]) at once; families batch the vision encoder here.
 
@@ -405,14 +410,6 @@ class ModelAdapter(PreprocessAhead, ABC):
             layer.self_attn.q_proj.register_forward_hook(make_hook(i, "q"))
             layer.self_attn.k_proj.register_forward_hook(make_hook(i, "k"))
         self._hooks_installed = True
-
-
-def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """[N, H, W, 3] uint8 numpy -> [N, 3, H, W] float32 in 0..1 on device."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be [N, H, W, 3] uint8, got shape {frames.shape} dtype {frames.dtype}")
-    t = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 # ---- helpers shared by the adapters -------------------------------------------------------------

@@ -166,14 +166,7 @@ class LlavaOneVisionAdapter(ModelAdapter):
         """Marker text + N * T + 1 video tokens; positions 0..S-1."""
         if not isinstance(marker, str):
             raise ValueError(f"marker must be a str, got {type(marker).__name__}")
-        feats = self.vision_features(self.preprocessed(frames))  # [V, D]
-        text_ids = torch.tensor(self.tokenize(marker), dtype=torch.long, device=self.device)  # [St]
-        vis_ids = torch.full((feats.shape[0],), self.video_token_id, dtype=torch.long, device=self.device)  # [V]
-        ids = torch.cat([text_ids, vis_ids]).unsqueeze(0)  # [1, S]
-        text_emb = self.language_model().embed_tokens(text_ids.unsqueeze(0))  # [1, St, D]
-        emb = torch.cat([text_emb, feats.unsqueeze(0).to(text_emb.dtype)], dim=1)  # [1, S, D]
-        rel = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)  # [1, S]
-        return Tokens(input_ids=ids, inputs_embeds=emb, rel_pos=rel, n_vision=int(feats.shape[0]))
+        return self._video_tokens(marker, self.vision_features(self.preprocessed(frames)))  # features [V, D]
 
     def visual_cells(self, tokens: Tokens) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Frame i's pooled token j is cell j of frame i; the closing image_newline is never dropped."""

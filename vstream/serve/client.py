@@ -52,7 +52,10 @@ class RayFleet:
     address: a Ray cluster ("auto", "ray://host:10001"); None: the running Ray of this process, else a
     local one (``ray_init`` kwargs). actors: workers to start. num_cpus / num_gpus: per worker.
     model / config / device / dtype / overrides: as ``Agent.from_pretrained``. storage: shared directory for
-    memories, outboxes and the event log. health_interval_s / max_missed: failure detection.
+    memories, outboxes, the event log and the stream registry (a new RayFleet on the same storage resumes
+    the registered streams). health_interval_s / max_missed: failure detection. respawn: replace a dead
+    worker by a new one. controller_restarts: how often Ray restarts a dead controller (its state comes
+    back from the registry and the event log).
     """
 
     def __init__(self, address: str | None = None, *, actors: int = 1, model: str | None = None,
@@ -61,7 +64,8 @@ class RayFleet:
                  event_log: str | Path | None = None, webhook: str | None = None,
                  webhook_options: dict | None = None, health_interval_s: float = 0.5, health_timeout_s: float = 5.0,
                  max_missed: int = 3, max_batch: int = 16, ray_init: dict[str, Any] | None = None,
-                 namespace: str = "vstream", name: str | None = None) -> None:
+                 namespace: str = "vstream", name: str | None = None, respawn: bool = False,
+                 controller_restarts: int = 20) -> None:
         if actors < 0:
             raise ValueError(f"actors must be >= 0, got {actors}")
         if num_cpus <= 0 and not num_gpus:
@@ -90,12 +94,14 @@ class RayFleet:
                 "num_gpus": num_gpus, "device": device, "dtype": dtype, "overrides": overrides or {},
                 "event_log": str(event_log) if event_log else None, "webhook": webhook,
                 "webhook_options": webhook_options, "health_interval_s": health_interval_s,
-                "health_timeout_s": health_timeout_s, "max_missed": max_missed, "max_batch": max_batch, "tag": tag}
+                "health_timeout_s": health_timeout_s, "max_missed": max_missed, "max_batch": max_batch, "tag": tag,
+                "respawn": bool(respawn)}
         from vstream.serve.controller import CONTROLLER_NAME, Controller
 
         self.controller_name = f"{CONTROLLER_NAME}-{tag}"
         self.controller = ray.remote(Controller).options(
-            name=self.controller_name, num_cpus=0, max_concurrency=64, max_restarts=0).remote(spec)
+            name=self.controller_name, num_cpus=0, max_concurrency=64,
+            max_restarts=int(controller_restarts)).remote(spec)
         self._closed = False
         try:
             if actors:
@@ -144,15 +150,16 @@ class RayFleet:
         """``{worker name: {"alive", "pid", "streams"}}``."""
         return self._call("workers")
 
-    def actor_of(self, stream_id: str):
-        """(worker name, Ray actor handle) serving a stream now."""
-        return self._call("locate", stream_id)
+    def actor_of(self, stream_id: str, timeout: float = 60.0):
+        """(worker name, Ray actor handle) serving a stream now (waits up to ``timeout`` s for a re-placement)."""
+        return self._call("locate", stream_id, timeout)
 
     # ---- streams ------------------------------------------------------------------------------
     def add(self, stream_id: str, source: str | os.PathLike, *, memory_dir: str | Path | None = None, notify=(),
             fps: float | None = None, realtime: bool | None = None, chunk_seconds: float | None = None,
-            config: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Place a stream on the least loaded actor; returns where it went. Arguments as ``Fleet.add``."""
+            config: dict[str, Any] | None = None, max_streams: int | None = None) -> dict[str, Any]:
+        """Place a stream on the least loaded actor; returns where it went. Arguments as ``Fleet.add``;
+        ``max_streams``: refuse (LimitExceeded) when the fleet holds that many streams already."""
         if not isinstance(stream_id, str) or not stream_id.strip():
             raise ValueError("stream_id must be a non-empty string, e.g. 'cam-1'")
         if not isinstance(source, (str, os.PathLike)):
@@ -161,7 +168,8 @@ class RayFleet:
         options = {"notify": [notify] if isinstance(notify, (str, dict)) else list(notify or ()), "fps": fps,
                    "realtime": realtime, "chunk_seconds": chunk_seconds, "config": config}
         options = {k: v for k, v in options.items() if v not in (None, [], {})}
-        return self._call("add", stream_id, str(source), options, str(memory_dir) if memory_dir else None)
+        return self._call("add", stream_id, str(source), options, str(memory_dir) if memory_dir else None,
+                          max_streams=max_streams)
 
     def remove(self, stream_id: str) -> None:
         """Stop a stream; its memory stays in its directory."""
@@ -191,19 +199,22 @@ class RayFleet:
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, stream_id: str, question: str, *, stream: bool = False, max_new_tokens: int | None = None,
-            history: bool = True, timeout: float | None = None, retries: int = 1) -> Answer | Iterator[str]:
-        """Ask one stream (as ``Session.ask``). A plain ask whose actor dies is retried on the new placement."""
+            history: bool = True, timeout: float | None = None, retries: int = 1, request_id: str | None = None,
+            max_question_tokens: int | None = None, since: Any = None, until: Any = None) -> Answer | Iterator[str]:
+        """Ask one stream (as ``Session.ask``). A plain ask whose actor dies is retried on the new placement.
+        ``request_id``: a name for ``cancel``; ``max_question_tokens``: refuse longer questions (LimitExceeded)."""
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty; ask something about the stream")
         if stream:
-            return (p for p in self.ask_stream(stream_id, question, max_new_tokens=max_new_tokens, history=history)
-                    if isinstance(p, str))
+            return (p for p in self.ask_stream(stream_id, question, max_new_tokens=max_new_tokens, history=history,
+                                               since=since, until=until) if isinstance(p, str))
         from vstream.serve.controller import unwrap
 
         for attempt in range(retries + 1):
             _, h = self.actor_of(stream_id)
             try:
-                d = self._ray.get(h.ask.remote(stream_id, question, max_new_tokens, history, timeout), timeout=timeout)
+                d = self._ray.get(h.ask.remote(stream_id, question, max_new_tokens, history, timeout, request_id,
+                                               max_question_tokens, since, until), timeout=timeout)
                 return answer_from_dict(d)
             except self._ray.exceptions.RayActorError:
                 if attempt == retries:
@@ -212,12 +223,14 @@ class RayFleet:
                 raise unwrap(e) from None
 
     def ask_stream(self, stream_id: str, question: str, *, max_new_tokens: int | None = None,
-                   history: bool = True) -> Iterator[str | Answer]:
+                   history: bool = True, request_id: str | None = None, max_question_tokens: int | None = None,
+                   since: Any = None, until: Any = None) -> Iterator[str | Answer]:
         """Pieces (str) as they are decoded, then the ``Answer``."""
         from vstream.serve.controller import unwrap
 
         _, h = self.actor_of(stream_id)
-        gen = h.ask_stream.options(num_returns="streaming").remote(stream_id, question, max_new_tokens, history)
+        gen = h.ask_stream.options(num_returns="streaming").remote(stream_id, question, max_new_tokens, history,
+                                                                   request_id, max_question_tokens, since, until)
         try:
             for ref in gen:
                 item = self._ray.get(ref)
@@ -225,7 +238,16 @@ class RayFleet:
         except self._ray.exceptions.RayTaskError as e:
             raise unwrap(e) from None
 
-    def ask_all(self, question: str, *, top: int = 3, evidence: int = 3) -> list:
+    def cancel(self, stream_id: str, request_id: str) -> bool:
+        """Stop decoding the question ``request_id`` of a stream (its asker went away); False when unknown."""
+        try:
+            _, h = self.actor_of(stream_id, timeout=5.0)
+            return bool(self._ray.get(h.cancel.remote(request_id), timeout=10))
+        except Exception as e:  # the stream or its worker is gone: nothing decodes any more
+            logger.info("RayFleet: cancel %s on %s: %s", request_id, stream_id, e)
+            return False
+
+    def ask_all(self, question: str, *, top: int = 3, evidence: int = 3, since: Any = None, until: Any = None) -> list:
         """The ``top`` streams whose memory best matches ``question`` (``StreamHit``), across every actor."""
         from vstream.fleet.core import StreamHit
 
@@ -234,7 +256,7 @@ class RayFleet:
         if top < 1 or evidence < 1:
             raise ValueError("top and evidence must be >= 1")
         return [StreamHit(stream=h["stream"], score=h["score"], evidence=[Evidence(**e) for e in h["evidence"]])
-                for h in self._call("ask_all", question.strip(), top, evidence)]
+                for h in self._call("ask_all", question.strip(), top, evidence, since, until)]
 
     # ---- events and stats ---------------------------------------------------------------------
     def events(self, since: int = 0, *, follow: bool = True, timeout: float | None = None) -> Iterator[dict]:

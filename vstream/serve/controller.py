@@ -10,13 +10,14 @@
   in its streams' outboxes are replayed into the log (de-duplicated by id) and its streams are re-placed
   on live workers with ``resume=True``. With no live worker the streams wait for the next ``add_worker``.
 - Events: this actor is the only writer of the fleet's event log (vstream.serve.journal.Journal).
+- Durability: streams (source, options, memory dir, placement) and the worker count asked for are kept in
+  ``STORAGE/registry.json`` (vstream.serve.registry) and reloaded at start, stale outboxes replayed; a
+  controller restarted by Ray starts its workers again; with ``respawn`` a dead worker is replaced.
 """
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from typing import Any
 import ray
 
 from vstream.serve.journal import Journal, safe_name
+from vstream.serve.rayutil import gather as _gather
+from vstream.serve.rayutil import unwrap  # noqa: F401  (callers import it from here)
+from vstream.serve.registry import REGISTRY_NAME, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +83,41 @@ class Controller:
         self._stop = threading.Event()
         self.deaths = 0
         self._t0 = time.monotonic()
+        self._spawning = 0  # replacement workers being started
+        self.registry = Registry(self.storage / REGISTRY_NAME)
+        self._wanted = 0  # workers asked for (add_workers minus remove_worker)
+        self._recover()
         self._monitor = threading.Thread(target=self._watch, name="vstream-controller-monitor", daemon=True)
         self._monitor.start()
+
+    def _recover(self) -> None:
+        """Register the streams of the registry again (waiting for a worker) and replay stale outboxes."""
+        for sid, r in self.registry.snapshot().items():
+            self._streams[sid] = _Stream(sid, r["source"], dict(r.get("options") or {}), r["memory_dir"],
+                                         epoch=int(r.get("epoch") or 0))
+        n = self.journal.replay_dir(self.storage / "outbox")  # events a dead controller never polled
+        if self._streams or n:
+            logger.warning("controller: %d stream(s) reloaded from the registry, %d event(s) recovered from outboxes",
+                           len(self._streams), n)
+        if _reconstructed() and self.registry.workers_wanted:
+            want = self.registry.workers_wanted
+            logger.warning("controller restarted: starting its %d worker(s) again", want)
+            threading.Thread(target=self._respawn, args=(want,), name="vstream-controller-recover",
+                             daemon=True).start()
 
     # ---- workers ------------------------------------------------------------------------------
     def add_worker(self, rebalance: bool = True) -> str:
         """Start a worker actor (loads the model; returns when it is ready) and rebalance onto it."""
         return self.add_workers(1, rebalance)[0]
 
-    def add_workers(self, n: int, rebalance: bool = True) -> list[str]:
+    def add_workers(self, n: int, rebalance: bool = True, _replace: bool = False) -> list[str]:
         """Start ``n`` workers at once (their models load in parallel); returns their names when all are ready."""
         from vstream.serve.worker import FleetWorker
+
+        if not _replace:
+            with self._lock:
+                self._wanted += int(n)
+            self.registry.set_workers(self._wanted)
 
         sp = self.spec
         device = sp.get("device") or ("cuda" if sp.get("num_gpus") else "cpu")
@@ -110,6 +138,10 @@ class Controller:
                 ray.kill(h)
             raise RuntimeError(f"worker {bad[0][0]} did not start: {unwrap(bad[0][1])}")
         with self._lock:
+            if self._stop.is_set():
+                for _, h in started:
+                    ray.kill(h)
+                raise RuntimeError("the controller is shutting down")
             for (name, handle), pid in zip(started, pids):
                 self._workers[name] = _Worker(name, handle, pid=pid)
         logger.info("controller: %s ready", ", ".join(nm for nm, _ in started))
@@ -143,7 +175,19 @@ class Controller:
         ray.kill(w.handle)
         with self._lock:
             self._workers.pop(name, None)
+            self._wanted = max(0, self._wanted - 1)
+        self.registry.set_workers(self._wanted)
         return name
+
+    def _respawn(self, n: int) -> None:
+        """Start ``n`` replacement workers (a death, a restart); waiting streams are placed on them."""
+        try:
+            self.add_workers(n, rebalance=False, _replace=True)
+        except Exception as e:  # noqa: BLE001 - logged; the next death or add_worker tries again
+            logger.error("controller: starting %d replacement worker(s) failed: %s", n, e)
+        finally:
+            with self._lock:
+                self._spawning -= n
 
     def workers(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -175,23 +219,37 @@ class Controller:
 
     # ---- streams ------------------------------------------------------------------------------
     def add(self, stream_id: str, source: str, options: dict[str, Any] | None = None,
-            memory_dir: str | None = None) -> dict[str, Any]:
-        """Place a new stream on the least loaded worker."""
+            memory_dir: str | None = None, max_streams: int | None = None) -> dict[str, Any]:
+        """Place a new stream on the least loaded worker (``max_streams``: LimitExceeded when that many exist)."""
         with self._lock:
             if stream_id in self._streams:
                 raise ValueError(f"stream {stream_id!r} already exists; remove it first or pick another id")
+            if max_streams is not None and len(self._streams) >= max_streams:
+                from vstream.serve.limits import LimitExceeded
+
+                raise LimitExceeded(f"the server holds {len(self._streams)} streams, its limit; remove one first",
+                                    429, "too_many_streams")
             md = memory_dir or str(self.storage / "streams" / safe_name(stream_id) / "memory")
             st = _Stream(stream_id, source, dict(options or {}), md)
             target = self._least_loaded()
             if target is None:
                 raise RuntimeError("no live worker; add one with add_actor()")
             self._streams[stream_id] = st
+        made = None if memory_dir else Path(md).parent  # the server's own directory for this id
+        fresh = made is not None and not made.exists()
         try:
-            return self._place(st, target, resume=False)
+            self.registry.put(stream_id, source=source, options=st.options, memory_dir=md)
+            out = self._place(st, target, resume=False)
         except BaseException:
             with self._lock:
                 self._streams.pop(stream_id, None)
+            self.registry.drop(stream_id)
+            if fresh:  # a failed create leaves nothing behind
+                import shutil
+
+                shutil.rmtree(made, ignore_errors=True)
             raise
+        return out
 
     def remove(self, stream_id: str) -> None:
         st = self._get(stream_id)
@@ -204,6 +262,11 @@ class Controller:
             self._streams.pop(stream_id, None)
             if w is not None:
                 w.streams.discard(stream_id)
+        self.registry.drop(stream_id)
+        if st.epoch:
+            p = self._outbox(st, st.epoch)
+            self.journal.replay(p)  # all of it is in the log now: the placement's outbox can go
+            p.unlink(missing_ok=True)
 
     def streams(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -259,6 +322,7 @@ class Controller:
         with self._lock:
             old = st.epoch
             st.worker, st.epoch, st.resumed_at_s = target, epoch, float(out.get("resumed_at_s", 0.0))
+        self.registry.place(st.id, target, epoch)
         if resume and old:
             p = self._outbox(st, old)
             self.journal.replay(p)  # anything the old placement logged but we did not poll
@@ -345,56 +409,44 @@ class Controller:
                 st = self._streams.get(sid)
             if st is None:
                 continue
-            self.journal.replay(self._outbox(st, st.epoch))  # events it logged that we never polled
+            p = self._outbox(st, st.epoch)
+            self.journal.replay(p)  # events it logged that we never polled
+            p.unlink(missing_ok=True)
             st.worker = None
+        if self.spec.get("respawn") and not self._stop.is_set():
+            with self._lock:
+                live = sum(x.alive for x in self._workers.values())
+                missing = self._wanted - live - self._spawning
+                self._spawning += max(0, missing)
+            if missing > 0:
+                logger.warning("controller: starting %d replacement worker(s)", missing)
+                threading.Thread(target=self._respawn, args=(missing,), name="vstream-controller-respawn",
+                                 daemon=True).start()
         self._place_waiting()
 
     # ---- fan-out ------------------------------------------------------------------------------
-    def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
+    def ask_all(self, question: str, top: int = 3, evidence: int = 3, since: Any = None,
+                until: Any = None) -> list[dict[str, Any]]:
         with self._lock:
             ws = [w for w in self._workers.values() if w.alive and w.streams]
-        refs = [w.handle.ask_all.remote(question, top, evidence) for w in ws]
+        refs = [w.handle.ask_all.remote(question, top, evidence, since, until) for w in ws]
         hits = [h for r in ray.get(refs) for h in r]
         hits.sort(key=lambda h: -h["score"])
         return hits[:top]
 
     def stats(self) -> dict[str, Any]:
+        """``{"streams": {id: stats + "worker"}, "workers": {...}, "total": {...}}`` gathered from the workers."""
+        from vstream.serve.stats import gather_stats
+
         with self._lock:
             ws = [w for w in self._workers.values() if w.alive]
             placement = {s.id: s.worker for s in self._streams.values()}
-        per: dict[str, Any] = {}
-        workers: dict[str, Any] = {}
-        for w, res in zip(ws, _gather([w.handle.stats.remote() for w in ws])):
-            if isinstance(res, Exception):
-                workers[w.name] = {"alive": False, "error": str(res)}
-                continue
-            workers[w.name] = {"alive": True, "pid": w.pid, **res["total"]}
-            for sid, v in res["streams"].items():
-                per[sid] = {**v, "worker": w.name}
-        for sid, wn in placement.items():
-            per.setdefault(sid, {"worker": wn, "state": "placing"})
-        done = [v for v in per.values() if "chunks" in v]
-        total = {
-            "streams": len(per), "workers": len(workers), "worker_deaths": self.deaths,
-            "chunks": sum(v["chunks"] for v in done),
-            "chunks_dropped": sum(v["chunks_dropped"] for v in done),
-            "frames_dropped": sum(v["frames_dropped"] for v in done),
-            "chunks_per_s": sum((w.get("chunks_per_s") or 0.0) for w in workers.values() if w.get("alive")),
-            "memory_bytes": {k: sum(v["memory_bytes"][k] for v in done) for k in ("device", "ram", "disk")},
-            "events": self.journal.seq, "events_deduplicated": self.journal.duplicates,
-            "webhook": self.webhook.stats() if self.webhook is not None else None,
-            "uptime_s": time.monotonic() - self._t0,
-        }
-        return {"streams": per, "workers": workers, "total": total}
+        return gather_stats(ws, placement, self.deaths, self.journal, self.webhook, time.monotonic() - self._t0)
 
     def events_since(self, since: int = 0, timeout: float = 1.0, limit: int = 1000) -> list[dict]:
-        """Logged events with ``seq >= since`` (waits up to ``timeout`` s for the first one)."""
-        out = []
-        for e in self.journal.iter(since, follow=True, timeout=timeout):
-            out.append(e)
-            if len(out) >= limit or e["seq"] + 1 >= self.journal.seq:
-                break
-        return out
+        """Logged events with ``seq >= since`` (waits up to ``timeout`` s for the first one). Events older than
+        those kept in memory (e.g. logged before a restart) are read from the log file."""
+        return self.journal.events_since(since, timeout, limit)
 
     def event_log_path(self) -> str | None:
         p = self.journal.log.path
@@ -405,7 +457,7 @@ class Controller:
             live = sum(w.alive for w in self._workers.values())
             waiting = sum(s.worker is None for s in self._streams.values())
         return {"ok": live > 0 and waiting == 0, "workers_alive": live, "streams": len(self._streams),
-                "streams_waiting": waiting, "model": self.spec["model"], "pid": os.getpid()}
+                "streams_waiting": waiting, "model": self.spec["model"]}
 
     def shutdown(self) -> None:
         """Stop every worker (memories flushed), then the log. Idempotent."""
@@ -430,22 +482,11 @@ class Controller:
             self.webhook.close(5.0)
         self.journal.close()
 
-    def config_json(self) -> str:
-        return json.dumps({k: v for k, v in self.spec.items() if k != "webhook_options"}, default=str)
 
 
-def unwrap(e: BaseException) -> BaseException:
-    """The caller's error inside a Ray task error (a worker's ValueError stays a ValueError)."""
-    while isinstance(e, ray.exceptions.RayTaskError) and isinstance(getattr(e, "cause", None), BaseException):
-        e = e.cause
-    return e
-
-
-def _gather(refs: list, timeout: float | None = 60) -> list:
-    out = []
-    for r in refs:
-        try:
-            out.append(ray.get(r, timeout=timeout))
-        except Exception as e:  # a dead worker: reported, not raised
-            out.append(e)
-    return out
+def _reconstructed() -> bool:
+    """True in an actor that Ray restarted after its process died."""
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # noqa: BLE001 - not inside an actor
+        return False

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from memory.journal import fsync_dir, write_all
 from vstream.fleet.events import EventLog
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._n = 0
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def put(self, event: dict) -> dict:
         """Give ``event`` its id, write it durably, return the stamped copy (the fleet's ``seq`` is dropped)."""
@@ -56,9 +57,7 @@ class Outbox:
             ev["id"] = f"{self.stream_id}:{self.epoch}:{self._n}"
             self._n += 1
             line = (json.dumps(ev, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-            view = memoryview(line)
-            while view:
-                view = view[os.write(self._fd, view):]
+            write_all(self._fd, line)
             os.fsync(self._fd)
             return ev
 
@@ -118,6 +117,15 @@ class Journal:
         """Record every event of an outbox not logged yet; returns how many were new."""
         return sum(self.record(e, **extra) is not None for e in read_outbox(path))
 
+    def replay_dir(self, directory: str | Path) -> int:
+        """Replay, then delete, every outbox file in ``directory`` (left by placements of a dead process)."""
+        d = Path(directory)
+        n = 0
+        for p in sorted(d.glob("*.jsonl")) if d.is_dir() else ():
+            n += self.replay(p)
+            p.unlink(missing_ok=True)
+        return n
+
     def alert_state(self, stream_id: str) -> dict[str, float]:
         """condition -> stream time of its last logged alert, for one stream (carried to a new placement)."""
         with self._lock:
@@ -127,6 +135,22 @@ class Journal:
     def seq(self) -> int:
         return self.log.seq
 
+    def events_since(self, since: int = 0, timeout: float = 1.0, limit: int = 1000) -> list[dict]:
+        """Logged events with ``seq >= since`` (waits up to ``timeout`` s for the first one); those older than
+        the ones kept in memory (e.g. logged before a restart) are read from the log file."""
+        recent = list(self.log._recent)
+        oldest = recent[0]["seq"] if recent else self.log.seq
+        if since < oldest and self.log.path is not None:
+            old = [e for e in read_events(self.log.path, since, limit) if e["seq"] < oldest]
+            if old:
+                return old
+        out = []
+        for e in self.iter(since, follow=True, timeout=timeout):
+            out.append(e)
+            if len(out) >= limit or e["seq"] + 1 >= self.seq:
+                break
+        return out
+
     def iter(self, since: int = 0, *, follow: bool = True, timeout: float | None = None):
         return self.log.iter(since, follow=follow, timeout=timeout)
 
@@ -134,9 +158,68 @@ class Journal:
         self.log.close()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def read_events(path: str | Path, since: int = 0, limit: int | None = None) -> list[dict]:
+    """Events of a log file with ``seq >= since`` (at most ``limit``), read from disk: what a restarted
+    controller or a second process serves. Torn or damaged lines are skipped."""
+    out: list[dict] = []
+    p = Path(path)
+    if not p.exists():
+        return out
+    with open(p, "rb") as f:
+        for raw in f:
+            e = _parse_line(raw)
+            if e is not None and e["seq"] >= since:
+                out.append(e)
+                if limit is not None and len(out) >= limit:
+                    break
+    return out
+
+
+def _parse_line(raw: bytes) -> dict | None:
+    if not raw.endswith(b"\n"):
+        return None
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        e = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return e if isinstance(e, dict) and isinstance(e.get("seq"), int) else None
+
+
+async def tail_events(path: str | Path, since: int = 0, *, follow: bool = True, poll_s: float = 0.25,
+                      keepalive_s: float = 10.0):
+    """Async iterator over a log file's events with ``seq >= since``; with ``follow`` it waits for new
+    lines (yielding None every ``keepalive_s`` idle seconds, so a gone client is noticed). Reads the
+    file only: no thread, no call to the controller."""
+    import asyncio
+    import time
+
+    p = Path(path)
+    offset, buf = 0, b""
+    idle_since = time.monotonic()
+    while True:
+        got = False
+        try:
+            with open(p, "rb") as f:
+                f.seek(offset)
+                data = f.read(1 << 20)
+        except FileNotFoundError:
+            data = b""
+        if data:
+            offset += len(data)
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                e = _parse_line(raw + b"\n")
+                if e is not None and e["seq"] >= since:
+                    got = True
+                    yield e
+            if len(data) == 1 << 20:
+                continue  # more to read now
+        if got:
+            idle_since = time.monotonic()
+        if not follow:
+            return
+        if time.monotonic() - idle_since >= keepalive_s:
+            idle_since = time.monotonic()
+            yield None
+        await asyncio.sleep(poll_s)

@@ -104,6 +104,8 @@ class FleetWorker:
         self._outboxes: dict[str, Outbox] = {}
         self._moving: set[str] = set()
         self._added_wall: dict[str, float] = {}
+        self._cancels: dict[str, threading.Event] = {}  # request id -> cancel flag of a question being answered
+        self.cancelled = 0  # questions cancelled because their asker went away
         self.fleet.log.add_listener(self._on_event)
         self.pid = os.getpid()
         logger.info("worker %s: %s loaded (pid %d)", name, self.agent.model_name, self.pid)
@@ -134,14 +136,21 @@ class FleetWorker:
             options: dict[str, Any] | None = None, alert_state: dict[str, float] | None = None) -> dict[str, Any]:
         """Watch ``source`` as ``stream_id`` with memory in ``memory_dir``; ``resume``: continue that memory."""
         from memory.longterm import LongTerm  # noqa: F401  (fail here, not in a thread, if memory is broken)
+        from vstream.session.memory_dir import read_sources
         from vstream.sources import open_source
 
         opts = dict(options or {})
         resume_at = 0.0
-        if resume and (Path(memory_dir) / "config.json").exists():
-            resume_at = _latest_end_s(memory_dir)
         kind = source_kind(source)
+        ident = source_spec_identity(source)
+        if (Path(memory_dir) / "config.json").exists():  # a memory of this id: the same source resumes it
+            claim_identity(memory_dir, ident)  # another source: ValueError (HTTP 409), nothing opened
+            resume_at = _latest_end_s(memory_dir)
         src = open_source(source, start_s=resume_at) if (resume_at > 0 and kind in _RESTARTABLE) else open_source(source)
+        if resume_at > 0 and kind not in _RESTARTABLE:  # a live URL restarts its clock at 0: continue after the store
+            from vstream.session.memory_dir import ShiftedSource
+
+            src = ShiftedSource(src, resume_at)
         gate = _Gate(src)
         self._outboxes[stream_id] = Outbox(outbox, stream_id, epoch)
         try:
@@ -152,6 +161,8 @@ class FleetWorker:
             self._outboxes.pop(stream_id).close()
             gate.close()
             raise
+        if resume_at == 0 and not read_sources(memory_dir):
+            claim_identity(memory_dir, ident, check=False)  # the store exists now: record whose memory it is
         if resume_at > 0:
             mm = s.engine.memory
             mm.set_stream_time(max(mm.stream_time_s, resume_at))
@@ -177,21 +188,71 @@ class FleetWorker:
             self._added_wall.pop(stream_id, None)
 
     # ---- questions ----------------------------------------------------------------------------
+    def _check_question(self, question: str, max_question_tokens: int | None) -> None:
+        if max_question_tokens is None:
+            return
+        n = len(self.fleet.adapter.tokenize(question))
+        if n > max_question_tokens:
+            from vstream.serve.limits import LimitExceeded
+
+            raise LimitExceeded(f"the question is {n} tokens, over the server's limit of {max_question_tokens}; "
+                                "ask a shorter question", 413, "question_too_long")
+
+    def _start(self, stream_id: str, question: str, max_new_tokens: int | None, history: bool,
+               request_id: str | None, max_question_tokens: int | None, on_piece=None, since: Any = None,
+               until: Any = None):
+        """(future, cancel event) of a question; ``request_id`` names it for ``cancel``."""
+        self._check_question(question, max_question_tokens)
+        s = self.fleet.stream(stream_id)
+        cancel = threading.Event()
+        if request_id is not None:
+            with self._lock:
+                self._cancels[request_id] = cancel
+        try:
+            fut = s.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
+                              cancel=cancel, since=since, until=until)
+        except BaseException:
+            self._forget(request_id)
+            raise
+        return fut, cancel
+
+    def _forget(self, request_id: str | None) -> None:
+        if request_id is not None:
+            with self._lock:
+                self._cancels.pop(request_id, None)
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop decoding the question named ``request_id`` (its client went away); False when unknown."""
+        with self._lock:
+            ev = self._cancels.pop(request_id, None)
+        if ev is not None:
+            ev.set()
+            self.cancelled += 1
+            logger.info("worker %s: question %s cancelled", self.name, request_id)
+        return ev is not None
+
     def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None, history: bool = True,
-            timeout: float | None = None) -> dict[str, Any]:
-        ans = self.fleet.ask(stream_id, question, max_new_tokens=max_new_tokens, history=history, timeout=timeout)
-        return ans.to_dict()
+            timeout: float | None = None, request_id: str | None = None,
+            max_question_tokens: int | None = None, since: Any = None, until: Any = None) -> dict[str, Any]:
+        fut, cancel = self._start(stream_id, question, max_new_tokens, history, request_id, max_question_tokens,
+                                  since=since, until=until)
+        try:
+            return fut.result(timeout).to_dict()
+        finally:
+            if not fut.done():
+                cancel.set()
+                fut.cancel()
+            self._forget(request_id)
 
     def ask_stream(self, stream_id: str, question: str, max_new_tokens: int | None = None,
-                   history: bool = True) -> Iterator[Any]:
+                   history: bool = True, request_id: str | None = None,
+                   max_question_tokens: int | None = None, since: Any = None, until: Any = None) -> Iterator[Any]:
         """Pieces of the answer as they are decoded (str), then the whole answer (dict)."""
         import queue
 
-        s = self.fleet.stream(stream_id)
         pieces: queue.Queue = queue.Queue()
-        cancel = threading.Event()
-        fut = s.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=pieces.put,
-                          cancel=cancel)
+        fut, cancel = self._start(stream_id, question, max_new_tokens, history, request_id, max_question_tokens,
+                                  on_piece=pieces.put, since=since, until=until)
         fut.add_done_callback(lambda _f: pieces.put(None))
         try:
             while True:
@@ -204,8 +265,10 @@ class FleetWorker:
             if not fut.done():
                 cancel.set()
                 fut.cancel()
+            self._forget(request_id)
 
-    def ask_all(self, question: str, top: int = 3, evidence: int = 3) -> list[dict[str, Any]]:
+    def ask_all(self, question: str, top: int = 3, evidence: int = 3, since: Any = None,
+                until: Any = None) -> list[dict[str, Any]]:
         """``Fleet.ask_all`` without the write-through copies: a stored entry of a chunk still in the window
         is left out (the window's own evidence stands for it), so the scores equal a plain Fleet's."""
         from vstream.fleet.search import stream_evidence
@@ -217,7 +280,7 @@ class FleetWorker:
             except ValueError:
                 continue  # removed meanwhile
             live = {seg.start_s for seg in s.engine.snapshot().live if seg.kind == "vision"}
-            ev = [e for e in stream_evidence(s.engine, question, evidence + len(live))
+            ev = [e for e in stream_evidence(s.engine, question, evidence + len(live), s.time_range(since, until))
                   if not (e.tier == "long_term" and e.start_s in live)][:evidence]
             if ev:
                 hits.append({"stream": sid, "score": ev[0].score, "evidence": [e.to_dict() for e in ev]})
@@ -235,7 +298,8 @@ class FleetWorker:
         now = time.monotonic()
         for sid, v in st["streams"].items():
             v["uptime_s"] = now - self._added_wall.get(sid, now)
-        st["worker"] = {"name": self.name, "pid": self.pid, "model": self.agent.model_name}
+        st["worker"] = {"name": self.name, "pid": self.pid, "model": self.agent.model_name,
+                        "questions_cancelled": self.cancelled}
         return st
 
     def ping(self) -> int:
@@ -246,6 +310,46 @@ class FleetWorker:
         for box in self._outboxes.values():
             box.close()
         self._outboxes.clear()
+
+
+def source_spec_identity(spec: str) -> dict:
+    """What identifies a source spec across placements and restarts (a URL without its password, a
+    synthetic spec, a file's path, size and content fingerprint); the same as the CLI's sources.json."""
+    from vstream.session.memory_dir import source_identity
+    from vstream.sources.errors import _redact
+
+    kind = source_kind(spec)
+    if kind == "url":
+        return {"kind": "stream", "name": _redact(spec)}
+    if kind == "synthetic":
+        from vstream.sources import SyntheticSource, synthetic_kwargs
+
+        return source_identity(SyntheticSource(**synthetic_kwargs(spec)))
+    p = Path(spec)
+    if not p.is_file():
+        return {"kind": "file", "path": str(p)}
+    from vstream.session.memory_dir import _fingerprint
+
+    r = p.resolve()
+    return {"kind": "file", "path": str(r), "size": r.stat().st_size, "fingerprint": _fingerprint(r)}
+
+
+def claim_identity(memory_dir: str | Path, ident: dict, *, check: bool = True) -> None:
+    """Record ``ident`` as the source of a memory directory; ``check``: the directory holds a memory, whose
+    recorded source must be ``ident`` (ValueError naming the mismatch otherwise)."""
+    from vstream.session.memory_dir import SOURCES_NAME, _write_sources, read_sources
+
+    d = Path(memory_dir)
+    recorded = read_sources(d) if check else []
+    if recorded:
+        if recorded[-1]["identity"] != ident:
+            raise ValueError(f"memory dir {d} holds another source than the one given; remove the stream's "
+                             "memory or pick another stream id")
+        return
+    if (d / "config.json").exists() and not (d / SOURCES_NAME).exists():
+        logger.warning("memory dir %s had no source record: recording this source", d)
+    d.mkdir(parents=True, exist_ok=True)
+    _write_sources(d, [{"identity": ident, "offset_s": 0.0}])
 
 
 def _latest_end_s(memory_dir: str | Path) -> float:

@@ -133,8 +133,9 @@ class Alerts:
         return self.notifier.add(condition, callback, self.threshold if threshold is None else threshold,
                                  self.cooldown_s if cooldown_s is None else cooldown_s)
 
-    def check(self, now_s: float) -> None:
-        """Probe the conditions after the chunk ending at ``now_s``; ask about each one that fires."""
+    def check(self, now_s: float, wall_s: float | None = None) -> None:
+        """Probe the conditions after the chunk ending at ``now_s`` (wall-clock ``wall_s`` when known); ask about
+        each one that fires."""
         if not self.notifier.conditions:
             return
         for cond, p in self.notifier.check(now_s):
@@ -144,13 +145,13 @@ class Alerts:
                 logger.warning("query queue full; alert %r reported without an answer", cond.text)
                 fut = Future()
                 fut.set_result(None)
-            fut.add_done_callback(lambda f, cond=cond, p=p: _deliver(cond, now_s, p, f))
+            fut.add_done_callback(lambda f, cond=cond, p=p: _deliver(cond, now_s, p, f, wall_s))
 
 
-def _deliver(cond: Condition, at_s: float, p: float, fut: Future) -> None:
+def _deliver(cond: Condition, at_s: float, p: float, fut: Future, wall_s: float | None = None) -> None:
     """Call the condition's callback with the Alert and its answer (None if cancelled or failed)."""
     ans = fut.result() if not fut.cancelled() and fut.exception() is None else None
     try:
-        cond.callback(Alert(condition=cond.text, at_s=at_s, probability=p, answer=ans))
+        cond.callback(Alert(condition=cond.text, at_s=at_s, probability=p, answer=ans, wall_s=wall_s))
     except Exception:
         logger.exception("alert callback failed")

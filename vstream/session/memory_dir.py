@@ -5,7 +5,9 @@ resolved path, size, duration and a fingerprint of its first and last 64 KiB; a 
 password; a synthetic spec) and the time offset its chunks were stored with. Opening a writer session:
 
 - the same source as the last one recorded: *resume* (said in a warning): chunks already stored are kept
-  (stored once, by start time), new ones are added;
+  (stored once, by start time), new ones are added; a live stream (URL, device, pushed frames) shows new
+  content each time, so its stream times continue after the newest stored entry (its entries' wall-clock
+  times keep the real outage);
 - another source (or a directory whose source was never recorded) with ``append=True``: its stream
   times start after the newest stored entry (its own time base, offset stated in a warning);
 - another source without ``append``: ValueError (one line: what the directory holds, what to do).
@@ -89,6 +91,8 @@ def _decide(d: Path, ident: dict, recorded: list[dict], entries: int, stored_end
         return "new", 0.0
     last = recorded[-1] if recorded else None
     if last is not None and last["identity"] == ident:
+        if ident.get("kind") == "stream" and entries:  # a live stream resumed: new content, after the stored
+            return "resume", float(stored_end_s)  # entries (its wall-clock times show the outage)
         return "resume", float(last.get("offset_s", 0.0))
     if not append:
         held = _describe(last["identity"]) if last is not None else "a source that was not recorded"

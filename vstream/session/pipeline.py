@@ -25,6 +25,20 @@ from vstream.session.stages import DecodeAhead, StageClock
 logger = logging.getLogger(__name__)
 
 
+def clock_markers(time_marker: str, source: Any) -> bool:
+    """Whether chunk markers take the clock form: ``"clock"``, or ``"auto"`` on a live source (a camera, a
+    live URL, pushed frames; not a file, even one given ``start_at``)."""
+    if time_marker != "auto":
+        return time_marker == "clock"
+    from vstream.sources import LiveSource, PushSource
+
+    while hasattr(source, "inner"):  # ShiftedSource / ClockedSource wrappers
+        if type(source).__name__ == "ClockedSource":
+            return False
+        source = source.inner
+    return isinstance(source, PushSource) or (isinstance(source, LiveSource) and bool(getattr(source, "_live", False)))
+
+
 class Pipeline:
     """Chunks of ``source`` handed to ``step(chunk)`` one at a time, in order; ``source=None``: ended at once.
 
@@ -64,11 +78,13 @@ class Pipeline:
         if hasattr(self.source, "plan_sampling"):  # a file that knows its frame times: fetch only kept frames
             self.source.plan_sampling(sc.fps)
         fpc = adapter.frames_per_chunk(sc.fps, sc.chunk_seconds)
+        clock = clock_markers(self.engine.config.memory.time_marker, self.source)
         frames = iter(self.source)
         if self.background:  # decoding in its own thread
             self.decoder = DecodeAhead(self.source, clock=self.clock)
             frames = iter(self.decoder)
-        chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc)(self.sampler(frames))
+        chunks = Chunker(sc.chunk_seconds, frames_per_chunk=fpc, tz=getattr(self.source, "tz", "") or "",
+                         clock=clock)(self.sampler(frames))
         if progress and getattr(self.source, "duration", None):
             from tqdm import tqdm
 

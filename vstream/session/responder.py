@@ -46,6 +46,7 @@ class Query:
     history: bool = True
     submitted: float = field(default_factory=time.perf_counter)
     asked_at_s: float | None = None  # stream time when it was asked (default: the snapshot's)
+    wall_range: tuple[float, float] | None = None  # answer only from this wall-clock range (vstream.clock)
 
     def __post_init__(self) -> None:
         if self.asked_at_s is None and self.snapshot is not None:
@@ -97,8 +98,11 @@ class Responder:
             raise RuntimeError("the session is closed; open a new one with agent.watch(...)")
 
     def ask(self, question: str, *, max_new_tokens: int | None = None, history: bool = True,
-            on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> Future:
-        """Queue a question on the memory as of now; returns a Future[Answer]. QueueFull (ValueError) when full."""
+            on_piece: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
+            wall_range: tuple[float, float] | None = None) -> Future:
+        """Queue a question on the memory as of now; returns a Future[Answer]. QueueFull (ValueError) when full.
+
+        ``wall_range`` (UTC epoch seconds, half-open): answer only from what was recorded in it."""
         check_question(question)
         self._check_open()
         if self._snapshot is None:
@@ -106,7 +110,7 @@ class Responder:
         snap = self._snapshot()  # the memory as of now, and with it the stream time the question is asked at
         q = Query(question=question, snapshot=snap, future=Future(), max_new_tokens=max_new_tokens,
                   on_piece=on_piece, history=history, cancel=cancel if cancel is not None else threading.Event(),
-                  asked_at_s=snap.stream_time_s)
+                  asked_at_s=snap.stream_time_s, wall_range=wall_range)
         return self.submit(q)
 
     def submit(self, query: Query) -> Future:
@@ -154,8 +158,9 @@ class Responder:
                 self._current = None
                 continue
             try:
+                kw = {"wall_range": item.wall_range} if item.wall_range is not None else {}
                 ans = self._answer_fn(item.question, item.snapshot, max_new_tokens=item.max_new_tokens,
-                                      on_piece=item.on_piece, cancel=item.cancel)
+                                      on_piece=item.on_piece, cancel=item.cancel, **kw)
             except BaseException as e:  # delivered to the caller through the future
                 self.failed += 1
                 logger.warning("answering %r failed: %s", item.question[:60], e)

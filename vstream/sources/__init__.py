@@ -7,7 +7,8 @@ devices with PyAV, reconnecting (``live``); the Gradio webcam pushes frames into
 ``write_video`` encodes clips (``encode``). Problems raise ``SourceError`` (a ``ValueError``) with a
 one-line message naming the path and the fix, at open time where possible (``errors``); ``probe`` reads a
 target's facts (``pyav``). The sampler and chunker (time markers) are ``chunking``; the audio track is
-decoded to 16 kHz mono on the frames' clock by ``audio``, and pushed audio enters through ``audio_push``.
+decoded to 16 kHz mono on the frames' clock by ``audio``, and pushed audio enters through ``audio_push``;
+pushed frames and audio wait in one bounded, never-blocking queue (``push_queue``).
 """
 from __future__ import annotations
 

@@ -8,14 +8,13 @@ The push counterpart of ``vstream.sources.audio.audio_blocks`` (as ``PushSource`
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from vstream.sources.audio import GAP_TOLERANCE_S, SAMPLE_RATE, AudioBlock, to_mono_float
+from vstream.sources.push_queue import PushQueue
 
 
 class AudioPush:
@@ -37,10 +36,7 @@ class AudioPush:
         self.name, self.max_seconds, self._clock, self._origin = name, float(max_seconds), clock, origin
         self.pushed_s = 0.0
         self.dropped_s = 0.0
-        self._queue: deque[AudioBlock] = deque()
-        self._queued_s = 0.0
-        self._cond = threading.Condition()
-        self._ended = False
+        self._queue: PushQueue[AudioBlock] = PushQueue(self.max_seconds)  # cost: seconds of audio
         self._rate: int | None = None
         self._resampler: Any = None
         self._next_t: float | None = None  # stream time right after the last pushed sample
@@ -52,8 +48,8 @@ class AudioPush:
         if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
         x = to_mono_float(samples)
-        with self._cond:
-            if self._ended:
+        with self._queue.lock:
+            if self._queue.ended:
                 return False
             now = self._clock()
             if self._origin is None:
@@ -62,7 +58,7 @@ class AudioPush:
                 t = self._next_t if self._next_t is not None else now - self._origin
             t = float(t)
             dur_in = len(x) / sample_rate
-            if self._queued_s + dur_in > self.max_seconds:
+            if not self._queue.fits(dur_in):
                 self.dropped_s += dur_in
                 self._next_t = t + dur_in
                 self._resampler = None  # the next push starts a fresh stretch
@@ -84,52 +80,28 @@ class AudioPush:
             self._res_out += len(y)
             self._next_t = t + dur_in
             self.pushed_s += dur_in
-            if len(y):
-                self._queue.append(AudioBlock(bt, np.ascontiguousarray(y)))
-                self._queued_s += len(y) / SAMPLE_RATE
-                self._cond.notify()
+            if len(y):  # admitted on dur_in above; it costs what came out of the resampler
+                self._queue.add(AudioBlock(bt, np.ascontiguousarray(y)), len(y) / SAMPLE_RATE)
             return True
 
     def end(self) -> None:
         """No more audio: iteration ends once the queue is empty."""
-        with self._cond:
-            self._ended = True
-            self._cond.notify_all()
+        self._queue.end()
 
     def queued_s(self) -> float:
         """Seconds of audio waiting."""
-        with self._cond:
-            return self._queued_s
+        return self._queue.queued()
 
     def get(self, timeout: float | None = None) -> AudioBlock | None:
         """The next block (waits up to ``timeout``); None on timeout or at the end."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not self._queue and not self._ended:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                self._cond.wait(left)
-            if not self._queue:
-                return None
-            block = self._queue.popleft()
-            self._queued_s -= block.duration_s
-            return block
+        return self._queue.get(timeout)
 
     def __iter__(self) -> Iterator[AudioBlock]:
-        while True:
-            block = self.get()
-            if block is None:
-                return
-            yield block
+        return iter(self._queue)
 
     def close(self) -> None:
         """End and discard what is queued."""
-        with self._cond:
-            self._ended = True
-            self._queue.clear()
-            self._queued_s = 0.0
-            self._cond.notify_all()
+        self._queue.close()
 
     def __repr__(self) -> str:
         return f"AudioPush({self.name!r}, pushed_s={self.pushed_s:.1f}, dropped_s={self.dropped_s:.1f})"

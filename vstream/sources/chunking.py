@@ -2,7 +2,8 @@
 
 ``Sampler`` picks frames by timestamp (never by index: variable frame rate exists) and, in realtime
 mode, paces to the wall clock and counts the frames it had to drop. ``Chunker`` groups the sampled
-frames into chunks of ``chunk_seconds`` of stream time, each with a ``Time=a-bs`` marker (DESIGN §1.2–1.3).
+frames into chunks of ``chunk_seconds`` of stream time, each with a ``Time=a-bs`` marker (DESIGN §1.2–1.3),
+or a clock marker ``Time=14:05:03-14:05:04`` when the frames carry wall-clock time and clock markers are on.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from vstream.clock import clock_marker, time_marker  # noqa: F401 - time_marker: re-exported
 from vstream.sources.frames import Frame
 
 logger = logging.getLogger(__name__)
@@ -110,24 +112,29 @@ class Sampler:
                 "frames_skipped": self.frames_skipped, "frames_dropped": self.frames_dropped}
 
 
-def time_marker(start_s: float, end_s: float) -> str:
-    """The chunk's text marker, e.g. ``"Time=12.0-13.0s"`` (one decimal)."""
-    return f"Time={start_s:.1f}-{end_s:.1f}s"
-
-
 @dataclass
 class Chunk:
-    """Frames of one chunk of stream time ``[start_s, end_s)``."""
+    """Frames of one chunk of stream time ``[start_s, end_s)``; wall-clock time beside it when known."""
 
     index: int  # 0, 1, 2, ... in emission order (empty intervals are skipped, indices are not)
     start_s: float
     end_s: float
     frames: np.ndarray  # [N, H, W, 3] uint8
     timestamps: list[float]  # N frame times
+    wall_s: float | None = None  # UTC epoch seconds at start_s (from the first frame's wall time), None: unknown
+    tz: str = ""  # the source's IANA time-zone name (with wall_s)
+    clock: bool = False  # the marker in clock form (memory.time_marker "clock")
+
+    @property
+    def wall_end_s(self) -> float | None:
+        """UTC epoch seconds at end_s (None without wall time)."""
+        return None if self.wall_s is None else self.wall_s + (self.end_s - self.start_s)
 
     @property
     def marker(self) -> str:
-        """``"Time=12.0-13.0s"``."""
+        """``"Time=12.0-13.0s"``, or ``"Time=14:05:03-14:05:04"`` (clock form, the source's zone)."""
+        if self.clock and self.wall_s is not None:
+            return clock_marker(self.wall_s, self.wall_end_s, self.tz)
         return time_marker(self.start_s, self.end_s)
 
     def __len__(self) -> int:
@@ -154,44 +161,55 @@ class Chunker:
     chunk has exactly that many frames: fewer are padded by repeating the last frame, more are
     subsampled evenly (Qwen2.5-VL wants an even count: temporal patch 2). A frame whose size differs
     from the chunk's first frame is resized to it.
+
+    A chunk's wall time is its first frame's wall time moved back to the chunk start (None when that frame
+    has none); ``tz`` names the zone and ``clock`` asks for clock markers (``Chunk.marker``).
     """
 
     def __init__(self, chunk_seconds: float = 1.0, *, frames_per_chunk: int | None = None,
-                 origin: float | None = None):
+                 origin: float | None = None, tz: str = "", clock: bool = False):
         if not chunk_seconds > 0:
             raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
         if frames_per_chunk is not None and frames_per_chunk < 1:
             raise ValueError(f"frames_per_chunk must be >= 1 or None, got {frames_per_chunk}")
         self.chunk_seconds, self.frames_per_chunk, self.origin = float(chunk_seconds), frames_per_chunk, origin
+        self.tz, self.clock = tz, bool(clock)
 
-    def _make(self, index: int, k: int, t0: float, rgbs: list[np.ndarray], ts: list[float]) -> Chunk:
+    def _make(self, index: int, k: int, t0: float, rgbs: list[np.ndarray], ts: list[float],
+              wall0: float | None) -> Chunk:
         h, w = rgbs[0].shape[:2]
         rgbs = [r if r.shape[:2] == (h, w) else cv2.resize(r, (w, h), interpolation=cv2.INTER_AREA) for r in rgbs]
         frames = np.stack(rgbs)  # [N, H, W, 3]
         if self.frames_per_chunk is not None:
             frames, ts = fit_frame_count(frames, ts, self.frames_per_chunk)
         c = self.chunk_seconds
-        return Chunk(index=index, start_s=t0 + k * c, end_s=t0 + (k + 1) * c, frames=frames, timestamps=list(ts))
+        start = t0 + k * c
+        wall = None if wall0 is None else wall0 - (ts[0] - start)  # the first frame's wall time, at the chunk start
+        return Chunk(index=index, start_s=start, end_s=t0 + (k + 1) * c, frames=frames, timestamps=list(ts),
+                     wall_s=wall, tz=self.tz if wall is not None else "", clock=self.clock)
 
     def __call__(self, frames: Iterable[Frame]) -> Iterator[Chunk]:
         t0 = self.origin
         cur_k: int | None = None
         rgbs: list[np.ndarray] = []
         ts: list[float] = []
+        wall0: float | None = None  # wall time of the current chunk's first frame
         index = 0
         for frame in frames:
             if t0 is None:
                 t0 = frame.t
             k = math.floor((frame.t - t0) / self.chunk_seconds + 1e-9)
             if cur_k is not None and k > cur_k:
-                yield self._make(index, cur_k, t0, rgbs, ts)
+                yield self._make(index, cur_k, t0, rgbs, ts, wall0)
                 index += 1
                 rgbs, ts = [], []
             if cur_k is None or k > cur_k:
                 cur_k = k
             elif k < cur_k:
                 logger.debug("frame at t=%.3f is before the current chunk; kept in chunk %d", frame.t, index)
+            if not rgbs:
+                wall0 = getattr(frame, "wall", None)
             rgbs.append(frame.rgb)
             ts.append(frame.t)
         if rgbs:
-            yield self._make(index, cur_k, t0, rgbs, ts)
+            yield self._make(index, cur_k, t0, rgbs, ts, wall0)

@@ -16,25 +16,28 @@ class Frame:
 
     ``Frame(t, rgb)`` holds its pixels; ``Frame.lazy(t, convert)`` holds a decoded picture that is
     turned into RGB (``convert()``) only when ``rgb`` is first read, so frames the sampler drops are
-    never colour-converted or copied. Read-only after construction.
+    never colour-converted or copied. ``wall`` is the frame's wall-clock time (UTC epoch seconds) when the
+    source knows it, else None. Read-only after construction.
     """
 
-    __slots__ = ("t", "_rgb", "_convert")
+    __slots__ = ("t", "_rgb", "_convert", "wall")
 
-    def __init__(self, t: float, rgb: np.ndarray | None = None) -> None:
+    def __init__(self, t: float, rgb: np.ndarray | None = None, wall: float | None = None) -> None:
         if rgb is None:
             raise ValueError("Frame needs its rgb array; use Frame.lazy(t, convert) for a deferred conversion")
         object.__setattr__(self, "t", t)  # presentation time in seconds (stream time)
         object.__setattr__(self, "_rgb", rgb)  # [H, W, 3] uint8 RGB
         object.__setattr__(self, "_convert", None)
+        object.__setattr__(self, "wall", wall)
 
     @classmethod
-    def lazy(cls, t: float, convert: Callable[[], np.ndarray]) -> "Frame":
+    def lazy(cls, t: float, convert: Callable[[], np.ndarray], wall: float | None = None) -> "Frame":
         """A frame whose ``rgb`` is made by ``convert()`` on first access (at most once)."""
         f = cls.__new__(cls)
         object.__setattr__(f, "t", t)
         object.__setattr__(f, "_rgb", None)
         object.__setattr__(f, "_convert", convert)
+        object.__setattr__(f, "wall", wall)
         return f
 
     @property
@@ -51,10 +54,14 @@ class Frame:
         return self._rgb is not None
 
     def shifted(self, dt: float) -> "Frame":
-        """The same picture at time ``t + dt`` (stays lazy when this frame is)."""
+        """The same picture (and wall time) at stream time ``t + dt`` (stays lazy when this frame is)."""
+        return self.with_times(self.t + dt, self.wall)
+
+    def with_times(self, t: float, wall: float | None) -> "Frame":
+        """The same picture at stream time ``t`` and wall time ``wall`` (stays lazy when this frame is)."""
         if self._rgb is not None:
-            return Frame(self.t + dt, self._rgb)
-        return Frame.lazy(self.t + dt, lambda: self.rgb)
+            return Frame(t, self._rgb, wall)
+        return Frame.lazy(t, lambda: self.rgb, wall)
 
     def __setattr__(self, name: str, value) -> None:
         raise AttributeError("Frame is read-only")
@@ -79,9 +86,9 @@ class ConversionCounter:
             return rgb
         return run
 
-    def lazy_frame(self, t: float, convert: Callable[[], np.ndarray]) -> Frame:
+    def lazy_frame(self, t: float, convert: Callable[[], np.ndarray], wall: float | None = None) -> Frame:
         """A lazy ``Frame`` at ``t`` whose conversion ``convert()`` is counted in ``frames_converted``."""
-        return Frame.lazy(t, self._counted(convert))
+        return Frame.lazy(t, self._counted(convert), wall)
 
     def conversion_counts(self) -> dict[str, int]:
         """{"frames_decoded", "frames_converted"}."""

@@ -2,7 +2,9 @@
 
 It reconnects with exponential back-off when a live stream fails or stalls, records the stream time
 lost in ``gaps`` (and ``gap_records``: at, duration, reason), and counts reconnects and undecodable
-packets. An http(s) URL is live when it has no duration or is MPEG-TS/HLS. Answers that will not
+packets. An http(s) URL is live when it has no duration or is MPEG-TS/HLS; of those, a *finite* one (an
+HLS playlist with ``#EXT-X-ENDLIST``, which ffmpeg reports as a duration, or a file of known size, e.g.
+a ``.ts`` with a Content-Length) ends at its end of file: only a dropped connection reconnects. Answers that will not
 change (HTTP 4xx, a page that is not video) are not retried. An http(s) file that gives no frame
 (an MP4 with its index at the end, on a server without Range requests) is downloaded once, within
 ``max_download_bytes``, and played from the local copy; otherwise it ends with one clear line.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import tempfile
 import time
@@ -19,6 +22,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 
+from vstream.clock import check_zone
 from vstream.sources.frames import ConversionCounter, Frame, check_max_side
 from vstream.sources.errors import (LIVE_SCHEMES, SourceError, _check_file, _container_error, _exc_text, _file_error,
                                     _redact, _stream_error, is_device, is_url)
@@ -28,6 +32,21 @@ logger = logging.getLogger(__name__)
 
 #: container formats that mean a live http(s) stream (no end to wait for)
 LIVE_HTTP_FORMATS = ("mpegts", "hls", "applehttp", "flv", "rtp", "sdp")
+#: ffmpeg protocols an http(s) source (and the HLS playlists it serves) may use: no file:, no listening
+HTTP_PROTOCOLS = "http,https,tcp,tls,crypto"
+
+
+def _http_finite(container, fmt: str, duration: float | None) -> bool:
+    """True for an http(s) resource with an end: an ended HLS playlist (ffmpeg gives it a duration only
+    with #EXT-X-ENDLIST) or a body of known size (Content-Length); a live feed has neither."""
+    names = fmt.split(",")
+    if "hls" in names or "applehttp" in names:
+        return duration is not None
+    try:
+        size = int(container.size)
+    except Exception:  # noqa: BLE001 - no size: a live feed (chunked transfer)
+        return False
+    return size > 0
 
 
 def _final(err: BaseException) -> bool:
@@ -58,8 +77,11 @@ class LiveSource(ConversionCounter):
                  max_retries: int = 5, backoff_s: float = 0.5, open_timeout_s: float = 10.0,
                  read_timeout_s: float | None = None, options: dict | None = None,
                  max_download_bytes: int = 2 << 30,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 wall_clock: Callable[[], float] = time.time, tz: str | None = None):
         check_max_side(max_side)
+        self.tz = check_zone(tz)  # the camera's zone (IANA name, default this machine's)
+        self._wall_clock = wall_clock  # live streams: each frame's wall time is its arrival time
         if max_retries < 0 or backoff_s < 0 or open_timeout_s <= 0 or max_download_bytes < 0:
             raise ValueError("need max_retries >= 0, backoff_s >= 0, open_timeout_s > 0 and max_download_bytes >= 0")
         self.url = str(url)
@@ -75,6 +97,8 @@ class LiveSource(ConversionCounter):
         self._options = dict(options or {})
         if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps"):
             self._options.setdefault("rtsp_transport", "tcp")
+        if urlsplit(self.url).scheme.lower() in ("http", "https"):
+            self._options.setdefault("protocol_whitelist", HTTP_PROTOCOLS)
         self.max_download_bytes = int(max_download_bytes)
         self.gaps: list[tuple[float, float]] = []
         self.gap_records: list[dict] = []  # {"at_s", "duration_s", "reason"} per gap (for stats and JSON lines)
@@ -83,6 +107,7 @@ class LiveSource(ConversionCounter):
         self.bad_packets = 0  # undecodable packets skipped (damaged data, packet loss)
         self._closed = False
         self._container = None
+        self._finite = False  # a live-format http(s) resource with an end (see _http_finite)
         if self._is_file:
             _check_file(self.url)
         self._container = self._connect_with_retries(first=True)
@@ -91,8 +116,10 @@ class LiveSource(ConversionCounter):
             fmt = str(getattr(getattr(self._container, "format", None), "name", "") or "")
             if facts["duration"] is None or any(f in fmt.split(",") for f in LIVE_HTTP_FORMATS):
                 self._live = True
-                logger.info("stream %r (%s, duration %s) is live: it reconnects when it drops", self.name,
-                            fmt or "?", facts["duration"])
+                self._finite = _http_finite(self._container, fmt, facts["duration"])
+                logger.info("stream %r (%s, duration %s) is %s", self.name, fmt or "?", facts["duration"],
+                            "finite: it ends at its end, reconnecting only when the connection drops"
+                            if self._finite else "live: it reconnects when it drops")
         self.fps = facts["fps"]
         self.duration = None if self._live else facts["duration"]
         self.width, self.height, self.codec = facts["width"], facts["height"], facts["codec"]
@@ -169,6 +196,8 @@ class LiveSource(ConversionCounter):
             frames_here = 0
             try:
                 for pts, picture in self._decode(container, log):
+                    if pts is not None and not math.isfinite(pts):
+                        pts = None  # a frame without a usable time (PyAV gives NaN): placed after the last one
                     if self._is_file:
                         t = float(pts) - _video_origin(container) if pts is not None else (
                             0.0 if last_t is None else last_t + fallback_dt)  # first video frame = 0, as decord
@@ -192,7 +221,8 @@ class LiveSource(ConversionCounter):
                     last_t, last_wall = t, self._clock()
                     frames_here += 1
                     log.add(t)
-                    yield self.lazy_frame(t, functools.partial(rgb_of, picture, self.max_side))
+                    wall = self._wall_clock() if self._live else None  # files: no wall time (start_at=)
+                    yield self.lazy_frame(t, functools.partial(rgb_of, picture, self.max_side), wall)
                     if self._closed:
                         return
             except (av.FFmpegError, EOFError, OSError) as exc:
@@ -206,8 +236,8 @@ class LiveSource(ConversionCounter):
             if self._is_file:
                 log.warn_if_damaged(self.name, error)
                 return
-            if error is None and not self._live:
-                return  # http(s) file or finished stream: a clean end
+            if error is None and (not self._live or (self._finite and frames_here)):
+                return  # http(s) file, ended playlist or finished stream: a clean end
             if not self.reconnect:
                 if error is not None:
                     raise SourceError(f"stream {self.name!r} failed ({_exc_text(error)}); "
@@ -258,6 +288,7 @@ class LiveSource(ConversionCounter):
                        "downloaded it (%d bytes) and playing the local copy", self.name, copied)
         self._download = path
         self.url, self._is_url, self._is_file = path, False, True
+        self._options["protocol_whitelist"] = "file"  # the local copy
         return True
 
     def close(self) -> None:

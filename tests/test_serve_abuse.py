@@ -281,7 +281,8 @@ def test_a_client_that_leaves_cancels_its_question(env, c):  # probe 4
     _, h = fleet.actor_of("qa")
     before = ray.get(h.stats.remote())["worker"]["questions_cancelled"]
     with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{url}/v1/streams/qa/ask", headers=AUTH, timeout=0.5,
+        # the client gives up 50 ms after sending (a 1024-token answer takes several times that here)
+        httpx.post(f"{url}/v1/streams/qa/ask", headers=AUTH, timeout=httpx.Timeout(5.0, read=0.05),
                    json={"question": "Describe everything in detail.", "max_new_tokens": 1024})
     assert _wait(lambda: ray.get(h.stats.remote())["worker"]["questions_cancelled"] > before, 30)
     before += 1

@@ -353,3 +353,20 @@ def redact_source(source: str) -> str:
 
     return _redact(source)
 
+
+
+def time_range(query: Any, since: Any = None, until: Any = None) -> dict[str, Any]:
+    """``{"since", "until"}`` from a body (given) or the ``query`` mapping, checked now: an unreadable time or an
+    empty range is a 400 naming it (the stream's own time zone is applied later, by the fleet)."""
+    from vstream.clock import parse_range
+
+    when = {"since": since if since is not None else query.get("since"),
+            "until": until if until is not None else query.get("until")}
+    for k, v in when.items():
+        if isinstance(v, str) and len(v) > 64:
+            raise APIError(400, f"{k!r} is longer than 64 characters", "bad_request")
+    try:
+        parse_range(**when)
+    except ValueError as e:
+        raise APIError(400, " ".join(str(e).split()), "bad_time") from None
+    return when

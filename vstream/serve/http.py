@@ -16,6 +16,7 @@ OpenAI clients read):
     POST   /v1/chat/completions          OpenAI-compatible; ``model`` is a stream id; the last user message is
                                          the question (the stream's memory keeps its own history); stream true/false
     GET    /metrics                      Prometheus text
+    WS     /v1/realtime?stream=ID        push frames and audio, ask, hear events (vstream.serve.realtime)
 
 Security: a bearer token (``Authorization: Bearer <token>``) on everything but /v1/health when the server
 has one. Sources are limited to network URLs, ``synthetic:`` specs and files inside the allow-listed
@@ -381,6 +382,11 @@ def metrics(request: Request):
     from vstream.serve.metrics import CONTENT_TYPE, render
 
     return PlainTextResponse(render(_fleet().stats()), media_type=CONTENT_TYPE)
+
+
+from vstream.serve.realtime import register as _register_realtime  # noqa: E402
+
+_register_realtime(app)  # WS /v1/realtime (vstream.serve.realtime)
 
 
 # ---- Ray Serve ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from vstream.fleet.core import Fleet
 from vstream.serve.journal import Outbox
+from vstream.serve.push_stream import PushWorkerMixin, is_push
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def source_kind(spec: str) -> str:
 
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return "synthetic"
+    if is_push(spec):
+        return "push"  # frames from a realtime client (vstream.serve.push_stream)
     if is_url(spec) or is_device(spec):
         return "url"
     return "file"
@@ -84,7 +87,7 @@ class _WriteThroughFleet(Fleet):
         super()._after_chunk(s, ch)
 
 
-class FleetWorker:
+class FleetWorker(PushWorkerMixin):
     """One model, one Fleet; the methods are what the controller and clients call on the actor."""
 
     def __init__(self, name: str, model: str, config: Any = None, *, device: str = "cpu", dtype: str | None = None,
@@ -141,7 +144,11 @@ class FleetWorker:
         if resume and (Path(memory_dir) / "config.json").exists():
             resume_at = _latest_end_s(memory_dir)
         kind = source_kind(source)
-        src = open_source(source, start_s=resume_at) if (resume_at > 0 and kind in _RESTARTABLE) else open_source(source)
+        if kind == "push":
+            src = self._push_source(stream_id, memory_dir, resume_at, resume)
+            opts["realtime"] = False  # frames arrive in real time already; a full queue drops (counted)
+        else:
+            src = open_source(source, start_s=resume_at) if (resume_at > 0 and kind in _RESTARTABLE) else open_source(source)
         gate = _Gate(src)
         self._outboxes[stream_id] = Outbox(outbox, stream_id, epoch)
         try:
@@ -151,6 +158,7 @@ class FleetWorker:
         except BaseException:
             self._outboxes.pop(stream_id).close()
             gate.close()
+            self._push_removed(stream_id)
             raise
         if resume_at > 0:
             mm = s.engine.memory
@@ -160,6 +168,8 @@ class FleetWorker:
                 c.last_fired_s = float(alert_state[c.text])
                 c.active = True
         self._added_wall[stream_id] = time.monotonic()
+        if kind == "push":
+            self._push_started(stream_id)
         gate.open()
         return {"stream": stream_id, "worker": self.name, "resumed_at_s": resume_at, "epoch": epoch}
 
@@ -170,6 +180,7 @@ class FleetWorker:
         try:
             self.fleet.remove(stream_id)
         finally:
+            self._push_removed(stream_id)
             self._moving.discard(stream_id)
             box = self._outboxes.pop(stream_id, None)
             if box is not None:

@@ -22,6 +22,7 @@ from vstream.cli import doctor
 from vstream.cli.args import agent_from_args
 from vstream.cli.fleet import add_parser as add_fleet_parser
 from vstream.cli.serve import add_parser as add_serve_parser
+from vstream.cli.push import add_parser as add_push_parser
 
 logger = logging.getLogger(__name__)
 
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(sub)
     add_fleet_parser(sub)
     add_serve_parser(sub)
+    add_push_parser(sub)
     add_eval_parser(sub)
     return ap
 

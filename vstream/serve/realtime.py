@@ -71,7 +71,7 @@ async def serve_session(ws: WebSocket, state: dict[str, Any]) -> None:
         logger.info("realtime: refused a connection without the right token")
         await ws.close(code=1008, reason="missing or wrong bearer token")
         return
-    limits: rp.RealtimeLimits = state.get("realtime_limits") or rp.RealtimeLimits()
+    limits: rp.RealtimeLimits = state.get("realtime_limits") or rp.limits_from_env()
     key = token or "-"
     sid = (ws.query_params.get("stream") or "").strip()
     fleet = state.get("fleet")
@@ -110,7 +110,7 @@ class RealtimeSession:
         self.response: asyncio.Task | None = None
         self.closing: tuple[int, str] | None = None
         self._last_t: float | None = None
-        self._first: tuple[float, float] | None = None  # (client t, wall) of the first frame
+        self._best_delay: float | None = None  # min over accepted frames of (arrival wall - client stamp)
         self._window = (0.0, 0)  # frame-rate window: (start wall, frames in it)
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()  # set once the stream's worker is known
@@ -281,15 +281,15 @@ class RealtimeSession:
             self.counts["frames_refused"] += 1
             raise rp.ProtocolError("timestamp_not_increasing", f"frame timestamp {ts:.3f} is not after the previous "
                                                                f"one ({self._last_t:.3f}); the frame was dropped", eid)
-        if self._first is None:
-            self._first = (ts, now)
-        drift = (ts - self._first[0]) - (now - self._first[1])
-        if drift > self.limits.max_skew_s or drift < -self.limits.max_lag_s:
+        delay = now - ts  # arrival delay + clock offset; the smallest seen is the best clock mapping
+        best = self._best_delay if self._best_delay is not None else delay
+        if best - delay > self.limits.max_skew_s or delay - best > self.limits.max_lag_s:
             self.counts["frames_refused"] += 1
-            raise rp.ProtocolError("timestamp_skew", f"frame timestamp {ts:.3f} is {drift:+.1f} s off the wall clock "
-                                                     f"since the first frame (allowed: +{self.limits.max_skew_s:g} / "
-                                                     f"-{self.limits.max_lag_s:g} s); stamp frames with the capture "
-                                                     "clock", eid)
+            raise rp.ProtocolError("timestamp_skew", f"frame timestamp {ts:.3f} is {best - delay:+.1f} s off the "
+                                                     "wall clock against the earlier frames (allowed: "
+                                                     f"+{self.limits.max_skew_s:g} / -{self.limits.max_lag_s:g} s); "
+                                                     "stamp frames with their capture clock", eid)
+        self._best_delay = min(best, delay)
         self._last_t = ts
         self.counts["frames_received"] += 1
         return ("frame", data, ts)

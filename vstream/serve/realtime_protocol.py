@@ -46,6 +46,23 @@ class RealtimeLimits:
         return self
 
 
+def limits_from_env() -> RealtimeLimits:
+    """``RealtimeLimits`` with the overrides in ``$VSTREAM_REALTIME_LIMITS`` (JSON, e.g. ``{"max_fps": 10}``)."""
+    import os
+
+    text = os.environ.get("VSTREAM_REALTIME_LIMITS")
+    if not text:
+        return RealtimeLimits()
+    try:
+        over = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError("VSTREAM_REALTIME_LIMITS must be a JSON object, e.g. '{\"max_fps\": 10}'") from None
+    known = set(RealtimeLimits.__dataclass_fields__)
+    if not isinstance(over, dict) or set(over) - known:
+        raise ValueError(f"VSTREAM_REALTIME_LIMITS keys must be among {', '.join(sorted(known))}")
+    return RealtimeLimits(**over).check()
+
+
 class ProtocolError(ValueError):
     """A bad client message: becomes an ``error`` event; the session goes on."""
 

@@ -475,7 +475,7 @@ class RealtimeSession:
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
             status = "failed"
             self._lost(e)
-        full = answer["text"] if answer else "".join(text)
+        full = "".join(text) if text else (answer or {}).get("text", "")  # the deltas, as the client saw them
         self.send(rp.event("response.text.done", text=full, **base))
         vs = None
         if answer is not None:

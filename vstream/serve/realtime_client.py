@@ -66,8 +66,9 @@ class RealtimeClient:
         from websockets.sync.client import connect
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        self._ws = connect(self.url, additional_headers=headers, subprotocols=["realtime"],
+        self._cm = connect(self.url, additional_headers=headers, subprotocols=["realtime"],
                            open_timeout=self.open_timeout, max_size=None, close_timeout=5)
+        self._ws = self._cm.__enter__()  # the context-manager form: the direct one is deprecated
         self.close_code = None
         self._rx = threading.Thread(target=self._receive, name="vstream-realtime-rx", daemon=True)
         self._rx.start()
@@ -113,7 +114,7 @@ class RealtimeClient:
     def close(self) -> None:
         """Close the connection (the stream and its memory stay on the server)."""
         if self._ws is not None:
-            self._ws.close()
+            self._cm.__exit__(None, None, None)
             if self._rx is not None:
                 self._rx.join(5)
             self._ws = None

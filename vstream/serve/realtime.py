@@ -34,6 +34,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from vstream.serve import realtime_protocol as rp
 from vstream.serve.push_stream import PUSH_SPEC, is_push
+from vstream.serve.realtime_responses import answer, commentate
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,8 @@ class RealtimeSession:
         if old is not None:
             old.stop(1008, "session_replaced", "another session took over this stream")
         _ACTIVE[self.sid] = self
-        self._tasks = [asyncio.create_task(c) for c in (self._writer(), self._forwarder(), self._poller())]
+        self._tasks = [asyncio.create_task(c) for c in (self._writer(), self._forwarder(), self._poller(),
+                                                         self._commentator())]
         for t in self._tasks[1:]:
             t.add_done_callback(self._task_done)
         try:
@@ -448,43 +450,10 @@ class RealtimeSession:
         self.response = asyncio.create_task(self._answer(question.strip(), mnt))
 
     async def _answer(self, question: str, mnt: int | None) -> None:
-        import ray
+        await answer(self, question, mnt)
 
-        from vstream.serve.controller import unwrap
-
-        rid, iid = rp.new_id("resp"), rp.new_id("item")
-        base = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}
-        self.send(rp.event("response.created", response={"id": rid, "object": "realtime.response",
-                                                          "status": "in_progress", "output": []}))
-        text, answer, status = [], None, "completed"
-        try:
-            gen = self.handle.ask_stream.options(num_returns="streaming").remote(self.sid, question, mnt, True)
-            async for ref in gen:
-                item = await ref
-                if isinstance(item, str):
-                    text.append(item)
-                    self.counts["response_deltas"] += 1
-                    self.send(rp.event("response.text.delta", delta=item, **base))
-                else:
-                    answer = item
-        except asyncio.CancelledError:
-            status = "cancelled"
-        except ray.exceptions.RayTaskError as e:
-            status = "failed"
-            self.send(rp.error_event("response_failed", " ".join(str(unwrap(e)).split())[:300], type_="server_error"))
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-            status = "failed"
-            self._lost(e)
-        full = "".join(text) if text else (answer or {}).get("text", "")  # the deltas, as the client saw them
-        self.send(rp.event("response.text.done", text=full, **base))
-        vs = None
-        if answer is not None:
-            vs = {"asked_at_s": answer.get("asked_at_s"), "asked_at_client": self.client_time(answer.get("asked_at_s")),
-                  "ttft_s": answer.get("ttft_s"), "evidence": [self._evidence(e) for e in answer.get("evidence", [])]}
-        out = [{"id": iid, "object": "realtime.item", "type": "message", "role": "assistant",
-                "content": [{"type": "text", "text": full}]}]
-        self.send(rp.event("response.done", response={"id": rid, "object": "realtime.response", "status": status,
-                                                      "output": out, "vstream": vs}))
+    async def _commentator(self) -> None:
+        await commentate(self)
 
     # ---- state --------------------------------------------------------------------------------
     def _session_obj(self) -> dict[str, Any]:

@@ -21,7 +21,8 @@ VSTREAM_EVENTS = ("input_video_frame.append", "commentary.delta", "alert.fired",
 SAMPLE_RATES = (16000, 24000)
 CREATION_FIELDS = ("fps", "chunk_seconds", "input_audio_transcription", "alerts")  # fixed once the stream exists
 SESSION_FIELDS = CREATION_FIELDS + ("input_audio_format", "input_audio_sample_rate", "modalities", "instructions",
-                                    "max_response_output_tokens", "stats_interval_s")
+                                    "max_response_output_tokens", "stats_interval_s", "commentary")
+COMMENTARY_PROMPT = "In one short sentence, what is happening now?"
 
 
 @dataclass
@@ -189,6 +190,8 @@ def session_changes(msg: dict, started: bool) -> dict[str, Any]:
         raise ProtocolError("invalid_value", "'input_audio_format' must be 'pcm16' (mono, little-endian)", eid)
     if "input_audio_sample_rate" in out and out["input_audio_sample_rate"] not in SAMPLE_RATES:
         raise ProtocolError("invalid_value", f"'input_audio_sample_rate' must be one of {SAMPLE_RATES}", eid)
+    if "commentary" in out and not isinstance(out["commentary"], bool):
+        raise ProtocolError("invalid_value", "'commentary' must be true or false", eid)
     al = out.get("alerts")
     if al is not None and not (isinstance(al, list) and all(isinstance(a, str) and a.strip() for a in al)):
         raise ProtocolError("invalid_value", "'alerts' must be a list of conditions (strings)", eid)

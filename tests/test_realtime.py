@@ -330,6 +330,27 @@ def test_transport_refusals_and_the_server_is_healthy_after(env):
     assert _health(url)["workers_alive"] == 2
 
 
+def test_commentary_follows_the_pushed_chunks(env):
+    fleet, url = env
+    seen: list[dict] = []
+    rt = _client(url, "narrator", on_event=seen.append)
+    rt.update_session(fps=2, commentary=True)
+    t0 = time.monotonic()
+    _start(rt, _color_jpeg(0), t0)
+    for i in range(1, 10):  # 4.5 s of frames at real time
+        time.sleep(max(0.0, t0 + i * 0.5 - time.monotonic()))
+        rt.append_frame(_color_jpeg(i), t0 + i * 0.5)
+    assert _wait(lambda: [e for e in seen if e["type"] == "commentary.done"], 60)
+    rt.close()
+    done = [e for e in seen if e["type"] == "commentary.done"]
+    deltas = [e for e in seen if e["type"] == "commentary.delta"]
+    first = done[0]
+    assert first["text"] == "".join(d["delta"] for d in deltas if d["chunk"] == first["chunk"]) and first["text"]
+    assert first["client_timestamp"] == pytest.approx(t0 + first["stream_time_s"])
+    assert 1.0 <= first["stream_time_s"] <= 5.0
+    assert not _errors(seen)
+
+
 # ---- the command line -------------------------------------------------------------------------------
 def test_vstream_push_feeds_a_stream_that_answers_over_http_and_websocket(env, tmp_path):
     import httpx
@@ -339,12 +360,13 @@ def test_vstream_push_feeds_a_stream_that_answers_over_http_and_websocket(env, t
     tok.write_text(TOKEN + "\n")
     envv = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     p = subprocess.run([sys.executable, "-m", "vstream", "push", str(LECTURE), "--to", url, "--stream", "lec",
-                        "--token-file", str(tok), "--duration", "8", "--ask", "What is on the slide?",
-                        "--ask-at", "4", "--json"], capture_output=True, text=True, timeout=300, env=envv, cwd=REPO)
+                        "--token-file", str(tok), "--duration", "13", "--ask", "What is on the slide?",
+                        "--ask-at", "4", "--linger", "6", "--json"], capture_output=True, text=True, timeout=300, env=envv, cwd=REPO)
     assert p.returncode == 0, p.stderr[-2000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
-    assert summary["frames"] >= 15 and summary["errors"] == 0 and summary["audio_s"] == pytest.approx(8.0, abs=0.6)
+    assert summary["frames"] >= 25 and summary["errors"] == 0 and summary["audio_s"] == pytest.approx(13.0, abs=0.6)
     assert len(summary["answers"]) == 1 and summary["answers"][0]
+    assert "steam" in summary["transcript"].lower(), summary  # the first 10 s window of speech, recognised
     placement = fleet.placement()["lec"]
     assert placement["source"] == "push:"
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -352,7 +374,7 @@ def test_vstream_push_feeds_a_stream_that_answers_over_http_and_websocket(env, t
                                                        "max_new_tokens": 6}, headers=headers, timeout=120)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["text"] and body["asked_at_s"] >= 6.0 and body["evidence"]
+    assert body["text"] and body["asked_at_s"] >= 11.0 and body["evidence"]
     assert any("speech:" in (e.get("text") or "") for e in body["evidence"])  # the pushed audio, recognised
     with _client(url, "lec") as rt:  # attach to the stream the push made
         assert rt.session["vstream"]["attached"] and rt.session["vstream"]["started"]

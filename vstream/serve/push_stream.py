@@ -233,6 +233,12 @@ class PushWorkerMixin:
         if feed is not None:
             feed.close()
 
+    def _push_stats_into(self, stream_id: str, stats: dict[str, Any]) -> None:
+        """A pushed stream's feed counters (frames accepted / dropped / refused, audio) as ``stats["push"]``."""
+        feed = self._push_feeds().get(stream_id)
+        if feed is not None:
+            stats["push"] = feed.stats()
+
     def _feed(self, stream_id: str) -> PushFeed:
         feed = self._push_feeds().get(stream_id)
         if feed is None:

@@ -115,6 +115,7 @@ class RealtimeSession:
         self._window = (0.0, 0)  # frame-rate window: (start wall, frames in it)
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()  # set once the stream's worker is known
+        self._stopped = asyncio.Event()  # set by stop()
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -159,6 +160,7 @@ class RealtimeSession:
         if err:
             self.send(rp.error_event(err, message, type_="server_error" if code >= 1011 else "invalid_request_error"))
         self.closing = (code, err or "")
+        self._stopped.set()
         self.outq_put_end()
 
     def outq_put_end(self) -> None:
@@ -170,6 +172,7 @@ class RealtimeSession:
     async def _finish(self) -> None:
         if self.closing is None:
             self.closing = (1000, "")
+            self._stopped.set()
             self.outq_put_end()
         writer = self._tasks[0] if self._tasks else None
         if writer is not None:
@@ -215,23 +218,34 @@ class RealtimeSession:
 
     # ---- input --------------------------------------------------------------------------------
     async def _reader(self) -> None:
-        while self.closing is None:
-            try:
-                msg = await asyncio.wait_for(self.ws.receive(), self.limits.idle_timeout_s)
-            except asyncio.TimeoutError:
-                self.stop(1000, "idle_timeout", f"no message for {self.limits.idle_timeout_s:g} s; the session "
-                                                "ended (the stream and its memory stay)")
-                return
-            if msg["type"] == "websocket.disconnect":
-                return
-            self.counts["messages"] += 1
-            try:
-                await self._handle(rp.parse(msg.get("text") if msg.get("text") is not None else msg.get("bytes") or b"",
-                                            self.limits))
-            except rp.ProtocolError as e:
-                self.error(e)
-            except (ValueError, RuntimeError) as e:  # the fleet refused (e.g. a bad setting): say why
-                self.error(rp.ProtocolError("invalid_request", " ".join(str(e).split())[:300]))
+        stopped = asyncio.ensure_future(self._stopped.wait())  # stop() from another task wakes the reader
+        recv = None
+        try:
+            while self.closing is None:
+                recv = recv or asyncio.ensure_future(self.ws.receive())
+                done, _ = await asyncio.wait({recv, stopped}, timeout=self.limits.idle_timeout_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if stopped in done:
+                    return
+                if not done:
+                    self.stop(1000, "idle_timeout", f"no message for {self.limits.idle_timeout_s:g} s; the session "
+                                                    "ended (the stream and its memory stay)")
+                    return
+                msg, recv = recv.result(), None
+                if msg["type"] == "websocket.disconnect":
+                    return
+                self.counts["messages"] += 1
+                try:
+                    text = msg.get("text") if msg.get("text") is not None else msg.get("bytes") or b""
+                    await self._handle(rp.parse(text, self.limits))
+                except rp.ProtocolError as e:
+                    self.error(e)
+                except (ValueError, RuntimeError) as e:  # the fleet refused (e.g. a bad setting): say why
+                    self.error(rp.ProtocolError("invalid_request", " ".join(str(e).split())[:300]))
+        finally:
+            for f in (recv, stopped):
+                if f is not None and not f.done():
+                    f.cancel()
 
     async def _handle(self, msg: dict) -> None:
         t = msg["type"]

@@ -246,6 +246,7 @@ class FleetWorker(PushWorkerMixin):
         now = time.monotonic()
         for sid, v in st["streams"].items():
             v["uptime_s"] = now - self._added_wall.get(sid, now)
+            self._push_stats_into(sid, v)
         st["worker"] = {"name": self.name, "pid": self.pid, "model": self.agent.model_name}
         return st
 

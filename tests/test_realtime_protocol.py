@@ -111,3 +111,22 @@ def test_push_feed_clock_origin_is_persisted_and_stamps_must_increase(tmp_path):
     fresh = PushFeed("s", str(mem), 0.0, resume=False)  # a new stream of the same id: a new clock
     assert fresh.push_frames([(png[0], 7.0)])["origin"] == 7.0
     fresh.close()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["push", "no-such-clip.mp4", "--to", "http://127.0.0.1:9", "--stream", "x"], "does not exist"),
+    (["push", "data/sample.mp4", "--to", "http://127.0.0.1:9", "--stream", "x", "--fps", "0"], "--fps"),
+    (["push", "data/sample.mp4", "--to", "ftp://127.0.0.1:9", "--stream", "x"], "http://HOST:PORT"),
+    (["push", "data/sample.mp4", "--to", "http://127.0.0.1:9", "--stream", "x", "--reconnects", "0"],
+     "cannot connect"),
+])
+def test_vstream_push_bad_input_is_one_line_error(argv, words, capsys, monkeypatch):
+    from conftest import REPO
+    from vstream.cli.main import main
+
+    monkeypatch.chdir(REPO)
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("vstream: error:"), err
+    assert words in lines[0] and "Traceback" not in err

@@ -320,6 +320,18 @@ def test_transport_refusals_and_the_server_is_healthy_after(env):
             break
     raw_cm.__exit__(None, None, None)
     assert dropped is not None and got + dropped == n, (got, dropped)
+    # a client that vanishes (no close frame): its session ends, the stream stays (detached) with its memory
+    gone = _client(url, "vanisher")
+    t1 = time.monotonic()
+    _start(gone, _color_jpeg(0), t1)
+    for i in range(1, 5):
+        gone.append_frame(_color_jpeg(i), t1 + i * 0.5)
+    assert fleet.wait_chunks("vanisher", 1, timeout=60)
+    assert _wait(lambda: fleet.stats()["streams"]["vanisher"].get("push", {}).get("attached"), 30)
+    gone._ws.socket.shutdown(socket.SHUT_RDWR)  # the network went away
+    gone._ws.socket.close()
+    assert _wait(lambda: not fleet.stats()["streams"]["vanisher"]["push"]["attached"], 30)
+    assert "vanisher" in fleet.placement() and fleet.stats()["streams"]["vanisher"]["long_term_entries"] >= 1
     # the idle timeout ends a silent session (the stream stays)
     seen: list[dict] = []
     with _client(url, "idle", on_event=seen.append) as rt:

@@ -94,7 +94,7 @@ class Pusher:
             self._print(ev if self.args.json else f"[speech {ev['start_s']:.1f}-{ev['end_s']:.1f}s] {ev['delta']}")
         elif t in ("alert.fired", "gap") and not self.args.json:
             self._print(f"{t}: {ev.get('condition') or ev.get('silent_s')}")
-        elif t in ("alert.fired", "gap", "response.done"):
+        elif t in ("alert.fired", "gap", "response.done") and self.args.json:
             self._print(ev)
 
     # ---- connection ---------------------------------------------------------------------------
@@ -148,7 +148,7 @@ class Pusher:
         first = next(frames, None)
         if first is None:
             raise ValueError(f"source {a.source!r} has no frames")
-        self.base = self._prime(first)  # the client clock at stream time a.start
+        self.base, primed = self._prime(first)  # the client clock at clip time a.start
         threads = []
         if blocks is not None:
             threads.append(threading.Thread(target=self._audio, args=(blocks, live), daemon=True))
@@ -157,7 +157,7 @@ class Pusher:
         for t in threads:
             t.start()
         try:
-            self._frames(itertools.chain([first], frames), live, end_s)
+            self._frames(frames if primed else itertools.chain([first], frames), live, end_s)
         finally:
             self.stop.set()
             for t in threads:
@@ -169,17 +169,21 @@ class Pusher:
                 src.close()
         return {**self.sent, "session_stats": stats}
 
-    def _prime(self, first) -> float:
+    def _prime(self, first) -> tuple[float, bool]:
         """Send the first frame and wait until the server has created (or attached) the stream: loading the
-        stream's models takes seconds, and the real-time clock starts after that. Returns the clock base."""
-        if not self.client.session.get("vstream", {}).get("started"):
-            self.send(self.client.append_frame, jpeg(first.rgb, self.args.max_side, self.args.quality), time.monotonic())
-            end = time.monotonic() + 300
-            while not self.client.session.get("vstream", {}).get("started"):
-                if time.monotonic() > end:
-                    raise RuntimeError("the server did not start the stream within 300 s")
-                time.sleep(0.05)
-        return time.monotonic() + 1e-3
+        stream's models takes seconds. Returns (the client clock at the first frame, whether it was sent): the
+        frames and audio of those seconds then go at once, and the stream's times are the clip's."""
+        if self.client.session.get("vstream", {}).get("started"):
+            return time.monotonic(), False
+        ts = time.monotonic()
+        self.send(self.client.append_frame, jpeg(first.rgb, self.args.max_side, self.args.quality), ts)
+        self.sent["frames"] += 1
+        end = ts + 300
+        while not self.client.session.get("vstream", {}).get("started"):
+            if time.monotonic() > end:
+                raise RuntimeError("the server did not start the stream within 300 s")
+            time.sleep(0.05)
+        return ts - (first.t - self.args.start), True
 
     def _wait_until(self, t: float) -> None:
         dt = self.base + (t - self.args.start) - time.monotonic()

@@ -172,6 +172,12 @@ class PushFeed:
         with self._lock:
             return [e for e in self._events if e["n"] > after]
 
+    @property
+    def seq(self) -> int:
+        """The number of the newest event."""
+        with self._lock:
+            return self._seq
+
     def on_segment(self, seg) -> None:
         self.emit({"type": "transcript", "text": seg.text, "start_s": seg.start_s, "end_s": seg.end_s})
 
@@ -257,7 +263,7 @@ class PushWorkerMixin:
     def push_events(self, stream_id: str, after: int = 0) -> dict[str, Any]:
         """Events of the stream numbered above ``after`` and the feed's counters."""
         feed = self._feed(stream_id)
-        return {"events": feed.events(after), "feed": feed.stats()}
+        return {"events": feed.events(after), "feed": feed.stats(), "seq": feed.seq}
 
     def push_detach(self, stream_id: str) -> None:
         """The client went away: the stream stays (memory kept, a reconnect attaches again)."""

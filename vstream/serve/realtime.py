@@ -115,6 +115,7 @@ class RealtimeSession:
         self._window = (0.0, 0)  # frame-rate window: (start wall, frames in it)
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()  # set once the stream's worker is known
+        self._cursor = 0  # the newest worker event handed on
         self._stopped = asyncio.Event()  # set by stop()
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -337,6 +338,10 @@ class RealtimeSession:
 
     async def _locate(self) -> None:
         _, self.handle = await run_in_threadpool(self.fleet.actor_of, self.sid)
+        got = await self.handle.push_events.remote(self.sid, 1 << 62)  # the clock origin, the newest event
+        self._cursor = got["seq"]  # events from now on (an attached stream's older ones were someone else's)
+        self.worker_stats = got["feed"]
+        self._note_origin(got["feed"])
         self.ready.set()
 
     def _lost(self, e: BaseException) -> None:
@@ -400,23 +405,22 @@ class RealtimeSession:
     async def _poller(self) -> None:
         import ray
 
-        after, last_stats = 0, time.monotonic()
+        last_stats = time.monotonic()
         while True:
             await asyncio.sleep(0.25)
             if self.handle is None:
                 continue
             try:
-                got = await self.handle.push_events.remote(self.sid, after)
+                got = await self.handle.push_events.remote(self.sid, self._cursor)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
                 self._lost(e)
                 return
             except ray.exceptions.RayTaskError:
                 continue  # the stream is being re-placed or removed
             self.worker_stats = got["feed"]
-            if self.origin is None and got["feed"].get("origin") is not None:
-                self.origin = got["feed"]["origin"]
+            self._note_origin(got["feed"])
             for ev in got["events"]:
-                after = max(after, ev["n"])
+                self._cursor = max(self._cursor, ev["n"])
                 out = self._map_event(ev)
                 if out is not None:
                     self.send(out)

@@ -8,7 +8,6 @@ order: the last one kills an actor.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import socket

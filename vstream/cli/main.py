@@ -24,6 +24,7 @@ from vstream.cli.fleet import add_parser as add_fleet_parser
 from vstream.cli.serve import add_parser as add_serve_parser
 from vstream.cli.timeopts import (add_time_args, add_timeline_parser, check_time_args, session_span, span_text,
                                   when_text)
+from vstream.cli.push import add_parser as add_push_parser
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(sub)
     add_fleet_parser(sub)
     add_serve_parser(sub)
+    add_push_parser(sub)
     add_eval_parser(sub, agent_from_args)
     return ap
 

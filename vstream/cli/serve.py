@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -54,7 +55,7 @@ def cmd_serve(args) -> int:
     from ray import serve
 
     from vstream.serve.client import RayFleet
-    from vstream.serve.http import deploy, read_token
+    from vstream.serve.http import deploy
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be 1..65535, got {args.port}")
@@ -109,3 +110,11 @@ def cmd_serve(args) -> int:
                 ray.shutdown()
     print("vstream serve: stopped", file=sys.stderr)
     return 0
+
+
+def read_token(path: str | os.PathLike) -> str:
+    """The token in a file (surrounding whitespace removed); ValueError when the file is empty."""
+    tok = Path(path).read_text(encoding="utf-8").strip()
+    if not tok:
+        raise ValueError(f"token file {path} is empty; put a secret on its first line")
+    return tok

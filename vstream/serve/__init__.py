@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from vstream import lazy_exports
 
-_EXPORTS = {"RayFleet": "client"}
+_EXPORTS = {"RayFleet": "client", "RealtimeClient": "realtime_client"}
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)  # lazy: importing vstream.serve does not import ray

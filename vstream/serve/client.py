@@ -309,3 +309,6 @@ class RayFleet:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+from vstream.serve.realtime_client import RealtimeClient  # noqa: E402,F401 - ``vstream.serve.client.RealtimeClient``

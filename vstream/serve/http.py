@@ -16,6 +16,7 @@ OpenAI clients read):
     POST   /v1/chat/completions          OpenAI-compatible; ``model`` is a stream id; the last user message is
                                          the question (the stream's memory keeps its own history); stream true/false
     GET    /metrics                      Prometheus text
+    WS     /v1/realtime?stream=ID        push frames and audio, ask, hear events (vstream.serve.realtime)
 
 Security: a bearer token (``Authorization: Bearer <token>``) on everything but /v1/health when the server
 has one, checked before anything else in the request is looked at. Requests are validated by
@@ -51,8 +52,7 @@ logger = logging.getLogger(__name__)
 app = FastAPI(title="vstream", version="1", docs_url=None, redoc_url=None, openapi_url=None)
 _STATE: dict[str, Any] = {}  # fleet, token, allow_dir, limits, followers: set by configure() in each process
 
-__all__ = ["APIError", "app", "authorize", "check_source", "configure", "current_limits", "deploy", "read_body",
-           "read_token"]
+__all__ = ["APIError", "app", "authorize", "check_source", "configure", "current_limits", "deploy", "read_body"]
 
 
 def configure(fleet, *, token: str | None = None, allow_dir: str | Path | None = None,
@@ -460,6 +460,11 @@ async def metrics(request: Request):
     return PlainTextResponse(render(await run_in_threadpool(_fleet().stats)), media_type=CONTENT_TYPE)
 
 
+from vstream.serve.realtime import register as _register_realtime  # noqa: E402
+
+_register_realtime(app)  # WS /v1/realtime (vstream.serve.realtime)
+
+
 # ---- Ray Serve ----------------------------------------------------------------------------------
 def deploy(controller_name: str, *, namespace: str = "vstream", token: str | None = None,
            allow_dir: str | None = None, host: str = "127.0.0.1", port: int = 8000, name: str = "vstream",
@@ -487,11 +492,3 @@ def deploy(controller_name: str, *, namespace: str = "vstream", token: str | Non
     serve.run(VstreamAPI.bind(controller_name, namespace, token, allow_dir, lim.to_dict()), name=name,
               route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
-
-
-def read_token(path: str | os.PathLike) -> str:
-    """The token in a file (surrounding whitespace removed); ValueError when the file is empty."""
-    tok = Path(path).read_text(encoding="utf-8").strip()
-    if not tok:
-        raise ValueError(f"token file {path} is empty; put a secret on its first line")
-    return tok

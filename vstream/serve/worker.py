@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from vstream.fleet.core import Fleet
 from vstream.serve.journal import Outbox
+from vstream.serve.push_stream import PushWorkerMixin, is_push
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def source_kind(spec: str) -> str:
 
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return "synthetic"
+    if is_push(spec):
+        return "push"  # frames from a realtime client (vstream.serve.push_stream)
     if is_url(spec) or is_device(spec):
         return "url"
     return "file"
@@ -84,7 +87,7 @@ class _WriteThroughFleet(Fleet):
         super()._after_chunk(s, ch)
 
 
-class FleetWorker:
+class FleetWorker(PushWorkerMixin):
     """One model, one Fleet; the methods are what the controller and clients call on the actor."""
 
     def __init__(self, name: str, model: str, config: Any = None, *, device: str = "cpu", dtype: str | None = None,
@@ -146,11 +149,15 @@ class FleetWorker:
         if (Path(memory_dir) / "config.json").exists():  # a memory of this id: the same source resumes it
             claim_identity(memory_dir, ident)  # another source: ValueError (HTTP 409), nothing opened
             resume_at = _latest_end_s(memory_dir)
-        src = open_source(source, start_s=resume_at) if (resume_at > 0 and kind in _RESTARTABLE) else open_source(source)
-        if resume_at > 0 and kind not in _RESTARTABLE:  # a live URL restarts its clock at 0: continue after the store
+        if kind == "push":
+            src = self._push_source(stream_id, memory_dir, resume_at, resume)
+            opts["realtime"] = False  # frames arrive in real time already; a full queue drops (counted)
+        else:
+            src = open_source(source, start_s=resume_at) if (resume_at > 0 and kind in _RESTARTABLE) else open_source(source)
+        if resume_at > 0 and kind not in _RESTARTABLE and kind != "push":  # a live URL restarts its clock at 0
             from vstream.session.memory_dir import ShiftedSource
 
-            src = ShiftedSource(src, resume_at)
+            src = ShiftedSource(src, resume_at)  # continue after the store
         gate = _Gate(src)
         self._outboxes[stream_id] = Outbox(outbox, stream_id, epoch)
         try:
@@ -160,6 +167,7 @@ class FleetWorker:
         except BaseException:
             self._outboxes.pop(stream_id).close()
             gate.close()
+            self._push_removed(stream_id)
             raise
         if resume_at == 0 and not read_sources(memory_dir):
             claim_identity(memory_dir, ident, check=False)  # the store exists now: record whose memory it is
@@ -171,6 +179,8 @@ class FleetWorker:
                 c.last_fired_s = float(alert_state[c.text])
                 c.active = True
         self._added_wall[stream_id] = time.monotonic()
+        if kind == "push":
+            self._push_started(stream_id)
         gate.open()
         return {"stream": stream_id, "worker": self.name, "resumed_at_s": resume_at, "epoch": epoch}
 
@@ -181,6 +191,7 @@ class FleetWorker:
         try:
             self.fleet.remove(stream_id)
         finally:
+            self._push_removed(stream_id)
             self._moving.discard(stream_id)
             box = self._outboxes.pop(stream_id, None)
             if box is not None:
@@ -298,6 +309,7 @@ class FleetWorker:
         now = time.monotonic()
         for sid, v in st["streams"].items():
             v["uptime_s"] = now - self._added_wall.get(sid, now)
+            self._push_stats_into(sid, v)
         st["worker"] = {"name": self.name, "pid": self.pid, "model": self.agent.model_name,
                         "questions_cancelled": self.cancelled}
         return st
@@ -321,6 +333,8 @@ def source_spec_identity(spec: str) -> dict:
     kind = source_kind(spec)
     if kind == "url":
         return {"kind": "stream", "name": _redact(spec)}
+    if kind == "push":  # frames pushed by a client (WS /v1/realtime)
+        return {"kind": "push", "name": spec}
     if kind == "synthetic":
         from vstream.sources import SyntheticSource, synthetic_kwargs
 

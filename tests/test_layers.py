@@ -43,7 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     "session": {"vstream", "memory", "config", "types", "clock", "sources", "engine"},
     "api": {"config", "types", "clock", "models", "sources", "speech", "engine", "session"},
     "fleet": {"vstream", "memory", "config", "types", "clock", "sources", "engine", "session"},
-    "serve": {"vstream", "memory", "types", "models", "sources", "api", "fleet"},
+    "serve": {"vstream", "memory", "types", "clock", "models", "sources", "speech", "session", "api", "fleet"},
     "app": {"vstream", "types", "sources", "session"},
     "eval": {"memory", "sources", "api"},
     "bench": {"eval", "memory", "config", "models", "sources", "speech", "engine", "session", "api", "fleet",

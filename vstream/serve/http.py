@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
@@ -43,6 +42,8 @@ from starlette.concurrency import run_in_threadpool
 
 from vstream.serve.followers import FollowerBudget
 from vstream.serve.limits import LimitExceeded, ServeLimits
+from vstream.serve.realtime import register as register_realtime
+from vstream.serve.state import STATE
 from vstream.serve.validation import (APIError, AskBody, ChatBody, CreateStream, cap_tokens, chat_question,
                                       check_question, check_source, parse_body, redact_source, stream_options,
                                       time_range, validate)
@@ -50,7 +51,7 @@ from vstream.serve.validation import (APIError, AskBody, ChatBody, CreateStream,
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="vstream", version="1", docs_url=None, redoc_url=None, openapi_url=None)
-_STATE: dict[str, Any] = {}  # fleet, token, allow_dir, limits, followers: set by configure() in each process
+_STATE = STATE  # fleet, token, allow_dir, limits, followers: set by configure() in each process
 
 __all__ = ["APIError", "app", "authorize", "check_source", "configure", "current_limits", "deploy", "read_body"]
 
@@ -460,9 +461,7 @@ async def metrics(request: Request):
     return PlainTextResponse(render(await run_in_threadpool(_fleet().stats)), media_type=CONTENT_TYPE)
 
 
-from vstream.serve.realtime import register as _register_realtime  # noqa: E402
-
-_register_realtime(app)  # WS /v1/realtime (vstream.serve.realtime)
+register_realtime(app)  # WS /v1/realtime (vstream.serve.realtime)
 
 
 # ---- Ray Serve ----------------------------------------------------------------------------------

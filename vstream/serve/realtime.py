@@ -44,13 +44,13 @@ _TOKEN_PROTOCOLS = ("openai-insecure-api-key.", "vstream-token.")
 
 
 def register(app) -> None:
-    """Add the WebSocket route to ``app`` (the state, fleet and token, is ``vstream.serve.http._STATE``)."""
+    """Add the WebSocket route to ``app`` (the state, fleet and token, is ``vstream.serve.state.STATE``)."""
 
     @app.websocket("/v1/realtime")
     async def realtime(ws: WebSocket) -> None:
-        from vstream.serve import http  # looked up here: Serve runs a pickled copy of the app in its replica
+        from vstream.serve.state import STATE  # looked up here: Serve runs a pickled copy of the app in its replica
 
-        await serve_session(ws, http._STATE)
+        await serve_session(ws, STATE)
 
 
 def _token_of(ws: WebSocket) -> str | None:

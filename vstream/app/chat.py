@@ -195,6 +195,11 @@ def format_status(st: dict) -> str:
             ("long-term entries", str(s.get("long_term_entries", 0))),
             ("questions pending / answered", f"{s.get('queries_pending', 0)} / {s.get('queries_answered', 0)}"),
         ]
+        asr = s.get("asr")
+        if asr:
+            rtf = "-" if asr.get("rtf") is None else f"{asr['rtf']:.2f}"
+            rows.append(("speech lines / waiting / real-time factor",
+                         f"{asr.get('segments', 0)} / {asr.get('queue_s', 0):.0f} s / {rtf}"))
         if s.get("error"):
             rows.append(("error", clean_text(str(s["error"]))))
     wc = st.get("webcam")

@@ -179,6 +179,9 @@ class AppController(SharedView):
                 session.on_commentary(lambda item, gen=gen: self._on_commentary(gen, item))
             dropped = self.book.clear()  # alerts belong to the source they were set on
             self.state_version += 1
+            if self._asr_active and kind in ("upload", "url"):
+                threading.Thread(target=self._finish_speech, args=(session, gen), daemon=True,
+                                 name="vstream-app-speech-end").start()
         with self._view:
             self._commentary.clear()
             self.commentary_version += 1
@@ -190,6 +193,18 @@ class AppController(SharedView):
         self._broadcast("assistant", f"*{note}*")
         logger.info("%s", note)
         return session
+
+    def _finish_speech(self, session, gen: int) -> None:
+        """When the file (or stream) has ended, recognise the last partial window of its speech too."""
+        while gen == self._generation and not session.ended:
+            time.sleep(0.25)
+        if gen != self._generation:
+            return
+        try:
+            session.speech.finish()
+            logger.info("speech of %s recognised to its end", self.source_label)
+        except Exception:  # noqa: BLE001 - the transcript simply stays as it was
+            logger.exception("finishing the speech track failed")
 
     def _swap_or_close(self, src, kind: str, label: str, video_path: Path | None = None) -> None:
         """Watch the opened source ``src`` as the new session; close it if the session cannot start."""
@@ -360,6 +375,18 @@ class AppController(SharedView):
     def fired_log(self) -> list:
         """Alerts that fired on the current source (``alertbook.Fired``), oldest first."""
         return list(self.book.log)
+
+    def fired_items(self) -> list[tuple]:
+        """Gallery items of the fired-alert log, newest first: ``(thumbnail, "12.0 s · P(yes) 0.0031 · ...")``."""
+        from PIL import Image
+
+        from vstream.app.memory_tab import jpeg_image
+
+        out = []
+        for f in reversed(self.fired_log()):
+            img = jpeg_image(f.thumbnail) or Image.new("RGB", (160, 90), (90, 40, 40))
+            out.append((img, f"{f.at_s:.1f} s · P(yes) {f.probability:.4f} · {clean_text(f.condition)}"))
+        return out
 
     def delete_alert(self, alert_id: int | str) -> str:
         """Remove one standing alert by its number."""

@@ -49,11 +49,14 @@ def overload_warning(stats: dict | None, chunk_seconds: float, last_latency_s: f
     asr = stats.get("asr") or {}
     if (asr.get("dropped_s") or 0) > 0:
         why.append(f"{asr['dropped_s']:.0f} s of audio not recognised")
+    if (asr.get("queue_s") or 0) > 15:
+        why.append(f"speech recognition is {asr['queue_s']:.0f} s behind")
     if not why:
         return ""
     return ("⚠ **Perception is falling behind the stream**: " + "; ".join(why) + ". What it skips is never seen. "
             "Lower the frame rate (`--fps 0.5`), use a smaller model, or drop repeated visual tokens "
-            "(`--token-drop 0.9`).")
+            "(`--token-drop 0.9`)" + ("; for speech, start without the other sources' load or with `--no-asr`"
+                                     if asr else "") + ".")
 
 
 def fmt_span(start_s: float, end_s: float) -> str:

@@ -8,7 +8,6 @@ UI only: every action calls ``vstream.app.controller.AppController`` (which call
 logic lives here. The app binds 127.0.0.1 unless ``--host`` is given; uploads are limited in size
 and type, and saved memories are only ever read from the app's own ``--memory-root`` by name.
 """
-from __future__ import annotations
 
 import argparse
 import logging
@@ -258,6 +257,8 @@ def build_app(ctl, args: argparse.Namespace):
                             comm_on, alerts, del_id, fired, cam_note, versions, my_chat],
                    show_progress="hidden", trigger_mode="once")
         demo.load(lambda c: own_chat(c), inputs=my_chat, outputs=my_chat)  # a chat per browser from the start
+        demo.load(lambda: (ctl.now_line(), ctl.asr_next, ctl.commentary_next),  # the shared state as it is now
+                  outputs=[now, asr_on, comm_on])
     return demo, launch_kwargs(args)
 
 
@@ -268,9 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     from vstream.api import Agent
     from vstream.app.controller import AppController
 
-    # speech and OCR text is found by meaning ("both" retrievers); thumbnails big enough to read when enlarged
-    # audio waits up to 5 minutes for recognition instead of being dropped when speech falls behind
-    overrides = {"memory.retriever": "both", "memory.thumbnail_px": 320, "asr.queue_seconds": 300.0,
+    from vstream.app.view import is_random_preset
+
+    # speech and OCR text are found by meaning (a random model's own key space means nothing: text only);
+    # thumbnails big enough to read; audio waits up to 5 minutes for recognition instead of being dropped
+    retriever = "text" if is_random_preset(args.model) else "both"
+    overrides = {"memory.retriever": retriever, "memory.thumbnail_px": 320, "asr.queue_seconds": 300.0,
                  "asr.beam_size": 1}  # greedy decoding: a live recogniser keeps up better
     if args.fps is not None:
         overrides["sampler.fps"] = args.fps

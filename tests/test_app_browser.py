@@ -203,15 +203,22 @@ def test_lecture_player_transcript_and_thunder_as_speech_evidence(app):
     app.wait(lambda: re.search(r"\[4\d\.\d–5\d\.\d s\] [^\n]*thunder", page.locator("#transcript textarea")
                                .input_value()), 240, "the thunder line in the transcript")
     app.wait(lambda: "(ended)" in page.locator("#status").inner_text(), 120, "the end of the lecture")
+    app.wait(lambda: "all of it recognised" in page.locator("#status").inner_text(), 120, "the end of the speech")
     assert page.locator("#latency-plot").is_visible()
     ask(page, "What did the speaker say about thunder?")
+    speech_line = re.compile(r"speech · 4\d\.\d–5\d\.\d s · [^\n]*thunder")
     app.wait(lambda: "asked at" in page.locator("#chat").inner_text(), 60, "the answer")
+    try:
+        app.wait(lambda: speech_line.search(page.locator("#chat").inner_text()), 10, "the thunder line as speech "
+                 "evidence")
+    except AssertionError:
+        raise AssertionError(f"no speech evidence with the thunder line in the chat:\n"
+                             f"{page.locator('#chat').inner_text()[-1500:]}") from None
     chat = page.locator("#chat").inner_text()
     spans = re.findall(r"(speech|vision(?: \+ OCR)?|text) · (\d+\.\d–\d+\.\d s) · (similarity|retrieval score) "
                        r"([+-]\d\.\d\d)", chat)
     assert spans, chat[-1500:]
     assert len({s[1] for s in spans}) == len(spans), f"a span listed twice: {spans}"
-    assert re.search(r"speech · 4\d\.\d–5\d\.\d s · [^\n]*thunder", chat), chat[-1500:]
     items = page.locator("#evidence .thumbnail-item")
     app.wait(lambda: items.count() == len(spans), 15, "one thumbnail per listed span")
     captions = page.locator("#evidence").inner_text()
@@ -224,3 +231,134 @@ def test_lecture_player_transcript_and_thunder_as_speech_evidence(app):
     assert page.locator("#focus-image img").count() == 1
     assert page.locator("#focus-audio").is_visible()
     shot(page, "app_lecture.png", app.tmp)
+
+
+def test_memory_tab_save_search_timeline_delete(app):
+    """Finding 9: save the lecture's memory, search it (speech hit with a thumbnail), see its timeline and
+    size, and delete it only after confirming its name."""
+    page = app.main
+    page.get_by_role("tab", name="Memory").click()
+    page.locator("#save-name textarea").fill("lecture-1")
+    page.locator("#save-btn").click()
+    app.wait(lambda: "lecture-1" in page.locator("#saved-table").inner_text(), 60, "the saved memory in the table")
+    assert re.search(r"lecture-1\s+[\d.]+ (KiB|MiB)\s+5\d\.\d s", page.locator("#saved-table").inner_text())
+    page.locator("#saved-pick input").fill("lecture-1")
+    page.locator("#saved-pick input").press("Enter")
+    app.wait(lambda: page.locator("#timeline .thumbnail-item").count() >= 5, 30, "the timeline")
+    assert "speech ·" in page.locator("#timeline").inner_text()
+    page.locator("#search-query textarea").fill("how far away is the storm")
+    page.locator("#search-btn").click()
+    app.wait(lambda: page.locator("#search-hits .thumbnail-item").count() >= 1, 60, "search results")
+    page.locator("#search-hits .thumbnail-item").first.click()
+    app.wait(lambda: "thunder" in page.locator("#search-caption").inner_text(), 20, "the best hit")
+    assert "speech" in page.locator("#search-caption").inner_text()
+    shot(page, "app_memory.png", app.tmp)
+    page.locator("#delete-confirm textarea").fill("wrong-name")
+    page.locator("#delete-btn").click()
+    app.wait(lambda: "type its name" in page.locator("#memory-notice").inner_text(), 20, "the refusal")
+    assert "lecture-1" in page.locator("#saved-table").inner_text()
+    page.locator("#delete-confirm textarea").fill("lecture-1")
+    page.locator("#delete-btn").click()
+    app.wait(lambda: "lecture-1" not in page.locator("#saved-table").inner_text(), 20, "the deletion")
+    page.get_by_role("tab", name="Watch").click()
+
+
+def test_two_pages_see_the_same_source_and_settings(app):
+    """Finding 5: after page B switches the source and a setting, page A shows them (timer-refreshed)."""
+    a, b = app.main, app.page()
+    try:
+        app.wait(lambda: "lecture.mp4" in b.locator("#now").inner_text(), 10, "page B to show the source")
+        upload(b, SAMPLE)
+        app.wait(lambda: "sample.mp4" in a.locator("#now").inner_text(), 30, "page A to show page B's source")
+        was = a.locator("#comm-on input").is_checked()
+        b.locator("#comm-on input").click()
+        app.wait(lambda: a.locator("#comm-on input").is_checked() != was, 15, "page A to show the setting")
+        b.locator("#comm-on input").click()  # back as it was
+        app.wait(lambda: a.locator("#comm-on input").is_checked() == was, 15, "the setting back on page A")
+        assert "commentary" in a.locator("#now").inner_text()
+    finally:
+        b.close()
+
+
+def test_answer_arrives_in_pieces(app):
+    """Finding 7: the answer's text grows piece by piece in the chat before the final message."""
+    page = app.main
+    page.evaluate("""() => {
+        window.__pieces = new Set();
+        const chat = document.querySelector('#chat');
+        new MutationObserver(() => {
+            const bots = chat.querySelectorAll('.message.bot, [data-testid="bot"]');
+            const last = bots[bots.length - 1];
+            const t = last ? last.innerText : '';
+            const m = t.match(/\\((\\d+) pieces\\)/);
+            if (m) window.__pieces.add(m[1]);
+        }).observe(chat, {subtree: true, childList: true, characterData: true});
+    }""")
+    ask(page, "Describe everything you have seen so far in detail.")
+    app.wait(lambda: page.locator("#chat").inner_text().count("asked at") >= 2, 60, "the second answer")
+    seen = page.evaluate("() => Array.from(window.__pieces)")
+    assert len(seen) >= 2, f"the answer arrived in one piece: {seen}"
+
+
+def test_webcam_takes_the_source_alert_fires_and_is_deleted(app):
+    """Findings 4 and 6: recording makes the webcam the source; an alert shows its latest P(yes), fires
+    into the log with a thumbnail and can be deleted; frames after another source took over are ignored
+    and the webcam panel says so."""
+    page = app.main
+    page.get_by_role("tab", name="Webcam").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.locator("#webcam button.capture-button").click()  # starts streaming: the webcam becomes the source
+    app.wait(lambda: "webcam" in page.locator("#now").inner_text(), 30, "the webcam to be the source")
+    app.wait(lambda: status_number(page, "chunks (dropped)") >= 1, 30, "a chunk from the webcam")
+    page.locator("#alert-text textarea").fill("tell me when a red square moves")
+    page.locator("#alert-thr input").fill("0.001")
+    page.get_by_role("button", name="Add alert").click()
+    app.wait(lambda: "a red square moves" in page.locator("#alerts").inner_text(), 15, "the alert in the table")
+    app.wait(lambda: re.search(r"0\.0\d{3}\s+\d+\.\d s", page.locator("#alerts").inner_text()), 30,
+             "the alert's latest P(yes) and check time")
+    app.wait(lambda: page.locator("#fired .thumbnail-item").count() >= 1, 60, "the alert to fire")
+    assert re.search(r"P\(yes\) 0\.\d{4}", page.locator("#fired").inner_text())
+    assert "Alert at" in page.locator("#chat").inner_text()
+    shot(page, "app_webcam_alert.png", app.tmp)
+    page.locator("#alert-pick input").click()
+    page.get_by_role("option").first.click()
+    page.locator("#alert-delete").click()
+    app.wait(lambda: "a red square moves" not in page.locator("#alerts").inner_text(), 15, "the deletion")
+    # another browser switches to a file while this one still records: its frames are ignored, and said so
+    other = app.page()
+    try:
+        upload(other, SAMPLE)
+        app.wait(lambda: "sample.mp4" in page.locator("#now").inner_text(), 30, "the switch to the file")
+        app.wait(lambda: "ignored" in page.locator("#webcam-note").inner_text(), 15, "the ignored-frames note")
+    finally:
+        other.close()
+    page.get_by_role("tab", name="Upload").click()
+
+
+def test_cameras_tab_grid_and_ask_all(app):
+    """Finding 10 (many cameras): add two file cameras to the Fleet, see them in the grid, ask them all and
+    get per-camera evidence, remove one."""
+    page = app.main
+    page.get_by_role("tab", name="Cameras").click()
+    for cid, path in (("cam-a", SAMPLE), ("cam-b", SAMPLE)):
+        page.locator("#cam-id textarea").fill(cid)
+        upload(page, path, "#cam-file")
+        page.locator("#cam-add").click()
+        app.wait(lambda cid=cid: f"{cid!r}" in page.locator("#cam-notice").inner_text()
+                 or cid in page.locator("#cam-notice").inner_text(), 30, f"{cid} to be added")
+        page.locator("#cam-file button[aria-label='Clear']").click() if page.locator(
+            "#cam-file button[aria-label='Clear']").count() else None
+    app.wait(lambda: page.locator("#cam-grid .thumbnail-item").count() == 2, 30, "two cameras in the grid")
+    app.wait(lambda: re.search(r"cam-a · \w+ · \d+ s · [1-9]\d* chunks", page.locator("#cam-grid").inner_text()),
+             60, "cam-a's chunks")
+    page.locator("#cam-question textarea").fill("where is the red square?")
+    page.locator("#cam-ask").click()
+    app.wait(lambda: "cam-a" in page.locator("#cam-answers").inner_text(), 60, "the answers of all cameras")
+    answers = page.locator("#cam-answers").inner_text()
+    assert "cam-b" in answers and re.search(r"(vision|speech|text)[^·]* · \d+\.\d–\d+\.\d s", answers), answers
+    assert page.locator("#cam-evidence .thumbnail-item").count() >= 2
+    shot(page, "app_cameras.png", app.tmp)
+    page.locator("#cam-pick input").fill("cam-b")
+    page.locator("#cam-pick input").press("Enter")
+    page.locator("#cam-remove").click()
+    app.wait(lambda: page.locator("#cam-grid .thumbnail-item").count() == 1, 30, "one camera left")

@@ -64,6 +64,7 @@ class AppController(SharedView):
         self.commentary_next = bool(commentary)  # applied when the next source starts
         self.asr_next = bool(asr)  # speech recognition for the next source start
         self._asr_active = False
+        self._speech_done_gen = -1  # the session generation whose speech was recognised to its end
         self.video_path: Path | None = None  # the uploaded file being played (the player shows it)
         self.last_frame: np.ndarray | None = None  # the latest webcam frame [H, W, 3]
         self._last_push_wall = 0.0
@@ -202,6 +203,8 @@ class AppController(SharedView):
             return
         try:
             session.speech.finish()
+            session.engine.apply_inbox()  # the last lines are in memory before the panel says so
+            self._speech_done_gen = gen
             logger.info("speech of %s recognised to its end", self.source_label)
         except Exception:  # noqa: BLE001 - the transcript simply stays as it was
             logger.exception("finishing the speech track failed")
@@ -477,6 +480,8 @@ class AppController(SharedView):
         if self.commentary_next != self._commentary_active and s is not None:
             commentary += f" (→ {'on' if self.commentary_next else 'off'} at the next source start)"
         speech = "on" if self._asr_active else "off"
+        if self._asr_active and self._speech_done_gen == self._generation:
+            speech += " (all of it recognised and in memory)"
         if self.asr_next != self._asr_active and s is not None and kind != "memory":
             speech += f" (→ {'on' if self.asr_next else 'off'} at the next source start)"
         st = {"model": self.model_name, "device": self.device, "source": f"{kind}: {label}" if s else None,

@@ -1,7 +1,6 @@
 """Gradio builders of the app's Memory and Cameras tabs (UI only: every action calls the AppController,
 its ``shelf`` (``vstream.app.memory_tab``) or its ``cameras`` (``vstream.app.cameras``)).
 """
-from __future__ import annotations
 
 import logging
 

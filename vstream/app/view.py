@@ -103,11 +103,31 @@ def evidence_label(ev: Any) -> str:
     return out
 
 
+_SPEECH_RE = re.compile(r"Time=([0-9.]+)-([0-9.]+)s speech:\s*(.*?)(?=\s*Time=[0-9.]+-[0-9.]+s|$)", re.S)
+
+
+def speech_lines(ev: Any) -> list[Any]:
+    """A video chunk whose only text is speech heard over it stands for those speech lines: one speech item
+    per line (its own span and words, the chunk's score and thumbnail). Any other item is returned as is."""
+    import dataclasses
+
+    text = getattr(ev, "text", "") or ""
+    if getattr(ev, "source", "") != "vision" or "speech:" not in text:
+        return [ev]
+    lines = _SPEECH_RE.findall(text)
+    rest = _SPEECH_RE.sub("", text)
+    if not lines or re.sub(r"Time=[0-9.]+-[0-9.]+s", "", rest).strip():
+        return [ev]  # the chunk has text of its own (OCR): it stays a vision item
+    return [dataclasses.replace(ev, start_s=float(a), end_s=float(b), source="speech", text=t.strip())
+            for a, b, t in lines if t.strip()]
+
+
 def dedup_evidence(evidence: Iterable[Any]) -> list[Any]:
     """Each span once (the best-scored item of a span wins; a speech item beats vision on the same span);
-    a vision chunk whose only text is a speech line already listed is left out. Best first."""
+    chunks that only carry speech become those speech lines; a vision chunk whose text is a speech line
+    already listed is left out. Speech first, then best first."""
     best: dict[tuple[float, float], Any] = {}
-    for ev in evidence:
+    for ev in (x for e in evidence for x in speech_lines(e)):
         key = (round(ev.start_s, 1), round(ev.end_s, 1))
         cur = best.get(key)
         if cur is None or (ev.source == "speech" and cur.source != "speech") or \

@@ -117,7 +117,7 @@ def build_app(ctl, args: argparse.Namespace):
                     with gr.Column(scale=2):
                         with gr.Tabs():
                             with gr.Tab("Upload"):
-                                upload = gr.File(label=f"Video file (played as live; at most {args.max_upload_mb:g} MB)",
+                                upload = gr.File(label=f"Video file (at most {args.max_upload_mb:g} MB)",
                                                  file_types=list(VIDEO_EXTENSIONS), type="filepath", height=120,
                                                  elem_id="upload")
                             with gr.Tab("Webcam"):
@@ -147,7 +147,7 @@ def build_app(ctl, args: argparse.Namespace):
                         status = gr.Markdown(format_status(ctl.status()), elem_id="status")
                         plot = gr.LinePlot(latency_frame([]), x="stream time (s)", y="chunk latency (ms)",
                                            height=200, title="Per-chunk latency", elem_id="latency-plot",
-                                           x_label_angle=0, x_axis_format=".0f", visible=False)
+                                           x_label_angle=-45, x_axis_format=".3~g", visible=False)
                     with gr.Column(scale=3):
                         gr.Markdown("**Your chat** (this browser only)")
                         chat = gr.Chatbot([], show_label=False, height=360, elem_id="chat", feedback_options=None,
@@ -185,8 +185,8 @@ def build_app(ctl, args: argparse.Namespace):
                             with gr.Row():
                                 del_id = gr.Dropdown(label="Alert", choices=[], elem_id="alert-pick", scale=2)
                                 del_btn = gr.Button("Delete alert", size="sm", scale=1, elem_id="alert-delete")
-                            fired = gr.Gallery(label="Fired alerts", columns=5, height=150, elem_id="fired",
-                                               format="jpeg", allow_preview=False)
+                        fired = gr.Gallery(label="Fired alerts (newest first)", columns=5, height=150, elem_id="fired",
+                                           format="jpeg", allow_preview=False, object_fit="contain", preview=False)
             with gr.Tab("Memory"):
                 memory_tab(gr, ctl)
             with gr.Tab("Cameras"):
@@ -235,7 +235,8 @@ def build_app(ctl, args: argparse.Namespace):
                     gr.update(value=ctl.commentary_next) if src_changed else gr.skip(),
                     rows, gr.update(choices=[(f"#{r[0]} {r[1]}", r[0]) for r in rows]) if now_v[4] != seen[4]
                     else gr.skip(), ctl.fired_items() if now_v[4] != seen[4] else gr.skip(),
-                    ctl.webcam_note(), now_v, c)
+                    ctl.webcam_note(), *((None, "", gr.update(value=None, visible=False)) if src_changed
+                                         else (gr.skip(),) * 3), now_v, c)
 
         cam.stream(lambda f: ctl.push_frame(f) and None, inputs=[cam], outputs=None,
                    stream_every=WEBCAM_STREAM_EVERY_S, show_progress="hidden", concurrency_limit=1)
@@ -254,7 +255,8 @@ def build_app(ctl, args: argparse.Namespace):
         del_btn.click(lambda i: act(ctl.delete_alert, i), inputs=del_id, outputs=notice)
         timer.tick(on_tick, inputs=[versions, my_chat],
                    outputs=[status, plot, chat, evidence, comm_box, transcript, now, overload, live, player, asr_on,
-                            comm_on, alerts, del_id, fired, cam_note, versions, my_chat],
+                            comm_on, alerts, del_id, fired, cam_note, focus_img, focus_cap, focus_audio, versions,
+                            my_chat],
                    show_progress="hidden", trigger_mode="once")
         demo.load(lambda c: own_chat(c), inputs=my_chat, outputs=my_chat)  # a chat per browser from the start
         demo.load(lambda: (ctl.now_line(), ctl.asr_next, ctl.commentary_next),  # the shared state as it is now

@@ -310,6 +310,13 @@ def test_webcam_takes_the_source_alert_fires_and_is_deleted(app):
     page.locator("#webcam button.capture-button").click()  # starts streaming: the webcam becomes the source
     app.wait(lambda: "webcam" in page.locator("#now").inner_text(), 30, "the webcam to be the source")
     app.wait(lambda: status_number(page, "chunks (dropped)") >= 1, 30, "a chunk from the webcam")
+    # the microphone (Chromium's fake audio device) streams into the webcam session's speech track
+    try:
+        page.locator("#mic button.record-button").first.click(timeout=5000)
+    except Exception:
+        raise AssertionError("no record button on the microphone:\n" + page.locator("#mic").inner_html()[:3000])
+    app.wait(lambda: re.search(r"microphone audio received\s+([1-9]\d*\.\d|0\.[1-9]) s",
+                               page.locator("#status").inner_text()), 30, "microphone audio to reach the session")
     page.locator("#alert-text textarea").fill("tell me when a red square moves")
     page.locator("#alert-thr input").fill("0.001")
     page.get_by_role("button", name="Add alert").click()

@@ -104,7 +104,8 @@ def test_lecture_is_heard_and_thunder_comes_back_as_speech_evidence(ctl):
     wait_for(lambda: "all of it recognised" in ctl.status()["speech"], 240, "the speech to be recognised")
     assert re.search(r"^\[4\d\.\d–5\d\.\d s\] .*thunder", ctl.transcript(), re.M), ctl.transcript()
     final = list(ctl.ask("What did the speaker say about thunder?"))[-1][-1]["content"]
-    assert re.search(r"^- speech · 4\d\.\d–5\d\.\d s · retrieval score \+0\.\d\d · “[^”]*thunder", final, re.M), final
+    line = r"^- speech · 4\d\.\d–5\d\.\d s · retrieval score \+0\.\d\d · “[^”]*thunder"
+    assert re.search(line, final, re.M), final
     labels = [c for _, c in ctl.evidence()]
     k = next(i for i, c in enumerate(labels) if c.startswith("speech") and "thunder" in c)
     f = ctl.focus(k)

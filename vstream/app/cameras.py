@@ -109,7 +109,7 @@ class CameraWall:
         items, lines = [], []
         for h in hits:
             evs = dedup_evidence(h.evidence)
-            lines.append(f"- **{h.stream}** (best {evs[0].tier} score {h.score:+.2f}): "
+            lines.append(f"- **{h.stream}** (best score {h.score:+.2f}): "
                          + "; ".join(evidence_label(e) for e in evs))
             for e in evs:
                 img = jpeg_image(e.thumbnail)

@@ -51,7 +51,8 @@ class AppController(SharedView):
     """
 
     def __init__(self, agent, *, memory_root: str | Path = "vstream_memory", max_upload_mb: float = 500.0,
-                 commentary: bool = False, asr: bool = False, realtime: bool = True, alert_threshold: float | None = None,
+                 commentary: bool = False, asr: bool = False, realtime: bool = True,
+                 alert_threshold: float | None = None,
                  alert_cooldown_s: float | None = None, webcam_max_side: int = 640, url_retries: int = 5,
                  chat_limit: int = 200, commentary_limit: int = 50) -> None:
         if max_upload_mb <= 0:

@@ -188,3 +188,23 @@ def test_cameras_grid_ask_all_and_remove(ctl):
     assert "removed" in wall.remove("cam-2") and wall.ids() == ["cam-1"]
     with pytest.raises(ValueError, match="no camera"):
         wall.remove("cam-2")
+
+
+def test_notifier_keeps_each_conditions_latest_p_and_check_time():
+    from vstream.session.alerts import Notifier
+
+    values = iter([0.3, RuntimeError("probe broke")])
+
+    def probe(text):
+        v = next(values)
+        if isinstance(v, Exception):
+            raise v
+        return v
+
+    n = Notifier(probe)
+    h = n.add("a door opens", lambda a: None, 0.5, 0.0)
+    c = n.conditions[h]
+    assert c.last_p is None and c.last_checked_s is None
+    assert n.check(2.0) == [] and (c.last_p, c.last_checked_s) == (0.3, 2.0)
+    n.check(3.0)
+    assert c.last_p != c.last_p and c.last_checked_s == 3.0  # NaN: the probe failed, and the table says so

@@ -186,7 +186,8 @@ def build_app(ctl, args: argparse.Namespace):
                                 del_id = gr.Dropdown(label="Alert", choices=[], elem_id="alert-pick", scale=2)
                                 del_btn = gr.Button("Delete alert", size="sm", scale=1, elem_id="alert-delete")
                         fired = gr.Gallery(label="Fired alerts (newest first)", columns=5, height=150, elem_id="fired",
-                                           format="jpeg", allow_preview=False, object_fit="contain", preview=False)
+                                           format="jpeg", allow_preview=False, object_fit="contain", preview=False,
+                                           fit_columns=False)
             with gr.Tab("Memory"):
                 memory_tab(gr, ctl)
             with gr.Tab("Cameras"):

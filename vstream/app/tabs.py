@@ -45,12 +45,13 @@ def memory_tab(gr, ctl) -> None:
                            elem_id="search-query", scale=4)
         search_btn = gr.Button("Search", size="sm", scale=1, elem_id="search-btn")
     hits = gr.Gallery(label="Search results (best first; click one to see it)", columns=6, height=170,
-                      elem_id="search-hits", allow_preview=False, object_fit="contain")
+                      elem_id="search-hits", allow_preview=False,
+                      object_fit="contain", fit_columns=False)
     with gr.Row():
         hit_img = gr.Image(label="Moment", interactive=False, height=260, type="pil", elem_id="search-focus")
         hit_cap = gr.Markdown("", elem_id="search-caption")
     timeline = gr.Gallery(label="Timeline of the stored moments", columns=8, height=200, elem_id="timeline",
-                          allow_preview=False, object_fit="contain")
+                          allow_preview=False, object_fit="contain", fit_columns=False)
     found = gr.State([])
 
     def refresh():
@@ -115,7 +116,7 @@ def cameras_tab(gr, ctl) -> None:
         cam_url = gr.Textbox(label="Stream URL (or upload a file)", placeholder="rtsp://…", elem_id="cam-url",
                              scale=2)
         cam_file = gr.File(label="…or a video file", file_types=list(VIDEO_EXTENSIONS), type="filepath",
-                           height=90, elem_id="cam-file", scale=2)
+                           height=130, elem_id="cam-file", scale=2)
         cam_alert = gr.Textbox(label="Alert (optional)", placeholder="a person appears", elem_id="cam-alert", scale=2)
     with gr.Row():
         add_btn = gr.Button("Add camera", size="sm", variant="primary", elem_id="cam-add")
@@ -123,14 +124,15 @@ def cameras_tab(gr, ctl) -> None:
         rm_btn = gr.Button("Remove camera", size="sm", elem_id="cam-remove")
     cam_notice = gr.Markdown("", elem_id="cam-notice")
     grid = gr.Gallery(label="Cameras (latest frame · state · stream time · chunks · alerts)", columns=4,
-                      height=260, elem_id="cam-grid", allow_preview=False, object_fit="contain")
+                      height=340, elem_id="cam-grid", allow_preview=False,
+                      object_fit="contain", fit_columns=False)
     with gr.Row():
         ask_q = gr.Textbox(label="Ask every camera", placeholder="where is the red square?", elem_id="cam-question",
                            scale=4)
         ask_btn = gr.Button("Ask all", size="sm", scale=1, elem_id="cam-ask")
     ask_md = gr.Markdown("", elem_id="cam-answers")
     ask_ev = gr.Gallery(label="Per-camera evidence", columns=6, height=170, elem_id="cam-evidence",
-                        allow_preview=False, object_fit="contain")
+                        allow_preview=False, object_fit="contain", fit_columns=False)
     cam_timer = gr.Timer(2.0)
 
     def on_add(cid, url, f, alert):

@@ -110,3 +110,16 @@ class AlertBook:
                         "not checked yet" if p is None else ("probe failed" if p != p else f"{p:.4f}"),
                         "-" if at is None else f"{at:.1f} s", sa.fired])
         return out
+
+    def items(self) -> list[tuple[Any, str]]:
+        """Gallery items of the log, newest first: ``(thumbnail, "12.0 s · P(yes) 0.0031 · condition")``."""
+        from PIL import Image
+
+        from vstream.app.chat import clean_text
+        from vstream.app.memory_tab import jpeg_image
+
+        out = []
+        for f in reversed(list(self.log)):
+            img = jpeg_image(f.thumbnail) or Image.new("RGB", (160, 90), (90, 40, 40))
+            out.append((img, f"{f.at_s:.1f} s · P(yes) {f.probability:.4f} · {clean_text(f.condition)}"))
+        return out

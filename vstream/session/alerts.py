@@ -31,6 +31,8 @@ class Condition:
     fired: int = 0
     active: bool = False  # P >= threshold at the last check (an event in progress)
     errors: int = 0  # probes that raised
+    last_p: float | None = None  # P("Yes") at the latest check (NaN when the probe failed)
+    last_checked_s: float | None = None  # stream time of the latest check
 
 
 def _check_threshold(threshold: float) -> float:
@@ -99,6 +101,7 @@ class Notifier:
                 c.errors += 1
                 logger.warning("probing alert %r failed: %s", c.text[:60], e)
                 p = float("nan")
+            c.last_p, c.last_checked_s = p, now_s
             if not p >= c.threshold:  # NaN counts as below
                 c.active = False
                 continue

@@ -116,7 +116,7 @@ class AlertBook:
         from PIL import Image
 
         from vstream.app.chat import clean_text
-        from vstream.app.memory_tab import jpeg_image
+        from vstream.app.view import jpeg_image
 
         out = []
         for f in reversed(list(self.log)):

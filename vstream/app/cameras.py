@@ -71,7 +71,7 @@ class CameraWall:
 
     def grid(self) -> list[tuple[Any, str]]:
         """Gallery items: each camera's latest frame and ``"cam-1 · up · 12 chunks · 0 alerts"``."""
-        from vstream.app.memory_tab import jpeg_image
+        from vstream.app.view import jpeg_image
 
         if self.fleet is None:
             return []
@@ -98,7 +98,7 @@ class CameraWall:
 
     def ask_all(self, question: str) -> tuple[list[tuple[Any, str]], str]:
         """One question to every camera: gallery items of per-camera evidence and a Markdown summary."""
-        from vstream.app.memory_tab import jpeg_image
+        from vstream.app.view import jpeg_image
 
         question = " ".join((question or "").split())
         if not question:

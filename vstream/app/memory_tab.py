@@ -5,7 +5,6 @@ Memories are addressed by name only (``check_memory_name``); nothing outside the
 """
 from __future__ import annotations
 
-import io
 import logging
 import shutil
 import tempfile
@@ -59,7 +58,7 @@ class MemoryShelf:
 
     def describe(self) -> list[SavedMemory]:
         """Every saved memory with its size, entries and length."""
-        from memory.store import read_infos
+        from memory.store_io import read_infos
 
         out = []
         for name in self.names():
@@ -93,7 +92,7 @@ class MemoryShelf:
         Consecutive vision chunks showing the same thing (same text) are one moment; speech lines are
         their own moments. At most ``max_items`` (evenly picked when there are more).
         """
-        from memory.store import read_infos
+        from memory.store_io import read_infos
 
         infos = sorted(read_infos(self.path(name)), key=lambda i: (i.start_s, i.kind != "text"))
         moments: list[dict] = []
@@ -128,13 +127,3 @@ def moment_caption(m: Any) -> str:
     return f"{get('source')} · {fmt_span(get('start_s'), get('end_s'))}" + (f" · {text[:70]}" if text else "")
 
 
-def jpeg_image(data: bytes | None):
-    """A PIL image from JPEG bytes (None when missing or unreadable)."""
-    from PIL import Image
-
-    if not data:
-        return None
-    try:
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    except Exception:
-        return None

@@ -3,7 +3,6 @@ evidence item or a search hit (picture, time, source, text). Plain Python, no Gr
 """
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from vstream.app.view import fmt_span, plain_text, score_label, source_of
+from vstream.app.view import fmt_span, jpeg_image, plain_text, score_label, source_of
 
 logger = logging.getLogger(__name__)
 
@@ -82,24 +81,13 @@ class Focus:
     audio: tuple[int, np.ndarray] | None = None
 
 
-def _thumb(jpeg: bytes | None):
-    from PIL import Image
-
-    if not jpeg:
-        return None
-    try:
-        return Image.open(io.BytesIO(jpeg)).convert("RGB")
-    except Exception:
-        return None
-
-
 def focus_evidence(ev: Any, source_label: str, video_path: str | Path | None = None) -> Focus:
     """The focus view of an evidence item: the frame from the file when there is one (readable), else its
     thumbnail; for speech from a file, the sound of its span."""
     mid = 0.5 * (ev.start_s + ev.end_s)
     img = frame_at(video_path, mid) if video_path else None
     if img is None:
-        img = _thumb(getattr(ev, "thumbnail", None))
+        img = jpeg_image(getattr(ev, "thumbnail", None))
     text = plain_text(getattr(ev, "text", "") or "")
     cap = (f"**{fmt_span(ev.start_s, ev.end_s)}** · {source_of(ev)} · {score_label(ev)} · from *{source_label}*"
            + (f"\n\n> {text}" if text else ""))

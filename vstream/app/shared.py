@@ -21,7 +21,7 @@ class SharedView:
 
     def latest_frame(self):
         """What the source shows now: the latest webcam frame, else the newest chunk's thumbnail (or None)."""
-        from vstream.app.memory_tab import jpeg_image
+        from vstream.app.view import jpeg_image
 
         with self._lock:
             s, frame = self.session, self.last_frame

@@ -5,7 +5,8 @@ its ``shelf`` (``vstream.app.memory_tab``) or its ``cameras`` (``vstream.app.cam
 import logging
 
 from vstream.app.chat import human_bytes
-from vstream.app.memory_tab import jpeg_image, moment_caption
+from vstream.app.memory_tab import moment_caption
+from vstream.app.view import jpeg_image
 
 logger = logging.getLogger(__name__)
 

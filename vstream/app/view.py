@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
 from typing import Any, Iterable
@@ -142,3 +143,15 @@ def dedup_evidence(evidence: Iterable[Any]) -> list[Any]:
             continue  # the chunk's text is that speech line: shown once, as speech
         out.append(ev)
     return out
+
+
+def jpeg_image(data: bytes | None):
+    """A PIL image from JPEG bytes (None when missing or unreadable)."""
+    from PIL import Image
+
+    if not data:
+        return None
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception:
+        return None

@@ -60,3 +60,22 @@ def test_bad_input_is_refused_before_loading(tmp_path, small_clip):
         bench_pipeline(tmp_path, sizes=("4k",))
     with pytest.raises(ValueError, match="repeats"):
         bench_pipeline(tmp_path, repeats=0)
+
+
+def test_the_pipeline_report_has_ops_against_w(tmp_path):
+    """The whole command: a short 720p clip end to end, then ops per chunk outside the model against W, flat."""
+    import json
+
+    from vstream.cli.main import main
+
+    rc = main(["bench", "pipeline", "--sizes", "720p", "--seconds", "2", "--repeats", "1", "--model", "tiny-smolvlm",
+               "--ops-windows", "2,6", "--ops-layers", "2", "--threads", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "pipeline.json").read_text())
+    assert (tmp_path / "pipeline.png").stat().st_size > 0
+    run = res["runs"][0]
+    assert run["frames_decoded"] == 60 and run["frames_kept"] == 2 and run["frames_converted"] <= 2
+    rows = {r["window_chunks"]: r for r in res["ops"]["rows"]}
+    assert set(rows) == {2, 6} and all(r["num_layers"] == 2 for r in rows.values())
+    assert rows[6]["outside"] <= 1.1 * rows[2]["outside"]  # bookkeeping per chunk does not grow with W
+    assert res["summary"]["ops"]["2_layers"]["outside_per_chunk"] == {"2": rows[2]["outside"], "6": rows[6]["outside"]}

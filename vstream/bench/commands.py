@@ -92,6 +92,8 @@ def add_parser(sub: Any) -> None:
     pl.add_argument("--fps", type=float, default=1.0)
     pl.add_argument("--repeats", type=int, default=3, help="ingest runs per clip (each between two ffmpeg runs)")
     pl.add_argument("--threads", type=int, default=None, help="cores for ffmpeg and torch (default: all)")
+    pl.add_argument("--ops-windows", default="8,16,32", help="W values for the ops-per-chunk part ('none': skip it)")
+    pl.add_argument("--ops-layers", default="8,16", help="layer counts for the ops-per-chunk part")
     _finish(pl, _cli_pipeline, device="cpu")
     from vstream.bench.serve import add_parser as add_serve_parser
 

@@ -170,8 +170,11 @@ def _probe(clip: Path) -> dict[str, Any]:
 
 def bench_pipeline(out: str | os.PathLike = "bench_out", *, sizes: Sequence[str] = ("720p", "1080p"),
                    seconds: float = 180.0, model: str = "tiny-smolvlm", fps: float = 1.0, repeats: int = 3,
-                   device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Render (or reuse) a clip per size under ``out/clips`` and run ``ingest_over_decode`` ``repeats`` times."""
+                   device: str = "cpu", threads: int | None = None, ops_windows: Sequence[int] = (8, 16, 32),
+                   ops_layers: Sequence[int] = (8, 16), ops_model: str = "small-llava-onevision") -> dict[str, Any]:
+    """Render (or reuse) a clip per size under ``out/clips`` and run ``ingest_over_decode`` ``repeats`` times;
+    then aten ops per chunk outside the model against W (``ops_windows``) for each of ``ops_layers`` layer
+    counts (``vstream.bench.ops.bench_ops``; skipped when either is empty)."""
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         raise ValueError(f"unknown size(s) {', '.join(unknown)}; use {', '.join(SIZES)}")
@@ -206,6 +209,11 @@ def bench_pipeline(out: str | os.PathLike = "bench_out", *, sizes: Sequence[str]
                         row["decode_s"], row["ratio"])
             res["runs"].append(row)
     res["summary"] = summary(res)
+    if ops_windows and ops_layers:
+        from vstream.bench.ops import bench_ops
+
+        res["ops"] = bench_ops(ops_model, tuple(ops_windows), tuple(ops_layers), device=device)
+        res["summary"]["ops"] = res["ops"]["summary"]
     return res
 
 
@@ -257,8 +265,13 @@ def plot_pipeline(res: dict[str, Any], path: Path | str) -> None:
 def run(args: Any) -> dict[str, Any]:
     """``vstream bench pipeline``: run, write pipeline.json and pipeline.png under ``--out``; the headline."""
     sizes = [s for s in args.sizes.split(",") if s]
+    from vstream.bench.ops import parse_ints
+
+    ops = {} if args.ops_windows in ("", "none") else {"ops_windows": parse_ints(args.ops_windows, "--ops-windows"),
+                                                      "ops_layers": parse_ints(args.ops_layers, "--ops-layers")}
     res = bench_pipeline(args.out, sizes=sizes, seconds=args.seconds, model=args.model, fps=args.fps,
-                         repeats=args.repeats, device=args.device, threads=args.threads)
+                         repeats=args.repeats, device=args.device, threads=args.threads,
+                         **(ops or {"ops_windows": ()}))
     out = Path(args.out)
     p = write_json(res, out, "pipeline")
     plot_pipeline(res, out / "pipeline.png")

@@ -102,6 +102,7 @@ def build_app(ctl, args: argparse.Namespace):
 
     from vstream.app.controller import SHARING_NOTE, format_status, latency_frame
     from vstream.app.tabs import act, cameras_tab, memory_tab
+    from vstream.app.timerange import EXAMPLES
     from vstream.sources import VIDEO_EXTENSIONS
 
     with gr.Blocks(title="vstream", delete_cache=(3600, 3600)) as demo:
@@ -156,6 +157,10 @@ def build_app(ctl, args: argparse.Namespace):
                             question = gr.Textbox(placeholder="Ask about the stream…", show_label=False, scale=5,
                                                   elem_id="question")
                             send = gr.Button("Ask", variant="primary", scale=1, min_width=80)
+                        with gr.Accordion("Time range", open=False, elem_id="ask-range"):
+                            with gr.Row():  # empty: everything; read in the stream's clock zone
+                                ask_since = gr.Textbox(label="since", placeholder=EXAMPLES, elem_id="ask-since")
+                                ask_until = gr.Textbox(label="until", placeholder=EXAMPLES, elem_id="ask-until")
                         evidence = gr.Gallery(label="Evidence for the latest answer (click one to see it large)",
                                               columns=4, height=170, fit_columns=False, object_fit="contain",
                                               elem_id="evidence", format="jpeg", allow_preview=False)
@@ -200,10 +205,10 @@ def build_app(ctl, args: argparse.Namespace):
         def own_chat(c):
             return c if c is not None else ctl.new_chat()
 
-        def on_ask(q, c):
+        def on_ask(q, since, until, c):
             c = own_chat(c)
             try:
-                for msgs in ctl.ask(q, chat=c):
+                for msgs in ctl.ask(q, since=since, until=until, chat=c):
                     yield msgs, gr.skip(), "", c
             except ValueError as e:
                 gr.Warning(str(e))
@@ -247,8 +252,9 @@ def build_app(ctl, args: argparse.Namespace):
         url_btn.click(lambda u: act(ctl.start_url, u), inputs=url, outputs=notice)
         url.submit(lambda u: act(ctl.start_url, u), inputs=url, outputs=notice)
         upload.upload(lambda f: act(ctl.start_upload, f), inputs=upload, outputs=notice)
-        question.submit(on_ask, inputs=[question, my_chat], outputs=[chat, evidence, question, my_chat])
-        send.click(on_ask, inputs=[question, my_chat], outputs=[chat, evidence, question, my_chat])
+        asking = [question, ask_since, ask_until, my_chat]
+        question.submit(on_ask, inputs=asking, outputs=[chat, evidence, question, my_chat])
+        send.click(on_ask, inputs=asking, outputs=[chat, evidence, question, my_chat])
         evidence.select(on_select, inputs=[my_chat], outputs=[focus_img, focus_cap, focus_audio])
         comm_on.input(lambda on: act(ctl.toggle_commentary, on), inputs=comm_on, outputs=notice)
         asr_on.input(lambda on: act(ctl.toggle_asr, on), inputs=asr_on, outputs=notice)

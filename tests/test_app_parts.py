@@ -3,18 +3,23 @@ the random-model banner, speech (transcript, thunder as speech evidence, the foc
 the webcam's recording rule, the Memory shelf and the Cameras wall."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 from conftest import REPO, tiny_adapter
+from test_clock_time import ModelCounter
 
 from vstream.api import Agent
 from vstream.app.controller import AppController
+from vstream.app.memory_tab import moment_caption
 from vstream.app.uploads import asr_available
 from vstream.app.view import (dedup_evidence, evidence_label, overload_warning, random_banner, speech_lines,
                               transcript_text)
+from vstream.clock import NOTHING_RECORDED
 from vstream.config import from_name
 from vstream.types import Evidence
 
@@ -161,6 +166,9 @@ def test_memory_shelf_sizes_search_timeline_and_confirmed_delete(ctl):
     tl = ctl.shelf.timeline("s1")
     assert tl and all(a["end_s"] <= b["start_s"] + 1e-6 for a, b in zip(tl, tl[1:]) if a["source"] == b["source"])
     assert sum(1 for x in tl if x["thumbnail"]) >= 1
+    assert all(x["clock"] is None for x in tl) and re.match(r"vision · \d+\.\d–\d+\.\d s", moment_caption(tl[0]))
+    assert ctl.shelf.timeline("s1", since="", until=" ") == tl  # empty fields: no limit
+    assert ctl.shelf.timeline("s1", since="2h") == []  # a file without start_at has no clock time: none in a range
     hits = ctl.shelf.search("s1", "Time 3 seconds")
     assert hits and all(h.thumbnail is None or h.thumbnail.endswith(".jpg") for h in hits)
     with pytest.raises(ValueError, match="type its name"):
@@ -168,6 +176,108 @@ def test_memory_shelf_sizes_search_timeline_and_confirmed_delete(ctl):
     with pytest.raises(ValueError, match="no saved memory named"):
         ctl.shelf.delete("other", "other")
     assert "Deleted" in ctl.shelf.delete("s1", "s1") and ctl.list_saved() == []
+
+
+# ---- clock time and time ranges ------------------------------------------------------------------
+T0 = dt.datetime(2026, 3, 29, 12, 0, 0, tzinfo=dt.timezone.utc).timestamp()
+GAP = 2 * 3600.0  # the camera was off for two hours after its fourth second
+
+
+def utc(wall: float) -> str:
+    """What a user types: ISO 8601 with its offset (exact whatever this machine's zone)."""
+    return dt.datetime.fromtimestamp(wall, dt.timezone.utc).isoformat()
+
+
+def clock_ref(wall: float, tz: str) -> str:
+    """Reference clock text, from zoneinfo directly (not vstream.clock)."""
+    return dt.datetime.fromtimestamp(wall, ZoneInfo(tz)).strftime("%H:%M:%S")
+
+
+@pytest.fixture
+def clocked(ctl):
+    """A webcam session fed 8 s of frames (2 fps) stamped at wall times with a two-hour gap after its
+    fourth second, ingested to its end (perception is idle afterwards: model calls can be counted)."""
+    ctl.start_webcam()
+    rng = np.random.default_rng(0)
+    for k in range(16):
+        t = 0.5 * k
+        assert ctl.push.push(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), t=t,
+                             wall=T0 + t + (GAP if t >= 4 else 0.0))
+    ctl.push.end()
+    ctl.session.run_to_end()
+    assert ctl.session.stats()["chunks"] >= 7
+    return ctl
+
+
+def test_time_range_reaches_the_session_empty_range_asks_no_model(clocked, monkeypatch):
+    ctl = clocked
+    asked = []
+    real = ctl.session.ask_async
+    monkeypatch.setattr(ctl.session, "ask_async", lambda q, **kw: asked.append(kw) or real(q, **kw))
+    counter = ModelCounter(ctl.agent.adapter, monkeypatch)
+    kept = []  # forward calls that put a question and its answer into the text window (history), not answering
+    remember = ctl.session.responder._on_history
+
+    def counted_remember(ans):
+        before = counter.calls
+        remember(ans)
+        kept.append(counter.calls - before)
+
+    monkeypatch.setattr(ctl.session.responder, "_on_history", counted_remember)
+
+    def answering_calls() -> int:
+        return counter.calls - sum(kept)
+
+    n = len(ctl.messages())
+    with pytest.raises(ValueError, match="since: cannot read 'teatime'"):
+        list(ctl.ask("what happened?", since="teatime"))
+    with pytest.raises(ValueError, match="not before until"):
+        list(ctl.ask("what happened?", since=utc(T0 + 3), until=utc(T0 + 1)))
+    assert len(ctl.messages()) == n and asked == []  # refused before anything was posted or asked
+    final = list(ctl.ask("what happened?", since=f" {utc(T0 + 5)} ", until=utc(T0 + GAP)))[-1]  # the outage
+    assert final[-1]["content"] == NOTHING_RECORDED and answering_calls() == 0 and ctl.evidence() == []
+    assert (asked[-1]["since"], asked[-1]["until"]) == (utc(T0 + 5), utc(T0 + GAP))
+    assert final[-2]["content"].startswith("what happened? *(since ")
+    final = list(ctl.ask("what happened?", since=utc(T0 + 1), until=utc(T0 + 3)))[-1]
+    assert answering_calls() > 0 and final[-1]["content"] != NOTHING_RECORDED
+    evs = ctl.default_chat._answer_evidence
+    assert evs and all(e.wall_s < T0 + 3 and e.wall_end_s > T0 + 1 for e in evs)
+    for e, (_, caption) in zip(evs, ctl.evidence()):  # clock time, not stream seconds
+        assert caption.startswith(f"{e.source} · {clock_ref(e.wall_s, e.tz)}–{clock_ref(e.wall_end_s, e.tz)} · ")
+        assert f"{clock_ref(e.wall_s, e.tz)}" in final[-1]["content"]
+    assert ctl.focus(0).caption.startswith(f"**{clock_ref(evs[0].wall_s, evs[0].tz)}")
+    list(ctl.ask("and now?", since="", until="  "))  # empty fields: no range
+    assert "since" not in asked[-1] and "until" not in asked[-1]
+
+
+def test_memory_timeline_is_the_sessions_timeline_with_clock_times(clocked):
+    from vstream.session import timeline
+
+    ctl = clocked
+    ctl.save("cam")
+    d = ctl.memory_root / "cam"
+    ref = [(it.kind, it.start_s, it.end_s, it.text, it.wall_s, it.thumbnail) for m in timeline(d) for it in m.items]
+    got = ctl.shelf.timeline("cam", merge=False, max_items=1000)
+    assert len(ref) >= 7 and [(x["source"], x["start_s"], x["end_s"], x["text"], x["wall_s"], x["thumbnail"])
+                              for x in got] == ref
+    assert all(x["clock"] == clock_ref(x["wall_s"], x["tz"]) for x in got)
+    later = ctl.shelf.timeline("cam", since=utc(T0 + GAP), until="", merge=False)
+    assert [x["wall_s"] for x in later] == [it.wall_s for m in timeline(d, since=utc(T0 + GAP)) for it in m.items]
+    assert later and all(x["wall_s"] >= T0 + GAP for x in later) and len(later) < len(got)
+    assert ctl.shelf.timeline("cam", since=utc(T0 + 5), until=utc(T0 + GAP)) == []  # the outage
+    merged = ctl.shelf.timeline("cam")  # a run of same-looking chunks is one moment, but not across the outage
+    vision = [x for x in merged if x["source"] == "vision"]
+    assert any(x["wall_s"] < T0 + 4 for x in vision) and any(x["wall_s"] > T0 + GAP for x in vision)
+    assert len(vision) < sum(1 for x in got if x["source"] == "vision")
+    first = merged[0]
+    assert moment_caption(first).startswith(f"{first['source']} · {clock_ref(first['wall_s'], first['tz'])}")
+    with pytest.raises(ValueError, match="not before until"):
+        ctl.shelf.timeline("cam", since=utc(T0 + 9), until=utc(T0))
+    with pytest.raises(ValueError, match="until: cannot read"):
+        ctl.shelf.search("cam", "a camera", until="whenever")
+    hits = ctl.shelf.search("cam", "a camera", since=utc(T0 + GAP))
+    assert hits and all(h.wall_end_s > T0 + GAP for h in hits)
+    assert ctl.shelf.search("cam", "a camera", since=utc(T0 + 5), until=utc(T0 + GAP)) == []
 
 
 # ---- Cameras tab ----------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"config", "types", "clock", "models", "sources", "speech", "engine", "session"},
     "fleet": {"vstream", "memory", "config", "types", "clock", "sources", "engine", "session"},
     "serve": {"vstream", "memory", "types", "clock", "models", "sources", "speech", "session", "api", "fleet"},
-    "app": {"vstream", "memory", "config", "types", "models", "sources", "session", "api", "fleet"},
+    "app": {"vstream", "memory", "config", "types", "clock", "models", "sources", "session", "api", "fleet"},
     "eval": {"memory", "sources", "api"},
     "bench": {"eval", "memory", "config", "models", "sources", "speech", "engine", "session", "api", "fleet",
               "serve"},

@@ -143,9 +143,13 @@ def evidence_items(answer: Answer | None, video_path: Any = None) -> list[tuple[
 
 
 def format_answer(ans: Answer) -> str:
-    """The answer's chat text with its evidence (each span once, source and labelled score) and timing."""
+    """The answer's chat text with its evidence (each span once, source and labelled score) and timing; a
+    time range with nothing recorded in it is just that sentence (the model was not asked)."""
     from vstream.app.view import evidence_label
+    from vstream.clock import NOTHING_RECORDED
 
+    if ans.text == NOTHING_RECORDED and not ans.evidence and not ans.tokens:
+        return NOTHING_RECORDED
     text = clean_text(ans.text).strip()
     if not text:
         text = (f"(no visible text: the model decoded {ans.tokens} tokens that print as nothing — "

@@ -31,6 +31,7 @@ from vstream.app.chat import (_NAME_RE, SHARING_NOTE, Chat, check_memory_name, c
 from vstream.app.memory_tab import MemoryShelf
 from vstream.app.player import Focus, focus_evidence
 from vstream.app.shared import SharedView, _retry
+from vstream.app.timerange import checked_range, range_note
 from vstream.app.uploads import _short_reason, asr_available, check_upload
 from vstream.session.responder import stream_answer
 from vstream.sources import VIDEO_EXTENSIONS, PushSource, SourceError, is_url, open_source, probe
@@ -402,12 +403,13 @@ class AppController(SharedView):
         return "Removed every alert."
 
     # ---- questions ----------------------------------------------------------------------------
-    def ask(self, question: str, *, max_new_tokens: int | None = None, piece_timeout_s: float = 120.0,
-            chat: Chat | None = None) -> Iterator[list[dict]]:
+    def ask(self, question: str, *, since: Any = None, until: Any = None, max_new_tokens: int | None = None,
+            piece_timeout_s: float = 120.0, chat: Chat | None = None) -> Iterator[list[dict]]:
         """Ask about the stream; yields ``chat``'s messages after the question and after each decoded piece.
 
         Only ``chat`` (default: the controller's own) shows the question and its answer; its text grows
-        piece by piece. At the end the answer carries its evidence and ``evidence(chat)`` its thumbnails.
+        piece by piece; at the end it carries its evidence and ``evidence(chat)`` its thumbnails. ``since``/``until``:
+        the time-range fields (``vstream.app.timerange``; empty: no limit), passed to the session's ask.
         """
         question = " ".join((question or "").split())
         if not question:
@@ -415,7 +417,8 @@ class AppController(SharedView):
         chat = self._chat(chat)
         with self._lock:
             session, label, video = self.session, self.source_label, self.video_path
-        chat.post("user", clean_text(question))
+        when = checked_range(session, since, until)  # a bad time: ValueError before anything is posted
+        chat.post("user", clean_text(question) + range_note(when))
         if session is None:
             chat.post("assistant", NO_SOURCE)
             yield chat.messages()
@@ -424,7 +427,7 @@ class AppController(SharedView):
         yield chat.messages()
         try:
             fut, pieces = stream_answer(session.ask_async, question, max_new_tokens=max_new_tokens,
-                                        piece_timeout_s=piece_timeout_s)
+                                        piece_timeout_s=piece_timeout_s, **when)
         except (ValueError, RuntimeError) as e:
             chat.edit(msg, f"⚠ {clean_text(str(e))}")
             yield chat.messages()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from vstream.app.view import fmt_span, jpeg_image, plain_text, score_label, source_of
+from vstream.app.view import jpeg_image, plain_text, score_label, source_of, when_text
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def focus_evidence(ev: Any, source_label: str, video_path: str | Path | None = N
     if img is None:
         img = jpeg_image(getattr(ev, "thumbnail", None))
     text = plain_text(getattr(ev, "text", "") or "")
-    cap = (f"**{fmt_span(ev.start_s, ev.end_s)}** · {source_of(ev)} · {score_label(ev)} · from *{source_label}*"
+    cap = (f"**{when_text(ev)}** · {source_of(ev)} · {score_label(ev)} · from *{source_label}*"
            + (f"\n\n> {text}" if text else ""))
     audio = audio_clip(video_path, ev.start_s, ev.end_s) if (video_path and getattr(ev, "source", "") == "speech") \
         else None

@@ -6,7 +6,9 @@ import logging
 
 from vstream.app.chat import human_bytes
 from vstream.app.memory_tab import moment_caption
-from vstream.app.view import jpeg_image
+from vstream.app.timerange import EXAMPLES, range_args, range_note
+from vstream.app.view import jpeg_image, when_text
+from vstream.clock import NOTHING_RECORDED
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +30,8 @@ def _saved_rows(ctl) -> list[list]:
 
 
 def memory_tab(gr, ctl) -> None:
-    """Save / load by name, the saved memories with sizes, search with thumbnails, a timeline, delete."""
+    """Save / load by name, the saved memories with sizes, search with thumbnails, a timeline (both within the
+    since / until fields' time range), delete."""
     with gr.Row():
         save_name = gr.Textbox(label="Save the current memory as", placeholder="lecture-1", elem_id="save-name")
         save_btn = gr.Button("Save", size="sm", elem_id="save-btn")
@@ -41,6 +44,10 @@ def memory_tab(gr, ctl) -> None:
         confirm = gr.Textbox(label="Type its name to confirm delete", elem_id="delete-confirm", scale=2)
         del_btn = gr.Button("Delete", size="sm", variant="stop", scale=1, elem_id="delete-btn")
     mem_notice = gr.Markdown("", elem_id="memory-notice")
+    with gr.Row():  # the time range of the search and the timeline (empty: no limit; the memory's clock zone)
+        since = gr.Textbox(label="Since (empty: from the start)", placeholder=EXAMPLES, elem_id="memory-since", scale=2)
+        until = gr.Textbox(label="Until (empty: to the end)", placeholder=EXAMPLES, elem_id="memory-until", scale=2)
+        range_btn = gr.Button("Show this time range", size="sm", scale=1, elem_id="memory-range-btn")
     with gr.Row():
         query = gr.Textbox(label="Search the picked memory", placeholder="how far away is the storm",
                            elem_id="search-query", scale=4)
@@ -59,15 +66,15 @@ def memory_tab(gr, ctl) -> None:
         names = ctl.list_saved()
         return _saved_rows(ctl), gr.update(choices=names)
 
-    def on_search(name, q):
+    def on_search(name, q, since_s, until_s):
         try:
-            moments = ctl.shelf.search(name, q)
+            moments = ctl.shelf.search(name, q, since=since_s, until=until_s)
         except ValueError as e:
             gr.Warning(str(e))
             return gr.skip(), f"⚠ {e}", []
         items = [(m.thumbnail, moment_caption(m)) for m in moments if m.thumbnail]
         listed = [m for m in moments if m.thumbnail]
-        return items, f"{len(moments)} moment(s) found in {name!r}.", listed
+        return items, f"{len(moments)} moment(s) found in {name!r}{range_note(range_args(since_s, until_s))}.", listed
 
     def on_hit(listed, evt: gr.SelectData):
         m = listed[evt.index] if 0 <= evt.index < len(listed) else None
@@ -75,17 +82,22 @@ def memory_tab(gr, ctl) -> None:
             return None, ""
         from PIL import Image
 
-        return Image.open(m.thumbnail).convert("RGB"), (f"**{m.start_s:.1f}–{m.end_s:.1f} s** · {m.source} · "
+        return Image.open(m.thumbnail).convert("RGB"), (f"**{when_text(m)}** · {m.source} · "
                                                         f"similarity {m.score:+.2f}\n\n> {m.text}")
 
-    def on_timeline(name):
+    def on_timeline(name, since_s, until_s):
         if not name:
-            return []
+            return [], gr.skip()
+        kw = range_args(since_s, until_s)
         try:
-            moments = ctl.shelf.timeline(name)
+            moments = ctl.shelf.timeline(name, **kw)
         except ValueError as e:
             gr.Warning(str(e))
-            return []
+            return [], f"⚠ {e}"
+        note = gr.skip()  # without a range the notice keeps what the last action said
+        if kw:
+            note = (f"Timeline of {name!r}{range_note(kw)}: {len(moments)} moment(s)." if moments
+                    else NOTHING_RECORDED)
         out = []
         for m in moments:
             img = jpeg_image(m["thumbnail"])
@@ -94,17 +106,18 @@ def memory_tab(gr, ctl) -> None:
 
                 img = Image.new("RGB", (160, 90), (60, 60, 90))
             out.append((img, moment_caption(m)))
-        return out
+        return out, note
 
     save_btn.click(lambda n: act(ctl.save, n), inputs=save_name, outputs=mem_notice).then(
         refresh, outputs=[saved_table, pick])
     load_btn.click(lambda n: act(ctl.load, n), inputs=pick, outputs=mem_notice)
     del_btn.click(lambda n, c: act(ctl.shelf.delete, n, c), inputs=[pick, confirm], outputs=mem_notice).then(
         refresh, outputs=[saved_table, pick])
-    search_btn.click(on_search, inputs=[pick, query], outputs=[hits, mem_notice, found])
-    query.submit(on_search, inputs=[pick, query], outputs=[hits, mem_notice, found])
+    search_btn.click(on_search, inputs=[pick, query, since, until], outputs=[hits, mem_notice, found])
+    query.submit(on_search, inputs=[pick, query, since, until], outputs=[hits, mem_notice, found])
     hits.select(on_hit, inputs=[found], outputs=[hit_img, hit_cap])
-    pick.change(on_timeline, inputs=pick, outputs=timeline)
+    for trigger in (pick.change, range_btn.click, since.submit, until.submit):
+        trigger(on_timeline, inputs=[pick, since, until], outputs=[timeline, mem_notice])
 
 
 def cameras_tab(gr, ctl) -> None:

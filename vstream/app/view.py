@@ -65,6 +65,21 @@ def fmt_span(start_s: float, end_s: float) -> str:
     return f"{start_s:.1f}–{end_s:.1f} s"
 
 
+def when_text(item: Any) -> str:
+    """When an item (Evidence, Moment, or a timeline dict) was: its clock time in its zone (``"14:05:03"``, or
+    ``"14:05:03–14:05:07"`` with ``wall_end_s``) when it has ``wall_s``, else its stream time (``fmt_span``)."""
+    get = item.get if isinstance(item, dict) else (lambda k: getattr(item, k, None))
+    wall = get("wall_s")
+    if wall is None:
+        return fmt_span(get("start_s"), get("end_s"))
+    from vstream.clock import clock_text
+
+    tz, end = get("tz") or None, get("wall_end_s")
+    a = clock_text(wall, tz)
+    b = clock_text(end, tz) if end is not None else a
+    return a if a == b else f"{a}–{b}"
+
+
 def transcript_text(segments: Iterable[Any]) -> str:
     """Speech as heard, one line per segment: ``[47.4–51.7 s] Count the seconds…``."""
     lines = []
@@ -75,9 +90,13 @@ def transcript_text(segments: Iterable[Any]) -> str:
     return "\n".join(lines)
 
 
+#: a chunk marker in stream form (``Time=12.0-13.0s``) or clock form (``Time=14:05:03-14:05:04``)
+_MARK = r"Time=(?:[0-9.]+-[0-9.]+s|[0-9]{2}:[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}:[0-9]{2})"
+
+
 def plain_text(text: str) -> str:
-    """An entry's text without its ``Time=a-bs`` / ``speech:`` markers."""
-    text = re.sub(r"Time=[0-9.]+-[0-9.]+s\s*", "", text or "")
+    """An entry's text without its ``Time=a-bs`` / ``Time=14:05:03-14:05:04`` / ``speech:`` markers."""
+    text = re.sub(_MARK + r"\s*", "", text or "")
     return _CONTROL_RE.sub("", re.sub(r"^\s*speech:\s*", "", text)).strip()
 
 
@@ -96,20 +115,22 @@ def source_of(ev: Any) -> str:
 
 
 def evidence_label(ev: Any) -> str:
-    """One line per evidence item: ``speech · 47.4–51.7 s · similarity +0.03 · “Count the …”``."""
+    """One line per evidence item: ``speech · 47.4–51.7 s · similarity +0.03 · “Count the …”`` (clock time
+    ``14:05:03–14:05:07`` instead of the span when the item has wall-clock time)."""
     text = plain_text(getattr(ev, "text", "") or "")
-    out = f"{source_of(ev)} · {fmt_span(ev.start_s, ev.end_s)} · {score_label(ev)}"
+    out = f"{source_of(ev)} · {when_text(ev)} · {score_label(ev)}"
     if text:
         out += f" · “{text[:90]}{'…' if len(text) > 90 else ''}”"
     return out
 
 
-_SPEECH_RE = re.compile(r"Time=([0-9.]+)-([0-9.]+)s speech:\s*(.*?)(?=\s*Time=[0-9.]+-[0-9.]+s|$)", re.S)
+_SPEECH_RE = re.compile(r"Time=([0-9.]+)-([0-9.]+)s speech:\s*(.*?)(?=\s*" + _MARK + "|$)", re.S)
 
 
 def speech_lines(ev: Any) -> list[Any]:
     """A video chunk whose only text is speech heard over it stands for those speech lines: one speech item
-    per line (its own span and words, the chunk's score and thumbnail). Any other item is returned as is."""
+    per line (its own span and words, the chunk's score and thumbnail; its wall-clock time, when the chunk has
+    one, moved by the same offset as its stream time). Any other item is returned as is."""
     import dataclasses
 
     text = getattr(ev, "text", "") or ""
@@ -117,10 +138,15 @@ def speech_lines(ev: Any) -> list[Any]:
         return [ev]
     lines = _SPEECH_RE.findall(text)
     rest = _SPEECH_RE.sub("", text)
-    if not lines or re.sub(r"Time=[0-9.]+-[0-9.]+s", "", rest).strip():
+    if not lines or re.sub(_MARK, "", rest).strip():
         return [ev]  # the chunk has text of its own (OCR): it stays a vision item
-    return [dataclasses.replace(ev, start_s=float(a), end_s=float(b), source="speech", text=t.strip())
-            for a, b, t in lines if t.strip()]
+    wall = getattr(ev, "wall_s", None)
+
+    def moved(t: float) -> float | None:
+        return None if wall is None else wall + (t - ev.start_s)
+
+    return [dataclasses.replace(ev, start_s=float(a), end_s=float(b), source="speech", text=t.strip(),
+                                wall_s=moved(float(a)), wall_end_s=moved(float(b))) for a, b, t in lines if t.strip()]
 
 
 def dedup_evidence(evidence: Iterable[Any]) -> list[Any]:

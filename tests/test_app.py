@@ -269,6 +269,15 @@ def test_build_app_binds_localhost_by_default(make_ctl, monkeypatch):
                  "overload", "player", "live-frame", "transcript", "focus-image", "focus-caption", "alerts", "fired",
                  "mic", "asr-on", "search-hits", "timeline", "saved-table", "cam-grid", "cam-evidence"):
         assert elem in by_id, elem
+    rng = by_id["ask-range"]  # the question's time range: collapsed under the question box
+    assert type(rng).__name__ == "Accordion" and rng.open is False and rng.label == "Time range"
+    def inside(block, box) -> bool:
+        while block is not None and block is not box:
+            block = block.parent
+        return block is box
+
+    assert inside(by_id["ask-since"], rng) and inside(by_id["ask-until"], rng) and not inside(by_id["question"], rng)
+    assert "memory-since" in by_id and "memory-until" in by_id and "memory-range-btn" in by_id
     assert any(type(b).__name__ == "Timer" for b in demo.blocks.values())
     kw = app.launch_kwargs(app.parse_args(["--host", "0.0.0.0", "--port", "8123", "--auth", "me:se:cret",
                                            "--max-upload-mb", "20"]))

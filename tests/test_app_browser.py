@@ -2,7 +2,7 @@
 
 One app server (tiny model, files read as fast as possible, speech on) and one browser serve the whole
 module, in order: the first page before any source, the lecture upload (player, transcript, the thunder
-line as speech evidence, the focus view), the Memory tab (save, search, timeline, delete), two pages
+line as speech evidence, the focus view), the Memory tab (save, search, timeline, a time range, delete), two pages
 sharing the state, a streamed answer, the fake webcam (record takes the source, ignored frames, an
 alert that fires with its P(yes), delete), and the Cameras tab over a Fleet.
 
@@ -235,7 +235,8 @@ def test_lecture_player_transcript_and_thunder_as_speech_evidence(app):
 
 def test_memory_tab_save_search_timeline_delete(app):
     """Finding 9: save the lecture's memory, search it (speech hit with a thumbnail), see its timeline and
-    size, and delete it only after confirming its name."""
+    size, limit both to a time range (an unreadable time is refused in one line), and delete it only after
+    confirming its name."""
     page = app.main
     page.get_by_role("tab", name="Memory").click()
     page.locator("#save-name textarea").fill("lecture-1")
@@ -253,6 +254,20 @@ def test_memory_tab_save_search_timeline_delete(app):
     app.wait(lambda: "thunder" in page.locator("#search-caption").inner_text(), 20, "the best hit")
     assert "speech" in page.locator("#search-caption").inner_text()
     shot(page, "app_memory.png", app.tmp)
+    # a time range (the lecture is a file without start_at: no clock time, so a range holds none of it)
+    notice = page.locator("#memory-notice")
+    page.locator("#memory-since textarea").fill("teatime")
+    page.locator("#memory-range-btn").click()
+    app.wait(lambda: "since: cannot read 'teatime'" in notice.inner_text(), 20, "the unreadable time refused")
+    page.locator("#memory-since textarea").fill("2h")
+    page.locator("#memory-range-btn").click()
+    app.wait(lambda: "Nothing recorded in that period." in notice.inner_text(), 20, "the empty range")
+    assert page.locator("#timeline .thumbnail-item").count() == 0
+    page.locator("#search-btn").click()
+    app.wait(lambda: "0 moment(s) found in 'lecture-1' (since 2h)" in notice.inner_text(), 30, "the ranged search")
+    page.locator("#memory-since textarea").fill("")
+    page.locator("#memory-since textarea").press("Enter")
+    app.wait(lambda: page.locator("#timeline .thumbnail-item").count() >= 5, 20, "the whole timeline again")
     page.locator("#delete-confirm textarea").fill("wrong-name")
     page.locator("#delete-btn").click()
     app.wait(lambda: "type its name" in page.locator("#memory-notice").inner_text(), 20, "the refusal")

@@ -17,8 +17,8 @@ from vstream.api import Agent
 from vstream.app.controller import AppController
 from vstream.app.memory_tab import moment_caption
 from vstream.app.uploads import asr_available
-from vstream.app.view import (dedup_evidence, evidence_label, overload_warning, random_banner, speech_lines,
-                              transcript_text)
+from vstream.app.view import (dedup_evidence, evidence_label, overload_warning, plain_text, random_banner,
+                              speech_lines, transcript_text, when_text)
 from vstream.clock import NOTHING_RECORDED
 from vstream.config import from_name
 from vstream.types import Evidence
@@ -73,6 +73,21 @@ def test_evidence_each_span_once_speech_first_and_labelled():
                                             "Time=46.9-51.7s speech: Thunder."))
     assert [(e.start_s, e.end_s, e.text, e.source) for e in two] == [(43.0, 46.1, "Coffee.", "speech"),
                                                                     (46.9, 51.7, "Thunder.", "speech")]
+
+
+def test_clock_time_on_evidence_and_speech_lines():
+    tz = "Europe/Berlin"
+    chunk = Evidence(start_s=46, end_s=47, score=0.3, tier="long_term", source="vision", wall_s=T0 + 46,
+                     wall_end_s=T0 + 47, tz=tz,
+                     text="Time=14:00:46-14:00:47 Time=43.0-46.1s speech: Coffee. Time=46.9-51.7s speech: Thunder.")
+    coffee, thunder = speech_lines(chunk)  # a clock-marked chunk of speech only: its speech lines
+    assert (coffee.text, thunder.text) == ("Coffee.", "Thunder.")
+    assert (thunder.wall_s, thunder.wall_end_s) == (T0 + 46.9, T0 + 51.7)  # moved with the stream time
+    assert evidence_label(thunder) == (f"speech · {clock_ref(T0 + 46.9, tz)}–{clock_ref(T0 + 51.7, tz)} · "
+                                       "retrieval score +0.30 · “Thunder.”")
+    assert plain_text("Time=14:00:46-14:00:47 a red car") == "a red car"
+    assert when_text({"start_s": 1.0, "end_s": 2.5, "wall_s": None}) == "1.0–2.5 s"
+    assert when_text({"start_s": 1.0, "end_s": 2.5, "wall_s": T0, "tz": tz}) == clock_ref(T0, tz)
 
 
 def test_overload_warning_names_the_cause_and_the_advice():

@@ -224,6 +224,10 @@ def test_empty_range_answers_without_calling_the_model(clocked, monkeypatch):
     # parse_time: the question's own time of day sets the range (the latest 03:30 before now: nothing recorded)
     ans = s2.ask("what happened around 03:30?", parse_time=True, history=False, until=None)
     assert ans.text == NOTHING_RECORDED and counter.calls == calls
+    # with history (the default), the empty answer is not kept in the conversation: no forward pass writes it
+    s2.ask("what happened?", since=in_gap[0], until=in_gap[1])
+    s2.engine.apply_inbox()
+    assert counter.calls == calls
 
 
 def _check_range(s2, monkeypatch, since, until, want_lt, want_live):

@@ -57,6 +57,14 @@ class QueueFull(ValueError):
     """The query queue is full."""
 
 
+def unanswered(ans: Answer) -> bool:
+    """True for the answer to a time range with nothing recorded (the model was not called): it is not kept
+    in the conversation, where it would cost a forward pass and put an empty exchange into later context."""
+    from vstream.clock import NOTHING_RECORDED
+
+    return ans.text == NOTHING_RECORDED and not ans.token_ids
+
+
 class Responder:
     """One worker thread answering queued questions on their snapshots.
 
@@ -170,7 +178,7 @@ class Responder:
                     ans.asked_at_s = item.asked_at_s
                 self._record(ans)
                 self.answered += 1
-                if item.history and not ans.cancelled and self._on_history is not None:
+                if item.history and not ans.cancelled and not unanswered(ans) and self._on_history is not None:
                     try:
                         self._on_history(ans)
                     except Exception:  # the answer stands; only the multi-turn memory of it is lost

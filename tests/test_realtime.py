@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from _serve_helpers import free_port as _free_port, start_ray, wait_for as _wait
 
 ray = pytest.importorskip("ray")
 websockets = pytest.importorskip("websockets")
@@ -30,51 +31,17 @@ LIMITS = {"idle_timeout_s": 8.0, "max_sessions_per_token": 4, "max_fps": 30}
 LECTURE = REPO / "data" / "lecture.mp4"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred, timeout=60.0, every=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    return pred()
-
-
 @pytest.fixture(scope="module")
 def env(request, tmp_path_factory):
     """(fleet, url): Ray with 2 CPUs, a RayFleet of two actors, the HTTP app with a token."""
-    env_vars = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "VSTREAM_REALTIME_LIMITS": json.dumps(LIMITS)}
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="vstream",
-                 runtime_env={"env_vars": env_vars})
-    except Exception as e:  # the only reason to skip
-        pytest.skip(f"Ray cannot start: {e}")
-    from ray import serve
+    held = start_ray(request, {"VSTREAM_REALTIME_LIMITS": json.dumps(LIMITS)})
 
     from vstream.serve.client import RayFleet
     from vstream.serve.http import deploy
 
-    fleet = None
-
-    def finish():
-        try:
-            serve.shutdown()
-        finally:
-            if fleet is not None:
-                fleet.close()
-            ray.shutdown()
-
-    request.addfinalizer(finish)
     root = tmp_path_factory.mktemp("realtime")
-    fleet = RayFleet(actors=0, model=MODEL, config="tiny", dtype="float32", num_cpus=1, storage=root / "storage",
-                     health_interval_s=0.2, health_timeout_s=10.0)
+    fleet = held["fleet"] = RayFleet(actors=0, model=MODEL, config="tiny", dtype="float32", num_cpus=1,
+                                     storage=root / "storage", health_interval_s=0.2, health_timeout_s=10.0)
     loading = fleet.controller.add_workers.remote(2)
     url = deploy(fleet.controller_name, token=TOKEN, port=_free_port())
     ray.get(loading)

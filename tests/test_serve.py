@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_adapter
+from conftest import tiny_adapter
+from _serve_helpers import free_port as _free_port, start_ray, wait_for as _wait
 
 ray = pytest.importorskip("ray")
 
@@ -28,52 +25,19 @@ CONDITIONS = ["a person enters", "a red car stops"]
 env_state: dict = {}  # what one test leaves for the next (the module shares one cluster)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred, timeout=60.0, every=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    return pred()
-
-
 @pytest.fixture(scope="module")
 def env(request, tmp_path_factory):
     """(fleet, url, allow_dir): Ray with 2 CPUs, a RayFleet of two actors, the HTTP app with a token."""
-    env_vars = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="vstream",
-                 runtime_env={"env_vars": env_vars})
-    except Exception as e:  # the only reason to skip
-        print(f"test_serve skipped: Ray cannot start here: {e}", file=sys.stderr)
-        pytest.skip(f"Ray cannot start: {e}")
-    from ray import serve
+    held = start_ray(request)
 
     from vstream.serve.client import RayFleet
     from vstream.serve.http import deploy
 
-    def finish():
-        try:
-            serve.shutdown()
-        finally:
-            if fleet is not None:
-                fleet.close()
-            ray.shutdown()
-
-    fleet = None
-    request.addfinalizer(finish)
     root = tmp_path_factory.mktemp("serve")
     allow = root / "allowed"
     allow.mkdir()
-    fleet = RayFleet(actors=0, model=MODEL, config="tiny", dtype="float32", num_cpus=1, storage=root / "storage",
-                     health_interval_s=0.2, health_timeout_s=10.0)
+    fleet = held["fleet"] = RayFleet(actors=0, model=MODEL, config="tiny", dtype="float32", num_cpus=1,
+                                     storage=root / "storage", health_interval_s=0.2, health_timeout_s=10.0)
     loading = fleet.controller.add_workers.remote(2)  # the models load while Serve starts
     url = deploy(fleet.controller_name, token=TOKEN, allow_dir=str(allow), port=_free_port())
     ray.get(loading)

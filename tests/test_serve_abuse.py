@@ -19,28 +19,12 @@ import time
 
 import pytest
 
-from conftest import REPO
+from _serve_helpers import free_port as _free_port, start_ray, wait_for as _wait
 
 MODEL = "tiny-smolvlm"
 TOKEN = "abuse-token-91c2"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LIMITS = {"max_streams": 6, "max_followers_per_token": 70, "max_followers": 90, "max_question_tokens": 64}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred, timeout=60.0, every=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    return pred()
 
 
 # ---- finite sources (no Ray) --------------------------------------------------------------------------
@@ -111,28 +95,11 @@ def test_http_live_feed_without_length_still_reconnects(media):
 def env(request, tmp_path_factory, media):
     """(fleet, url, allow_dir, storage): Ray with 2 CPUs, one respawning worker, the HTTP app with a token."""
     ray = pytest.importorskip("ray")
-    env_vars = {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="vstream",
-                 runtime_env={"env_vars": env_vars}, _node_ip_address="127.0.0.1")
-    except Exception as e:
-        pytest.skip(f"Ray cannot start: {e}")
-    from ray import serve
+    held = start_ray(request, _node_ip_address="127.0.0.1")
 
     from vstream.serve.client import RayFleet
     from vstream.serve.http import deploy
 
-    fleet = None
-
-    def finish():
-        try:
-            serve.shutdown()
-        finally:
-            if fleet is not None:
-                fleet.close()
-            ray.shutdown()
-
-    request.addfinalizer(finish)
     root = tmp_path_factory.mktemp("abuse")
     allow = root / "allowed"
     allow.mkdir()
@@ -142,8 +109,9 @@ def env(request, tmp_path_factory, media):
                                    "#EXT-X-ENDLIST\n")
     (allow / "list.ffconcat").write_text(f"ffconcat version 1.0\nfile {root / 'outside.ts'}\n")
     (allow / "sneaky.mp4").write_text(f"#EXTM3U\n#EXTINF:4.0,\n{root / 'outside.ts'}\n#EXT-X-ENDLIST\n")
-    fleet = RayFleet(actors=0, model=MODEL, config="tiny", dtype="float32", num_cpus=1, storage=root / "storage",
-                     health_interval_s=0.2, health_timeout_s=10.0, respawn=True)
+    fleet = held["fleet"] = RayFleet(actors=0, model=MODEL, config="tiny", dtype="float32", num_cpus=1,
+                                     storage=root / "storage", health_interval_s=0.2, health_timeout_s=10.0,
+                                     respawn=True)
     loading = fleet.controller.add_workers.remote(1)
     url = deploy(fleet.controller_name, token=TOKEN, allow_dir=str(allow), port=_free_port(), limits=LIMITS)
     ray.get(loading)

@@ -6,36 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from _serve_helpers import free_port as _free_port, wait_for as _wait
 
 MODEL = "tiny-smolvlm"
 TOKEN = "kill-token-3b7e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(pred, timeout=60.0, every=0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(every)
-    return pred()
 
 
 def _syn(seed: int, duration="4", fps: int = 2) -> str:

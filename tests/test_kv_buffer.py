@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _kv_reference import TOL, Recorder, expected_layout, max_diff, place, question_on
+from _kv_reference import TOL, Recorder, assert_window_placed, expected_layout, max_diff, place, question_on
 from conftest import make_chunks, tiny_adapter
 from memory import kvbuffer
 from memory.kvbuffer import BufferLayer
@@ -92,11 +92,8 @@ def test_many_evictions_equal_reference(name, monkeypatch):
     head, tail, live, ev_idx, left = expected_layout(prev_first, items, W, TW, HEAD, TAIL)
     assert left.n > HEAD + TAIL and mm.prev_head.n_tokens == HEAD and mm.prev_tail.n_tokens == TAIL
     assert [s.kind for s in mm.live] == [how for _, how in live]
-    keys, values, next_pos = place(a, [(sinks, "text"), (head, "text"), (tail, "text")] + live)
-    assert mm.next_pos == next_pos
-    for l in range(a.num_layers):
-        assert max_diff(mm.cache.layers[l].keys, keys[l]) <= TOL, (name, "keys", l)
-        assert torch.equal(mm.cache.layers[l].values, values[l]), (name, "values", l)
+    keys, values, next_pos = assert_window_placed(mm, a, [(sinks, "text"), (head, "text"), (tail, "text")] + live,
+                                                  name)
     _, _, logits, _, _ = eng.prepare(QUESTION, eng.snapshot())
     _, ref = question_on(a, keys, values, next_pos, a.question_text(QUESTION))
     assert max_diff(logits, ref) <= TOL, f"{name}: question logits after many evictions"

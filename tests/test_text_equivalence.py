@@ -16,9 +16,9 @@ Text segments are proven the way vision chunks are (tests/test_engine_equivalenc
 from __future__ import annotations
 
 import pytest
-import torch
 
-from _kv_reference import TOL, Recorder, expected_layout, full_forward, ids_as_text, max_diff, place, question_on
+from _kv_reference import (TOL, Recorder, assert_window_placed, expected_layout, full_forward, ids_as_text, max_diff,
+                           place, question_on)
 from conftest import TINY_PRESETS, make_chunks, tiny_adapter
 from memory.segment import TEXT, VISION
 from vstream.config import from_name
@@ -131,12 +131,8 @@ def test_previous_text_and_retrieval_equal_reference(name, monkeypatch):
     # the case is the interesting one: both ends of the block are cut inside a turn
     assert left.n > HEAD + TAIL and mm.prev_head.n_tokens == HEAD and mm.prev_tail.n_tokens == TAIL
     assert [s.kind for s in mm.live] == [how for _, how in live]
-    ref_parts = [(sinks, "text"), (head, "text"), (tail, "text")] + live
-    keys, values, next_pos = place(a, ref_parts)
-    assert mm.next_pos == next_pos
-    for l in range(a.num_layers):
-        assert max_diff(mm.cache.layers[l].keys, keys[l]) <= TOL, (name, "keys", l)
-        assert torch.equal(mm.cache.layers[l].values, values[l]), (name, "values", l)
+    keys, values, next_pos = assert_window_placed(mm, a, [(sinks, "text"), (head, "text"), (tail, "text")] + live,
+                                                  name)
     cache, _, logits, _, _ = eng.prepare(QUESTION, eng.snapshot())
     ref_cache, ref = question_on(a, keys, values, next_pos, a.question_text(QUESTION))
     assert max_diff(logits, ref) <= TOL, f"{name}: question logits after text eviction"

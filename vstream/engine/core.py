@@ -30,8 +30,7 @@ from vstream.config import AgentConfig
 from vstream.engine.generate import TextStreamer, decode_n_tokens, prefill
 from vstream.models.base import ModelAdapter, StopForward
 from vstream.sources.frames import resize_max_side
-from vstream.engine.evidence import (evidence_source, long_term_evidence, recorded_in,  # noqa: F401
-                                     speech_evidence, wall_at, window_evidence)
+from vstream.engine.evidence import long_term_evidence, recorded_in, speech_evidence, wall_at, window_evidence
 from vstream.engine.tokendrop import drop_chunk_tokens, token_drop_for
 from vstream.types import Answer, ChunkReport, CommentaryItem
 

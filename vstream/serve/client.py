@@ -124,7 +124,7 @@ class RayFleet:
         return self
 
     def _call(self, method: str, *args, timeout: float | None = None, **kw):
-        from vstream.serve.controller import unwrap
+        from vstream.serve.rayutil import unwrap
 
         if self._closed:
             raise RuntimeError("the RayFleet is closed; open a new one")
@@ -208,7 +208,7 @@ class RayFleet:
         if stream:
             return (p for p in self.ask_stream(stream_id, question, max_new_tokens=max_new_tokens, history=history,
                                                since=since, until=until) if isinstance(p, str))
-        from vstream.serve.controller import unwrap
+        from vstream.serve.rayutil import unwrap
 
         for attempt in range(retries + 1):
             _, h = self.actor_of(stream_id)
@@ -226,7 +226,7 @@ class RayFleet:
                    history: bool = True, request_id: str | None = None, max_question_tokens: int | None = None,
                    since: Any = None, until: Any = None) -> Iterator[str | Answer]:
         """Pieces (str) as they are decoded, then the ``Answer``."""
-        from vstream.serve.controller import unwrap
+        from vstream.serve.rayutil import unwrap
 
         _, h = self.actor_of(stream_id)
         gen = h.ask_stream.options(num_returns="streaming").remote(stream_id, question, max_new_tokens, history,

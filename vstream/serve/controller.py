@@ -28,7 +28,7 @@ import ray
 
 from vstream.serve.journal import Journal, safe_name
 from vstream.serve.rayutil import gather as _gather
-from vstream.serve.rayutil import unwrap  # noqa: F401  (callers import it from here)
+from vstream.serve.rayutil import unwrap
 from vstream.serve.registry import REGISTRY_NAME, Registry
 
 logger = logging.getLogger(__name__)

@@ -300,7 +300,7 @@ async def _pieces(f, sid: str, q: str, mnt: int | None, history: bool,
                   when: dict | None = None) -> AsyncIterator[Any]:
     """Pieces (str), then the answer (dict), of a streamed question (``when``: since/until); cancelled when the
     consumer stops."""
-    from vstream.serve.controller import unwrap
+    from vstream.serve.rayutil import unwrap
 
     rid = uuid.uuid4().hex
     lim = current_limits()

@@ -369,7 +369,7 @@ class RealtimeSession:
                 self._lost(e)
                 return
             except ray.exceptions.RayTaskError as e:  # e.g. the stream was removed meanwhile
-                from vstream.serve.controller import unwrap
+                from vstream.serve.rayutil import unwrap
 
                 self.send(rp.error_event("push_failed", " ".join(str(unwrap(e)).split())[:300], type_="server_error"))
 

@@ -20,7 +20,7 @@ async def answer(s, question: str, mnt: int | None) -> None:
     """Stream the answer to ``question`` on session ``s`` (a ``RealtimeSession``) as OpenAI response events."""
     import ray
 
-    from vstream.serve.controller import unwrap
+    from vstream.serve.rayutil import unwrap
 
     rid, iid = rp.new_id("resp"), rp.new_id("item")
     base = {"response_id": rid, "item_id": iid, "output_index": 0, "content_index": 0}

@@ -100,7 +100,7 @@ def build_app(ctl, args: argparse.Namespace):
     """Build the Blocks UI around ``ctl`` (an AppController); returns ``(demo, launch_kwargs)``."""
     import gradio as gr
 
-    from vstream.app.controller import SHARING_NOTE, format_status, latency_frame
+    from vstream.app.chat import SHARING_NOTE, format_status, latency_frame
     from vstream.app.tabs import act, cameras_tab, memory_tab
     from vstream.app.timerange import EXAMPLES
     from vstream.sources import VIDEO_EXTENSIONS

@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO, tiny_adapter
 
 from vstream.api import Agent
-from vstream.app.controller import NO_SOURCE, AppController, check_memory_name, evidence_caption, format_status
+from vstream.app.chat import check_memory_name, evidence_caption, format_status
+from vstream.app.controller import NO_SOURCE, AppController
 from vstream.config import from_name
 
 SAMPLE = REPO / "data" / "sample.mp4"
@@ -292,7 +293,7 @@ def test_build_app_binds_localhost_by_default(make_ctl, monkeypatch):
 def test_each_browser_has_its_own_chat_over_the_shared_stream(make_ctl):
     """Two browser sessions (two chats) on one controller: a question and its answer appear only in the
     asker's chat; the stream, its source change and alerts are shared; the UI says so."""
-    from vstream.app.controller import SHARING_NOTE
+    from vstream.app.chat import SHARING_NOTE
 
     ctl = make_ctl(realtime=False)
     alice, bob = ctl.new_chat(), ctl.new_chat()

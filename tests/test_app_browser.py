@@ -288,6 +288,9 @@ def test_two_pages_see_the_same_source_and_settings(app):
         was = a.locator("#comm-on input").is_checked()
         b.locator("#comm-on input").click()
         app.wait(lambda: a.locator("#comm-on input").is_checked() != was, 15, "page A to show the setting")
+        # a timer refresh of page B computed before its click can land after it: wait until B shows the
+        # shared value too, so that the next click turns it back rather than on again
+        app.wait(lambda: b.locator("#comm-on input").is_checked() != was, 15, "page B to show its own setting")
         b.locator("#comm-on input").click()  # back as it was
         app.wait(lambda: a.locator("#comm-on input").is_checked() == was, 15, "the setting back on page A")
         assert "commentary" in a.locator("#now").inner_text()

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from _lecture_helpers import edit_distance, lecture_module, need_tools, words
-from vstream.speech.asr import ASRConfig, StreamingASR, resolve_model, transcribe
+from vstream.config import ASRConfig, resolve_model
+from vstream.speech.asr import StreamingASR, transcribe
 from vstream.sources.audio import SAMPLE_RATE, AudioBlock, audio_blocks
 
 SAID = [("Heat Engines\nWork from temperature differences", [

@@ -14,7 +14,8 @@ import torch
 from conftest import make_chunks, tiny_adapter
 from memory.manager import fill_cache
 from vstream.config import from_name
-from vstream.engine.core import Engine, Retrieved
+from memory.types import Retrieved
+from vstream.engine.core import Engine
 from vstream.models.base import rotate_half
 
 TOL = 1e-4

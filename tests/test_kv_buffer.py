@@ -22,7 +22,8 @@ from memory.segment import TEXT, VISION
 from test_token_drop import MIXED, scene_chunks
 from vstream.bench.ops import ops_per_chunk
 from vstream.config import from_name
-from vstream.engine.core import Engine, Retrieved
+from memory.types import Retrieved
+from vstream.engine.core import Engine
 
 QUESTION = "What happened in the video?"
 FAMILIES = ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-llava-onevision", "tiny-smolvlm"]

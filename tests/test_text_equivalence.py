@@ -22,7 +22,8 @@ from _kv_reference import (TOL, Recorder, assert_window_placed, expected_layout,
 from conftest import TINY_PRESETS, make_chunks, tiny_adapter
 from memory.segment import TEXT, VISION
 from vstream.config import from_name
-from vstream.engine.core import Engine, Retrieved
+from memory.types import Retrieved
+from vstream.engine.core import Engine
 
 QUESTION = "What happened in the video?"
 PREV = "Earlier on this stream: the host said hello and showed a title card."

@@ -165,7 +165,7 @@ def test_dropped_after_eviction_equals_rerotated_reference(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_dropped_entries_from_store_equal_reference(name, tmp_path):
     """Dropped chunks go through the real long-term store (gapped rel_pos on disk) and come back exactly."""
-    from vstream.engine.core import Retrieved
+    from memory.types import Retrieved
     from vstream.engine.longterm import open_long_term
 
     adapter = tiny_adapter(name)

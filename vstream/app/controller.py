@@ -25,17 +25,15 @@ import numpy as np
 
 from vstream.app.alertbook import AlertBook, StandingAlert
 from vstream.app.cameras import CameraWall
-from vstream.app.chat import (_NAME_RE, SHARING_NOTE, Chat, check_memory_name, clean_text,  # re-exported
-                             evidence_caption, evidence_items, format_answer, format_status, human_bytes,
-                             latency_frame)
+from vstream.app.chat import Chat, check_memory_name, clean_text, format_answer
 from vstream.app.memory_tab import MemoryShelf
 from vstream.app.player import Focus, focus_evidence
 from vstream.app.shared import SharedView, _retry
 from vstream.app.timerange import checked_range, range_note
 from vstream.app.uploads import _short_reason, asr_available, check_upload
 from vstream.session.responder import stream_answer
-from vstream.sources import VIDEO_EXTENSIONS, PushSource, SourceError, is_url, open_source, probe
-from vstream.types import Alert, Answer, CommentaryItem
+from vstream.sources import PushSource, SourceError, is_url, open_source
+from vstream.types import Alert, CommentaryItem
 
 logger = logging.getLogger(__name__)
 

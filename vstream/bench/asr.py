@@ -24,7 +24,8 @@ import re
 import time
 from pathlib import Path
 
-from vstream.speech.asr import ASRConfig, SpeechSegment, StreamingASR, WhisperRecognizer
+from vstream.config import ASRConfig
+from vstream.speech.asr import SpeechSegment, StreamingASR, WhisperRecognizer
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 from memory.longterm import wall_overlaps
 from memory.manager import MemoryManager, Snapshot, fill_cache
 from memory.segment import SINK, TEXT, VISION, Segment
-from memory.types import Retrieved  # the long-term store's result type, re-exported here
+from memory.types import Retrieved
 from vstream.clock import NOTHING_RECORDED
 from vstream.config import AgentConfig
 from vstream.engine.generate import TextStreamer, decode_n_tokens, prefill

@@ -21,7 +21,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 from memory.store_io import read_infos
 from memory.types import EntryInfo

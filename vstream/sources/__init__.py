@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from vstream.sources.chunking import Chunk, Chunker, Sampler, fit_frame_count, time_marker
+from vstream.clock import time_marker
+from vstream.sources.chunking import Chunk, Chunker, Sampler, fit_frame_count
 from vstream.sources.frames import Frame, VideoSource, resize_max_side
 from vstream.sources.encode import write_video
 from vstream.sources.errors import (LIVE_SCHEMES, URL_SCHEMES, VIDEO_EXTENSIONS, SourceError, _stream_error, is_device,

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from vstream.clock import clock_marker, time_marker  # noqa: F401 - time_marker: re-exported
+from vstream.clock import clock_marker, time_marker
 from vstream.sources.frames import Frame
 
 logger = logging.getLogger(__name__)

@@ -33,19 +33,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
 from vstream.sources.audio import SAMPLE_RATE, AudioBlock
-from vstream.config import COMPUTE_TYPES, VAD_MODES, ASRConfig, resolve_model  # noqa: F401 - re-exported
+from vstream.config import VAD_MODES, ASRConfig, resolve_model
 
 logger = logging.getLogger(__name__)
 

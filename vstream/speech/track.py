@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from vstream.speech.asr import SpeechSegment, StreamingASR
-from vstream.sources.chunking import time_marker
+from vstream.clock import time_marker
 from vstream.config import ASRConfig
 
 logger = logging.getLogger(__name__)

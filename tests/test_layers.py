@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "clock": set(),
     "sources": {"clock"},
     "models": {"vstream", "clock"},
-    "speech": {"vstream", "config", "sources"},
+    "speech": {"vstream", "config", "clock", "sources"},
     "engine": {"vstream", "memory", "config", "types", "clock", "models", "sources"},
     "session": {"vstream", "memory", "config", "types", "clock", "sources", "engine"},
     "api": {"config", "types", "clock", "models", "sources", "speech", "engine", "session"},

@@ -41,9 +41,12 @@ def test_ingest_over_decode_counts(small_clip):
     from vstream.bench.pipeline import ingest_over_decode
 
     r = ingest_over_decode(small_clip, model="tiny-smolvlm", fps=1.0, device="cpu", threads=1)
-    for k in ("ingest_s", "decode_s", "ratio", "frames_decoded", "frames_converted", "frames_kept"):
+    for k in ("ingest_s", "decode_s", "ratio", "noref_s", "ratio_noref", "frames_decoded", "frames_converted",
+              "frames_kept"):
         assert k in r
-    assert r["frames_decoded"] == 90 and r["frames_kept"] == 3 == r["chunks"]
+    assert r["frames_in"] == 90 and r["frames_kept"] == 3 == r["chunks"]
+    assert 0 < r["frames_left_out"] == 90 - r["frames_decoded"]  # dropped non-reference pictures: not decoded
+    assert r["noref_s"] > 0 and r["ratio_noref"] > 0
     assert r["frames_converted"] <= 1.2 * r["frames_kept"]
     assert set(r["stage_s"]) == {"decode", "convert", "preprocess", "model"}
     assert r["ratio"] > 0 and r["decode_s"] > 0
@@ -74,7 +77,8 @@ def test_the_pipeline_report_has_ops_against_w(tmp_path):
     res = json.loads((tmp_path / "pipeline.json").read_text())
     assert (tmp_path / "pipeline.png").stat().st_size > 0
     run = res["runs"][0]
-    assert run["frames_decoded"] == 60 and run["frames_kept"] == 2 and run["frames_converted"] <= 2
+    assert run["frames_in"] == 60 == run["frames_decoded"] + run["frames_left_out"] and run["frames_left_out"] > 0
+    assert run["frames_kept"] == 2 and run["frames_converted"] <= 2
     rows = {r["window_chunks"]: r for r in res["ops"]["rows"]}
     assert set(rows) == {2, 6} and all(r["num_layers"] == 2 for r in rows.values())
     assert rows[6]["outside"] <= 1.1 * rows[2]["outside"]  # bookkeeping per chunk does not grow with W

@@ -16,7 +16,7 @@ import numpy as np
 
 from vstream.sources.frames import ConversionCounter, Frame, check_max_side, resize_max_side
 from vstream.sources.errors import _check_file, _container_error, _exc_text, _file_error
-from vstream.sources.pyav import _open_container, _pyav_frames, _stream_facts
+from vstream.sources.pyav import _open_container, _pyav_frames, _stream_facts, plan_file_skips
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,12 @@ class FileSource(ConversionCounter):
 
     Only what is kept is converted to RGB: after ``plan_sampling(fps)`` (the pipeline calls it) decord
     fetches only the frames a ``Sampler`` at that fps keeps (indices chosen by timestamp first) and
-    yields the others as lazy frames; PyAV decodes every frame and converts a frame only when its
-    ``rgb`` is read. ``frames_decoded`` / ``frames_converted`` count, per iteration, the frames that went
-    through the decoder (decord: the frames of the range it read) and those turned into RGB arrays.
+    yields the others as lazy frames; PyAV converts a frame only when its ``rgb`` is read and, after
+    ``plan_sampling``, does not even decode the non-reference pictures the sampler will drop
+    (``vstream.sources.skipping``; ``skip_undecoded=False`` decodes every picture). Either way every
+    frame is yielded, at its time. ``frames_decoded`` / ``frames_converted`` count, per iteration, the
+    pictures that went through the decoder (decord: the frames of the range it read) and those turned
+    into RGB arrays.
 
     Frames with ``start_s <= t < end_s`` are yielded. ``backend="auto"`` (or ``"pyav"``) decodes with PyAV,
     its frame threads on; ``"decord"`` uses decord (a SourceError when decord cannot open the file).
@@ -37,7 +40,8 @@ class FileSource(ConversionCounter):
     """
 
     def __init__(self, path: str | os.PathLike, *, start_s: float = 0.0, end_s: float | None = None,
-                 max_side: int | None = None, batch: int = 16, backend: str = "auto", threads: int = 0):
+                 max_side: int | None = None, batch: int = 16, backend: str = "auto", threads: int = 0,
+                 skip_undecoded: bool = True):
         check_max_side(max_side)
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -51,6 +55,8 @@ class FileSource(ConversionCounter):
         self._vr = None
         self._ts: np.ndarray | None = None  # [N] frame start times (decord)
         self._plan_fps: float | None = None
+        self.skip_undecoded = bool(skip_undecoded)
+        self.skip_plan = None  # PyAV: the SkipPlan of the current iteration (None: every picture decoded)
         self._closed = False
         self.backend = backend
         if backend == "decord":
@@ -121,11 +127,14 @@ class FileSource(ConversionCounter):
 
     def _iter_pyav(self) -> Iterator[Frame]:
         for seek in ((True, False) if self.start_s > 0 else (True,)):
+            self.skip_plan = None
+            if self._plan_fps is not None and self.skip_undecoded:
+                self.skip_plan = self._plan_skips(seek)
             container = _open_container(str(self.path))
             n = 0
             try:
                 for frame in _pyav_frames(container, path=self.name, start_s=self.start_s, end_s=self.end_s,
-                                          max_side=self.max_side, seek=seek, counter=self):
+                                          max_side=self.max_side, seek=seek, counter=self, skip=self.skip_plan):
                     n += 1
                     yield frame
                     if self._closed:  # closed while iterating
@@ -135,6 +144,17 @@ class FileSource(ConversionCounter):
             if n:
                 return
             logger.info("seeking in %r gave no frame; decoding from the start", self.name)  # e.g. MPEG-TS
+
+    def _plan_skips(self, seek: bool):
+        """The plan of what not to decode at the planned fps (None, decoding everything, when not exact)."""
+        try:
+            plan = plan_file_skips(str(self.path), self._plan_fps, start_s=self.start_s, end_s=self.end_s, seek=seek)
+        except Exception as exc:  # noqa: BLE001 - a demux error: the decode pass reports damage itself
+            logger.debug("no skip plan for %r (%s); decoding every frame", self.name, _exc_text(exc))
+            return None
+        if plan is None:
+            logger.debug("no skip plan for %r (packets without timestamps); decoding every frame", self.name)
+        return plan
 
     def _iter_decord(self) -> Iterator[Frame]:
         if self._vr is None:

@@ -8,12 +8,14 @@ index says it should is reported as truncated.
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import os
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from vstream.sources.frames import ConversionCounter, Frame, resize_max_side
+from vstream.sources.skipping import SkipPlan, plan_skips, pts_time
 from vstream.sources.errors import (LIVE_SCHEMES, _check_file, _container_error, _exc_text, _file_error,
                                     _stream_error, is_device, is_url)
 
@@ -123,9 +125,11 @@ class _DecodeLog:
 MAX_BAD_PACKETS = 50
 
 
-def _decode_video(container, vs, log: _DecodeLog) -> Iterator[Any]:
+def _decode_video(container, vs, log: _DecodeLog, left_out: list | None = None,
+                  skip: "SkipPlan | None" = None) -> Iterator[Any]:
     """Demux and decode ``vs``; skip undecodable packets (counted in ``log``); demux errors propagate.
 
+    With a ``skip`` plan, packets it leaves out are not decoded; their pts go to ``left_out``.
     Frames still held by the decoder are drained before a demux error is raised.
     """
     import av
@@ -133,6 +137,9 @@ def _decode_video(container, vs, log: _DecodeLog) -> Iterator[Any]:
     in_a_row = 0
     try:
         for packet in container.demux(vs):
+            if skip is not None and skip.leave_out(packet):
+                left_out.append(packet.pts)
+                continue
             try:
                 decoded = packet.decode()
             except av.FFmpegError as exc:
@@ -157,29 +164,72 @@ def rgb_of(frame, max_side: int | None = None):
     return resize_max_side(frame.to_ndarray(format="rgb24"), max_side)
 
 
+def _seek(container, vs, start_s: float, origin: float, path: str) -> None:
+    """Position ``container`` at the keyframe at or before ``start_s`` (stream time); from the start when
+    ``start_s`` is 0 or the seek fails."""
+    import av
+
+    if start_s > 0 and vs.time_base:
+        try:
+            container.seek(int((start_s + origin) / vs.time_base), stream=vs, backward=True, any_frame=False)
+        except av.FFmpegError as exc:
+            logger.debug("seek to %.2fs failed in %s (%s); decoding from the start", start_s, path, _exc_text(exc))
+
+
+def plan_file_skips(path: str, fps: float, *, start_s: float = 0.0, end_s: float | None = None,
+                    seek: bool = True) -> SkipPlan | None:
+    """The ``SkipPlan`` of a ``Sampler(fps)`` over the frames of file ``path`` in ``[start_s, end_s)``, read
+    from the same position ``_pyav_frames`` decodes from (demux only); None when it cannot be exact."""
+    container = _open_container(path)
+    try:
+        vs = container.streams.video[0]
+        origin = _video_origin(container)
+        if seek:
+            _seek(container, vs, start_s, origin, path)
+        return plan_skips(container, fps, start_s=start_s, end_s=end_s, origin=origin, path=path)
+    finally:
+        container.close()
+
+
 def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | None = None,
-                 max_side: int | None = None, seek: bool = True,
-                 counter: ConversionCounter | None = None) -> Iterator[Frame]:
+                 max_side: int | None = None, seek: bool = True, counter: ConversionCounter | None = None,
+                 skip: SkipPlan | None = None) -> Iterator[Frame]:
     """Decode the first video stream of an open PyAV container (a file): what is readable, then a warning.
 
     Frames are lazy: a picture becomes an RGB array only when its ``rgb`` is read (counted in
     ``counter.frames_converted``; ``counter.frames_decoded`` counts every picture decoded).
-    ``seek=False`` decodes from the start and skips to ``start_s`` (for containers that seek badly)."""
+    ``seek=False`` decodes from the start and skips to ``start_s`` (for containers that seek badly).
+    ``skip`` (a ``SkipPlan`` whose ``path`` is this file) leaves the non-reference pictures it does not
+    keep out of the decoder; each still comes out as a lazy frame at its time, in presentation order,
+    decoded alone if it is ever read."""
     import av
 
     vs = container.streams.video[0]
     vs.thread_type = "AUTO"
     facts_fps = float(vs.average_rate) if vs.average_rate else None
     origin = _video_origin(container)  # frame times count from the video stream's start (MPEG-TS: ~1.4 s)
-    if seek and start_s > 0 and vs.time_base:
-        try:
-            container.seek(int((start_s + origin) / vs.time_base), stream=vs, backward=True, any_frame=False)
-        except av.FFmpegError as exc:
-            logger.debug("seek to %.2fs failed in %s (%s); decoding from the start", start_s, path, _exc_text(exc))
+    if seek:
+        _seek(container, vs, start_s, origin, path)
     log = _DecodeLog(container, whole=start_s <= 0, end_s=end_s)
+    left_out: list[int] = []  # pts of the packets the plan left out, in decode order
+    pending: list[tuple[float, int]] = []  # heap of (t, pts): left-out pictures not yet yielded
+
+    def left_out_before(t_next: float | None) -> Iterator[Frame]:
+        """Lazy frames for the left-out pictures shown before ``t_next`` (all of them: None)."""
+        while left_out:
+            pts = left_out.pop()
+            heapq.heappush(pending, (pts_time(pts, vs.time_base) - origin, pts))
+        while pending and (t_next is None or pending[0][0] < t_next):
+            t, pts = heapq.heappop(pending)
+            if t < start_s - 1e-6 or (end_s is not None and t >= end_s):
+                continue
+            log.add(t)
+            fetch = functools.partial(_decode_alone, skip, pts, t, max_side)
+            yield Frame.lazy(t, fetch) if counter is None else counter.lazy_frame(t, fetch)
+
     error: BaseException | None = None
     try:
-        for frame in _decode_video(container, vs, log):
+        for frame in _decode_video(container, vs, log, left_out, skip):
             if counter is not None:
                 counter.frames_decoded += 1
             t = frame.time
@@ -187,6 +237,8 @@ def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | N
                 t = 0.0 if log.last_t is None else log.last_t + 1.0 / (facts_fps or 25.0)
             else:
                 t = float(t) - origin
+            if skip is not None:
+                yield from left_out_before(t)
             if t < start_s - 1e-6:
                 continue
             if end_s is not None and t >= end_s:
@@ -196,6 +248,27 @@ def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | N
                 yield Frame(t, rgb_of(frame, max_side))
                 continue
             yield counter.lazy_frame(t, functools.partial(rgb_of, frame, max_side))
+        if skip is not None:
+            yield from left_out_before(None)
     except (av.FFmpegError, EOFError, OSError) as exc:
         error = exc
     log.warn_if_damaged(path, error)
+
+
+def _decode_alone(skip: SkipPlan, pts: int, t: float, max_side: int | None):
+    """The RGB picture at ``pts`` of ``skip.path``, decoded from the keyframe before it (a left-out picture
+    that was read after all)."""
+    skip.note_fetch(skip.path, t)
+    container = _open_container(skip.path)
+    try:
+        vs = container.streams.video[0]
+        vs.thread_type = "AUTO"
+        container.seek(pts, stream=vs, backward=True, any_frame=False)
+        for frame in _decode_video(container, vs, _DecodeLog()):
+            if frame.pts == pts:
+                return rgb_of(frame, max_side)
+            if frame.pts is not None and frame.pts > pts:  # presentation order: it is not coming
+                break
+    finally:
+        container.close()
+    raise RuntimeError(f"the frame at t={t:.3f}s of {skip.path!r} could not be decoded again")

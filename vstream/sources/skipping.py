@@ -1,0 +1,142 @@
+"""Not decoding what the sampler drops: the non-reference pictures a sampling plan does not keep.
+
+A picture that no other picture refers to (H.264: every slice has ``nal_ref_idc == 0``; any codec whose
+demuxer flags the packet disposable) can be left out of the decoder without changing one pixel of any
+other picture; ffmpeg's ``-skip_frame noref`` relies on the same fact. A file decoded at a sampling
+rate far below its frame rate keeps one picture in thirty, and about half of an H.264 stream with
+B-frames is non-reference: those are never decoded unless the sampler keeps them.
+
+``plan_skips`` reads every packet's time first (demux only, no decoding: about 20 ms per minute of
+720p), runs the sampler's own rule over those times (``Sampler.plan``) and returns a ``SkipPlan``; the
+decoder then leaves out each non-reference packet whose picture the plan does not keep. The source
+still yields a (lazy) frame for every picture, in presentation order, so the sampler downstream sees
+exactly the frames and times it would have seen; should a left-out picture ever be read after all, it is
+decoded alone (``fetch_one``), so a plan that disagrees with the sampler costs time, never pixels.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+logger = logging.getLogger(__name__)
+
+#: H.264 NAL unit types: a coded slice of a non-IDR picture, of an IDR picture.
+_H264_SLICE, _H264_IDR = 1, 5
+#: H.264 VCL NAL types whose reference status this reader does not decide (partitions, extensions).
+_H264_OTHER_VCL = frozenset({2, 3, 4, 20, 21})
+
+
+def pts_time(pts: int, time_base) -> float:
+    """Seconds of a timestamp in ``time_base`` units (the value PyAV's ``frame.time`` gives)."""
+    return float(pts * time_base)
+
+
+def h264_length_size(extradata: bytes | None) -> int:
+    """NAL length-prefix size of an H.264 stream from its extradata: 1, 2 or 4 for avcC (MP4/MKV), 0 for
+    Annex B start codes (MPEG-TS, raw .h264, no extradata)."""
+    if extradata and len(extradata) >= 7 and extradata[0] == 1:
+        return (extradata[4] & 0x03) + 1
+    return 0
+
+
+def _nal_headers(data: bytes, length_size: int):
+    """The first byte of each NAL unit in one H.264 access unit (length-prefixed or Annex B)."""
+    n = len(data)
+    if length_size:
+        i = 0
+        while i + length_size < n:
+            size = int.from_bytes(data[i:i + length_size], "big")
+            yield data[i + length_size]
+            if size <= 0:
+                return
+            i += length_size + size
+        return
+    i = data.find(b"\x00\x00\x01")
+    while 0 <= i and i + 3 < n:
+        yield data[i + 3]
+        i = data.find(b"\x00\x00\x01", i + 3)
+
+
+def h264_is_nonref(data: bytes, length_size: int) -> bool:
+    """True when the access unit ``data`` holds slices and every one has ``nal_ref_idc == 0`` (a picture no
+    other picture refers to). Anything this reader does not decide (no slice, partitions) is False."""
+    slices = 0
+    for header in _nal_headers(data, length_size):
+        kind = header & 0x1F
+        if kind in _H264_OTHER_VCL or kind == _H264_IDR:
+            return False
+        if kind == _H264_SLICE:
+            if (header >> 5) & 0x03:
+                return False
+            slices += 1
+    return slices > 0
+
+
+def nonref_reader(codec_context) -> Callable[[object], bool]:
+    """A test ``packet -> bool``: True when the packet's picture is one no other picture refers to.
+
+    H.264 is read from its NAL headers; other codecs trust the demuxer's disposable flag (set by MP4's
+    ``sdtp`` box, for one), which is False when the container does not say."""
+    if codec_context.name == "h264":
+        size = h264_length_size(codec_context.extradata)
+        return lambda packet: h264_is_nonref(bytes(packet), size)
+    return lambda packet: bool(getattr(packet, "is_disposable", False))
+
+
+@dataclass
+class SkipPlan:
+    """The pictures a sampler will keep (``kept``: pts in stream time-base units) and the packet test."""
+
+    kept: frozenset
+    is_nonref: Callable[[object], bool]
+    path: str = ""  # the file, for decoding a left-out picture alone
+    skipped: int = 0  # packets left out of the decoder so far
+    fetched: int = 0  # left-out pictures read after all (decoded alone)
+    _warned: bool = field(default=False, repr=False)
+
+    def leave_out(self, packet) -> bool:
+        """True when ``packet`` need not be decoded: a non-reference picture the plan does not keep."""
+        pts = packet.pts
+        if pts is None or pts in self.kept or packet.size == 0 or not self.is_nonref(packet):
+            return False
+        self.skipped += 1
+        return True
+
+    def note_fetch(self, name: str, t: float) -> None:
+        """Count a left-out picture read after all; warn once (the plan disagreed with the sampler)."""
+        self.fetched += 1
+        if not self._warned:
+            self._warned = True
+            logger.warning("video %r: the frame at t=%.3fs was left out of decoding by the sampling plan but was "
+                           "read; decoding such frames one by one (slower, same pixels)", name, t)
+
+
+def plan_skips(container, fps: float, *, start_s: float = 0.0, end_s: float | None = None,
+               origin: float = 0.0, path: str = "") -> SkipPlan | None:
+    """Demux (no decoding) the first video stream of an open container, positioned where decoding will
+    start, and return the ``SkipPlan`` of a ``Sampler(fps)`` over frames with ``start_s <= t < end_s``.
+
+    None when the plan cannot be exact: a packet without a timestamp, or no packet at all."""
+    from vstream.sources.chunking import Sampler
+
+    vs = container.streams.video[0]
+    tb = vs.time_base
+    if tb is None:
+        return None
+    pts_in: dict[float, int] = {}
+    for packet in container.demux(vs):
+        if packet.size == 0:  # the demuxer's end-of-stream flush packet
+            continue
+        if packet.pts is None:
+            return None
+        if end_s is not None and packet.dts is not None and pts_time(packet.dts, tb) - origin >= end_s:
+            break  # dts <= pts: no later packet shows a picture before end_s
+        t = pts_time(packet.pts, tb) - origin
+        if t >= start_s - 1e-6 and (end_s is None or t < end_s):
+            pts_in[t] = packet.pts
+    if not pts_in:
+        return None
+    times = sorted(pts_in)
+    kept = frozenset(pts_in[times[i]] for i in Sampler(fps).plan(times))
+    return SkipPlan(kept=kept, is_nonref=nonref_reader(vs.codec_context), path=path)

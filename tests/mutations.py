@@ -42,6 +42,7 @@ CLOCK = "tests/test_clock_time.py"
 KVB_EQ = "tests/test_kv_buffer.py::test_many_evictions_equal_reference"
 KVB_SNAP = "tests/test_kv_buffer.py::test_snapshot_before_evictions_answers_as_before"
 KVB_REUSE = "tests/test_kv_buffer.py::test_unheld_snapshot_buffers_are_reused"
+SKIP = "tests/test_skip_undecoded.py"
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,35 @@ MUTANTS: list[Mutant] = [
       "        x = resize_frames(frames, [first, (side, side)], self.resample, self.device)  # [N, 3, side, side] 0..1",
       "        x = resize_frames(frames, [(side, side)], self.resample, self.device)  # [N, 3, side, side] 0..1",
       "SmolVLM's first (longest-edge) resize is skipped", "tests/test_parity_processor.py"),
+    # ---- issue 21: dropped non-reference pictures are not decoded (vstream/sources/skipping.py) ----------
+    M("nal-ref-idc-high-bit-only", "vstream/sources/skipping.py",
+      "            if (header >> 5) & 0x03:",
+      "            if (header >> 6) & 0x01:",
+      "slices with nal_ref_idc 1 count as non-reference: pictures others refer to are left out", SKIP),
+    M("avcc-length-size-fixed", "vstream/sources/skipping.py",
+      "        return (extradata[4] & 0x03) + 1",
+      "        return 4",
+      "a 1- or 2-byte NAL length prefix is read as 4 bytes", SKIP),
+    M("kept-nonref-left-out", "vstream/sources/skipping.py",
+      "        if pts is None or pts in self.kept or packet.size == 0 or not self.is_nonref(packet):",
+      "        if pts is None or packet.size == 0 or not self.is_nonref(packet):",
+      "non-reference pictures the sampler keeps are left out too (then decoded alone, slowly)", SKIP),
+    M("plan-ignores-start", "vstream/sources/skipping.py",
+      "        if t >= start_s - 1e-6 and (end_s is None or t < end_s):",
+      "        if end_s is None or t < end_s:",
+      "the plan's sampler starts its slots before start_s: it keeps other frames than the real one", SKIP),
+    M("left-out-yielded-early", "vstream/sources/pyav.py",
+      "        while pending and (t_next is None or pending[0][0] < t_next):",
+      "        while pending:",
+      "left-out pictures come out before earlier decoded ones (not in presentation order)", SKIP),
+    M("left-out-not-yielded", "vstream/sources/pyav.py",
+      "            yield Frame.lazy(t, fetch) if counter is None else counter.lazy_frame(t, fetch)",
+      "            continue",
+      "left-out pictures vanish: the sampler sees fewer frames than the file has", SKIP),
+    M("left-out-fetch-wrong-pts", "vstream/sources/pyav.py",
+      "            heapq.heappush(pending, (pts_time(pts, vs.time_base) - origin, pts))",
+      "            heapq.heappush(pending, (pts_time(pts, vs.time_base) - origin, pts + 1))",
+      "a left-out picture read after all is looked for at the wrong timestamp", SKIP),
 ]
 
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "bench_out", ".whl", ".gl"}

@@ -1,7 +1,8 @@
 """Everything from bytes to timed frames and samples (DESIGN §1.1-3): sources, sampler, chunker, audio.
 
 ``open_source`` picks a video source for a spec; every public name lives here. A source yields
-``Frame(t, rgb)`` (``frames``). Files are read with decord, PyAV as the fallback (``file``); live URLs and
+``Frame(t, rgb)`` (``frames``). Files are read with PyAV, decord on request (``file``), and a file sampled
+at a known rate never decodes the non-reference pictures its sampler drops (``skipping``); live URLs and
 devices with PyAV, reconnecting (``live``); the Gradio webcam pushes frames into a ``PushSource``
 (``push``); ``SyntheticSource`` renders deterministic scenes with scripted events (``synthetic``);
 ``write_video`` encodes clips (``encode``). Problems raise ``SourceError`` (a ``ValueError``) with a

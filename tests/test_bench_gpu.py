@@ -82,7 +82,8 @@ def test_smoke_every_step_ok_and_files_real(smoke):
     assert built["dtype"] == "torch.bfloat16" and built["weights_on"] == ["cpu"]
     if HAS_PIPELINE:
         pl = h["pipeline"]
-        assert _pos(pl["ingest_s"]) and _pos(pl["decode_s"]) and _pos(pl["ratio"])
+        assert _pos(pl["ingest_s"]) and _pos(pl["decode_s"]) and _pos(pl["ratio"]) and _pos(pl["ratio_noref"])
+        assert pl["decoded_on"] == "cpu"  # the smoke suite's model is on the CPU: so is decoding
 
 
 def test_failed_and_over_budget_steps_do_not_stop_the_others(tmp_path):

@@ -18,10 +18,14 @@ class SamplerConfig:
     chunk_seconds: float = 1.0  # one chunk = this much stream time
     realtime: bool = False  # pace to the wall clock and drop frames when behind
     max_backlog_chunks: int = 4  # realtime: chunks waiting for perception before frames are dropped
+    decode: str = "auto"  # where PyAV decodes: "auto" (NVDEC when the model runs on a CUDA GPU), "cpu", "cuda"
 
     def validate(self) -> None:
         if not self.fps > 0:
             raise ValueError(f"fps must be > 0, got {self.fps}; pass e.g. --fps 2")
+        if self.decode not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"sampler.decode must be auto, cpu or cuda, got {self.decode!r}; "
+                             "write e.g. --set sampler.decode=cpu")
         if not self.chunk_seconds > 0:
             raise ValueError(f"chunk_seconds must be > 0, got {self.chunk_seconds}")
         if self.max_backlog_chunks < 1:

@@ -217,7 +217,8 @@ def step_pipeline(s: dict[str, Any], out: Path) -> dict[str, Any]:
     ax.set_ylabel("seconds")
     ax.set_title(f"{s['width']}x{s['height']} H.264, {s['seconds']} s: ratio {res['ratio']:.2f}")
     save_png(fig, out / "gpu_pipeline.png")
-    return {"result": res, "headline": {k: res[k] for k in ("ingest_s", "decode_s", "ratio")},
+    return {"result": res, "headline": {k: res[k] for k in ("ingest_s", "decode_s", "ratio", "ratio_noref",
+                                                             "decoded_on")},
             "build": {"model": s["model"], "peak_device_bytes": _peak()}}
 
 

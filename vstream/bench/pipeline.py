@@ -110,11 +110,12 @@ def _ingest(agent, clip: Path, fps: float) -> dict[str, Any]:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         stats = session.stats()
         error = session.pipeline.error
+        decoded_on = getattr(session.pipeline.source, "decode_device", "cpu")  # "cpu" after an NVDEC fallback
     finally:
         session.close()
     if error:
         raise RuntimeError(f"ingesting {clip.name} failed: {error}")
-    return {"wall_s": wall, "cpu_s": cpu, "stats": stats}
+    return {"wall_s": wall, "cpu_s": cpu, "stats": stats, "decoded_on": decoded_on}
 
 
 def ingest_over_decode(clip: str | os.PathLike, model: str = "tiny-smolvlm", fps: float = 1.0, device: str = "cpu",
@@ -152,6 +153,7 @@ def ingest_over_decode(clip: str | os.PathLike, model: str = "tiny-smolvlm", fps
     busy = sum(stage.values())
     kept = int(st["frames_kept"])
     return {"clip": clip.name, "model": agent.model_name, "fps": fps, "device": device, "threads": threads,
+            "decoded_on": ing["decoded_on"],
             "load_s": round(load_s, 3), "ingest_s": round(ing["wall_s"], 3), "decode_s": round(decode_s, 3),
             "decode_runs_s": [round(d1["wall_s"], 3), round(d2["wall_s"], 3)],
             "ratio": round(ing["wall_s"] / decode_s, 3),

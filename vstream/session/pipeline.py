@@ -39,6 +39,15 @@ def clock_markers(time_marker: str, source: Any) -> bool:
     return isinstance(source, PushSource) or (isinstance(source, LiveSource) and bool(getattr(source, "_live", False)))
 
 
+def decode_device(setting: str, model_device: Any) -> str:
+    """Where a PyAV source decodes for ``sampler.decode`` = ``setting``: "auto" follows a CUDA model onto its
+    GPU (NVDEC), else the CPU; "cuda" asks for the model's GPU, or the first one when the model is elsewhere."""
+    dev = str(model_device)
+    if setting == "cpu" or (setting == "auto" and not dev.startswith("cuda")):
+        return "cpu"
+    return dev if dev.startswith("cuda") else "cuda"
+
+
 class Pipeline:
     """Chunks of ``source`` handed to ``step(chunk)`` one at a time, in order; ``source=None``: ended at once.
 
@@ -77,6 +86,8 @@ class Pipeline:
         adapter.configure_sampling(sc.fps)
         if hasattr(self.source, "plan_sampling"):  # a file that knows its frame times: fetch only kept frames
             self.source.plan_sampling(sc.fps)
+        if hasattr(self.source, "set_decode_device"):  # PyAV sources: NVDEC beside a CUDA model
+            self.source.set_decode_device(decode_device(sc.decode, getattr(adapter, "device", "cpu")))
         fpc = adapter.frames_per_chunk(sc.fps, sc.chunk_seconds)
         clock = clock_markers(self.engine.config.memory.time_marker, self.source)
         frames = iter(self.source)

@@ -16,12 +16,12 @@ import numpy as np
 
 from vstream.sources.frames import ConversionCounter, Frame, check_max_side, resize_max_side
 from vstream.sources.errors import _check_file, _container_error, _exc_text, _file_error
-from vstream.sources.pyav import _open_container, _pyav_frames, _stream_facts, plan_file_skips
+from vstream.sources.pyav import DeviceDecoding, _open_container, _pyav_frames, _stream_facts, plan_file_skips
 
 logger = logging.getLogger(__name__)
 
 
-class FileSource(ConversionCounter):
+class FileSource(ConversionCounter, DeviceDecoding):
     """A video file decoded with PyAV, or decord in batches; timestamps from the container (VFR-safe).
 
     Only what is kept is converted to RGB: after ``plan_sampling(fps)`` (the pipeline calls it) decord
@@ -36,7 +36,8 @@ class FileSource(ConversionCounter):
     Frames with ``start_s <= t < end_s`` are yielded. ``backend="auto"`` (or ``"pyav"``) decodes with PyAV,
     its frame threads on; ``"decord"`` uses decord (a SourceError when decord cannot open the file).
     A truncated file yields what is readable, logs a warning with the time where decoding stopped,
-    then ends. Re-iterating starts again at ``start_s``.
+    then ends. Re-iterating starts again at ``start_s``. ``set_decode_device("cuda")`` decodes with NVDEC
+    where PyAV and the machine have it (``DeviceDecoding``; decord always decodes on the CPU).
     """
 
     def __init__(self, path: str | os.PathLike, *, start_s: float = 0.0, end_s: float | None = None,
@@ -130,7 +131,7 @@ class FileSource(ConversionCounter):
             self.skip_plan = None
             if self._plan_fps is not None and self.skip_undecoded:
                 self.skip_plan = self._plan_skips(seek)
-            container = _open_container(str(self.path))
+            container = self._open_on_device(_open_container, str(self.path))
             n = 0
             try:
                 for frame in _pyav_frames(container, path=self.name, start_s=self.start_s, end_s=self.end_s,

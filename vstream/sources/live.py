@@ -26,7 +26,8 @@ from vstream.clock import check_zone
 from vstream.sources.frames import ConversionCounter, Frame, check_max_side
 from vstream.sources.errors import (LIVE_SCHEMES, SourceError, _check_file, _container_error, _exc_text, _file_error,
                                     _redact, _stream_error, is_device, is_url)
-from vstream.sources.pyav import _decode_video, _DecodeLog, _open_container, _stream_facts, _video_origin, rgb_of
+from vstream.sources.pyav import (DeviceDecoding, _decode_video, _DecodeLog, _open_container, _stream_facts, _video_origin,
+                                  rgb_of)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _final(err: BaseException) -> bool:
     return isinstance(cause, (av.HTTPClientError, av.InvalidDataError))
 
 
-class LiveSource(ConversionCounter):
+class LiveSource(ConversionCounter, DeviceDecoding):
     """A live stream (rtsp/rtmp/http(s)/srt, ``/dev/video*``) or any file PyAV can open.
 
     The first connection is made at construction (errors surface before ingestion). For network
@@ -126,8 +127,9 @@ class LiveSource(ConversionCounter):
 
     def _connect(self):
         try:
-            container = _open_container(self.url, timeout=(self.open_timeout_s, self.read_timeout_s),
-                                        options=self._options, fmt="v4l2" if self._is_device else None)
+            container = self._open_on_device(_open_container, self.url,
+                                             timeout=(self.open_timeout_s, self.read_timeout_s),
+                                             options=self._options, fmt="v4l2" if self._is_device else None)
         except Exception as exc:  # noqa: BLE001
             raise _container_error(self.url, exc, is_file=self._is_file) from exc
         if not container.streams.video:
@@ -290,6 +292,14 @@ class LiveSource(ConversionCounter):
         self.url, self._is_url, self._is_file = path, False, True
         self._options["protocol_whitelist"] = "file"  # the local copy
         return True
+
+    def set_decode_device(self, device: str | None) -> None:
+        """Decode on ``device`` ("cpu", "cuda", "cuda:N"); the connection opened to probe the stream is
+        closed and made again on the device when iteration starts."""
+        DeviceDecoding.set_decode_device(self, device)
+        if self.decode_device != "cpu" and self._container is not None:
+            container, self._container = self._container, None
+            container.close()
 
     def close(self) -> None:
         """Stop iterating (at the next frame or read timeout) and close the connection (and a download)."""

@@ -23,11 +23,71 @@ logger = logging.getLogger(__name__)
 
 
 def _open_container(target: str, *, timeout: float | tuple[float, float] | None = None,
-                    options: dict | None = None, fmt: str | None = None):
-    """Open ``target`` with PyAV for reading (one place, so tests can replace it)."""
+                    options: dict | None = None, fmt: str | None = None, hwaccel: Any = None):
+    """Open ``target`` with PyAV for reading (one place, so tests can replace it); ``hwaccel``: a PyAV
+    ``HWAccel`` to decode on a device."""
     import av
 
+    if hwaccel is not None:
+        return av.open(target, mode="r", format=fmt, options=options or {}, timeout=timeout, hwaccel=hwaccel)
     return av.open(target, mode="r", format=fmt, options=options or {}, timeout=timeout)
+
+
+#: What ``set_decode_device`` accepts besides "cuda:N": decoding devices by name.
+DECODE_DEVICES = ("cpu", "cuda")
+
+
+class DeviceDecoding:
+    """A PyAV source that can decode on a GPU: NVDEC through PyAV's hardware acceleration.
+
+    ``set_decode_device("cuda")`` (or ``"cuda:N"``) asks for it; when this PyAV build or machine cannot
+    (no CUDA device type, no GPU, no driver), decoding stays on the CPU and one info line says why.
+    Decoded pictures are downloaded to system memory, so everything downstream is unchanged."""
+
+    decode_device: str = "cpu"
+    _hw_said: bool = False
+
+    def set_decode_device(self, device: str | None) -> None:
+        """Decode on ``device``: "cpu" (or None) or "cuda" / "cuda:N" (NVDEC where available)."""
+        device = device or "cpu"
+        if not isinstance(device, str) or device.split(":", 1)[0] not in DECODE_DEVICES or (
+                ":" in device and not device.split(":", 1)[1].isdigit()):
+            raise ValueError(f"decode device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        self.decode_device = device
+
+    def _hwaccel(self):
+        """The ``HWAccel`` to open with, or None (CPU); says once why a GPU request stays on the CPU."""
+        if self.decode_device == "cpu":
+            return None
+        kind, _, index = self.decode_device.partition(":")
+        try:
+            from av.codec.hwaccel import HWAccel, hwdevices_available
+
+            if kind not in hwdevices_available():
+                raise RuntimeError(f"this PyAV build has no {kind} device type")
+            return HWAccel(kind, device=index or None, allow_software_fallback=True)
+        except (ImportError, RuntimeError) as exc:
+            self._cpu_instead(exc)
+            return None
+
+    def _open_on_device(self, opener, target: str, **kw):
+        """``opener(target, **kw)`` (an ``_open_container``) decoding on the requested device, or on the CPU
+        when it cannot."""
+        hw = self._hwaccel()
+        if hw is not None:
+            try:
+                return opener(target, hwaccel=hw, **kw)
+            except Exception as exc:  # noqa: BLE001 - no GPU, no driver, device busy: the CPU decodes
+                self._cpu_instead(exc)
+        return opener(target, **kw)
+
+    def _cpu_instead(self, exc: BaseException) -> None:
+        """Decode on the CPU from now on (``decode_device`` says so); one info line names why."""
+        if not self._hw_said:
+            self._hw_said = True
+            logger.info("decoding %r on the CPU: NVDEC on %s is not available here (%s)",
+                        getattr(self, "name", "?"), self.decode_device, _exc_text(exc))
+        self.decode_device = "cpu"
 
 
 def _video_origin(container) -> float:

@@ -43,6 +43,7 @@ KVB_EQ = "tests/test_kv_buffer.py::test_many_evictions_equal_reference"
 KVB_SNAP = "tests/test_kv_buffer.py::test_snapshot_before_evictions_answers_as_before"
 KVB_REUSE = "tests/test_kv_buffer.py::test_unheld_snapshot_buffers_are_reused"
 SKIP = "tests/test_skip_undecoded.py"
+STATIC = "tests/test_static_decode.py"
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,31 @@ MUTANTS: list[Mutant] = [
       "            heapq.heappush(pending, (pts_time(pts, vs.time_base) - origin, pts))",
       "            heapq.heappush(pending, (pts_time(pts, vs.time_base) - origin, pts + 1))",
       "a left-out picture read after all is looked for at the wrong timestamp", SKIP),
+    # ---- issue 21 item 5: static-cache decoding (vstream/engine/static_decode.py) ------------------------
+    M("static-mask-hides-self", "vstream/engine/static_decode.py",
+      "        mask = torch.where(self.ar <= kv.slot, 0.0, low).to(h.dtype).view(1, 1, 1, -1)  # [1, 1, 1, C] additive",
+      "        mask = torch.where(self.ar < kv.slot, 0.0, low).to(h.dtype).view(1, 1, 1, -1)  # [1, 1, 1, C] additive",
+      "a decoded token does not attend to itself", STATIC),
+    M("static-position-off-by-one", "vstream/engine/static_decode.py",
+      "        self.pos.fill_(pos)",
+      "        self.pos.fill_(pos + 1)",
+      "decoded tokens are rotated one position too far", STATIC),
+    M("static-slot-at-zero", "vstream/engine/static_decode.py",
+      "        self.kv.slot.fill_(n)",
+      "        self.kv.slot.fill_(0)",
+      "decoded tokens overwrite the start of the context", STATIC),
+    M("static-no-room", "vstream/engine/static_decode.py",
+      "        need = n + max_tokens",
+      "        need = n",
+      "the buffers are sized for the context only, not for the tokens to come", STATIC),
+    M("static-finish-drops-last", "vstream/engine/static_decode.py",
+      "        end = self.n",
+      "        end = self.n - 1",
+      "the last token fed is not appended to the caller's cache", STATIC, TEXT_EQ),
+    M("static-stale-buffers-reused", "vstream/engine/static_decode.py",
+      "        if self.kv is None or need > self.capacity or any(",
+      "        if self.kv is None or any(",
+      "a context longer than the buffers is written past their end", STATIC),
 ]
 
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "bench_out", ".whl", ".gl"}

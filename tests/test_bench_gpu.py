@@ -17,7 +17,7 @@ from conftest import REPO
 from vstream.bench.gpu import BF16_BOUND, Step, SuiteConfig, run_suite, suite_config
 from vstream.cli.main import main
 
-STEPS = ["realtime", "ingest", "memory", "fleet", "bf16", "pipeline"]
+STEPS = ["realtime", "ingest", "memory", "fleet", "bf16", "pipeline", "decode"]
 HAS_PIPELINE = importlib.util.find_spec("vstream.bench.pipeline") is not None
 
 
@@ -84,6 +84,10 @@ def test_smoke_every_step_ok_and_files_real(smoke):
         pl = h["pipeline"]
         assert _pos(pl["ingest_s"]) and _pos(pl["decode_s"]) and _pos(pl["ratio"]) and _pos(pl["ratio_noref"])
         assert pl["decoded_on"] == "cpu"  # the smoke suite's model is on the CPU: so is decoding
+    dc = h["decode"]
+    assert all(_pos(dc[k]) for k in ("dynamic_ms_per_token", "static_ms_per_token", "graphs_ms_per_token"))
+    assert not dc["graph_captured"]  # no CUDA: graphs fall back to the static steps
+    assert dc["static_words_agree"] == dc["graphs_words_agree"] == dc["tokens"] == 8  # fp32: the same greedy words
 
 
 def test_failed_and_over_budget_steps_do_not_stop_the_others(tmp_path):

@@ -30,10 +30,11 @@ PREV = "Earlier on this stream: the host said hello and showed a title card."
 NOTE = "Note: the speaker mentioned the red square."
 
 
-def _engine(adapter, window: int, text_tokens: int, head: int = 32, tail: int = 32) -> Engine:
+def _engine(adapter, window: int, text_tokens: int, head: int = 32, tail: int = 32, decode: str = "dynamic") -> Engine:
     cfg = from_name("tiny").replace(**{"memory.window_chunks": window, "memory.long_term": False,
                                        "memory.text_window_tokens": text_tokens, "memory.prev_text_head": head,
-                                       "memory.prev_text_tail": tail, "generation.temperature": 0.0})
+                                       "memory.prev_text_tail": tail, "generation.temperature": 0.0,
+                                       "generation.decode": decode})
     return Engine(adapter, cfg)
 
 
@@ -44,11 +45,12 @@ def _no_stop(monkeypatch, adapter) -> None:
     monkeypatch.setattr(adapter, "__class__", sub)
 
 
+@pytest.mark.parametrize("decode", ["dynamic", "static"])  # static: fixed-shape steps (CUDA graphs on a GPU)
 @pytest.mark.parametrize("name", TINY_PRESETS)
-def test_text_turns_equal_full_forward(name, monkeypatch):
+def test_text_turns_equal_full_forward(name, decode, monkeypatch):
     a = tiny_adapter(name)
     _no_stop(monkeypatch, a)
-    eng = _engine(a, window=100, text_tokens=4096, head=4096, tail=0)
+    eng = _engine(a, window=100, text_tokens=4096, head=4096, tail=0, decode=decode)
     chunks = make_chunks(4, frames=2, seed=21)
     open_t, close_t = a.commentary_open_text(), a.answer_close_text()
     replay_ids = a.tokenize(" The red square moves left.")

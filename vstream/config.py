@@ -187,10 +187,14 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    decode: str = "dynamic"  # "dynamic" (growing cache) | "static" (fixed shapes) | "graphs" (static + CUDA graphs)
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if self.decode not in ("dynamic", "static", "graphs"):
+            raise ValueError(f"generation.decode must be dynamic, static or graphs, got {self.decode!r}; "
+                             "write e.g. --set generation.decode=graphs")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:

@@ -222,9 +222,64 @@ def step_pipeline(s: dict[str, Any], out: Path) -> dict[str, Any]:
             "build": {"model": s["model"], "peak_device_bytes": _peak()}}
 
 
+# ---- 7. answer decoding: dynamic cache, static cache, CUDA graphs -----------------------------------------
+def step_decode(s: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Per-token latency of an answer with ``generation.decode`` = dynamic / static / graphs, and whether
+    the greedy words agree (no stop token: every answer runs its whole budget)."""
+    import statistics
+
+    from vstream.config import from_name
+    from vstream.engine.core import Engine
+
+    adapter, info = build(s["model"], s["device"])
+    adapter, chunks, cap = _chunks(adapter, s)
+    cls = type(adapter)
+    adapter.__class__ = type(f"{cls.__name__}NoStop", (cls,), {"eos_token_ids": property(lambda self: [])})
+    rows: dict[str, Any] = {}
+    for mode in ("dynamic", "static", "graphs"):
+        cfg = from_name("default").replace(**{"memory.window_chunks": s["window"], "memory.long_term": False,
+                                              "generation.temperature": 0.0, "generation.decode": mode})
+        eng = Engine(adapter, cfg)
+        eng.start()
+        for ch in chunks:
+            eng.ingest(ch)
+        snap = eng.snapshot()
+        eng.answer(QUESTION, snap, max_new_tokens=4)  # warm-up (and, for graphs, the capture)
+        per_token, ans = [], None
+        for _ in range(s["repeats"]):
+            sync()
+            ans = eng.answer(QUESTION, snap, max_new_tokens=s["tokens"])
+            sync()
+            per_token.append((ans.latency_s - ans.ttft_s) / max(1, ans.tokens - 1))
+        dec = eng.static_decoders.get("answer")
+        rows[mode] = {"ms_per_token_p50": 1000 * statistics.median(per_token), "tokens": ans.tokens,
+                      "token_ids": ans.token_ids, "context_tokens": eng.memory.context_tokens,
+                      "graph_captures": dec.captures if dec is not None else 0,
+                      "graph_failed": bool(dec.graph_failed) if dec is not None else False}
+    ref = rows["dynamic"]["token_ids"]
+
+    def agree(ids: list[int]) -> int:  # leading words equal to the dynamic path's
+        return next((i for i, (x, y) in enumerate(zip(ids, ref)) if x != y), min(len(ids), len(ref)))
+
+    fig, ax = new_figure(figsize=(5, 4))
+    ax.bar(list(rows), [r["ms_per_token_p50"] for r in rows.values()])
+    ax.set_ylabel("ms per token (median)")
+    ax.set_title(f"{s['model']}: answer decoding, {rows['dynamic']['context_tokens']} context tokens")
+    save_png(fig, out / "gpu_decode.png")
+    dyn = rows["dynamic"]["ms_per_token_p50"]
+    headline = {"dynamic_ms_per_token": dyn, "static_ms_per_token": rows["static"]["ms_per_token_p50"],
+                "graphs_ms_per_token": rows["graphs"]["ms_per_token_p50"],
+                "graphs_speedup": dyn / rows["graphs"]["ms_per_token_p50"],
+                "graph_captured": rows["graphs"]["graph_captures"] > 0,
+                "static_words_agree": agree(rows["static"]["token_ids"]),
+                "graphs_words_agree": agree(rows["graphs"]["token_ids"]), "tokens": s["tokens"]}
+    return {"rows": rows, "cap": cap, "headline": headline, "settings": s,
+            "build": {**info, "peak_device_bytes": _peak()}}
+
+
 STEPS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
     "realtime": step_realtime, "ingest": step_ingest, "memory": step_memory, "fleet": step_fleet,
-    "bf16": step_bf16, "pipeline": step_pipeline}
+    "bf16": step_bf16, "pipeline": step_pipeline, "decode": step_decode}
 
 
 def main(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +28,8 @@ from memory.types import Retrieved
 from vstream.clock import NOTHING_RECORDED
 from vstream.config import AgentConfig
 from vstream.engine.generate import TextStreamer, decode_n_tokens, prefill
+from vstream.engine.longterm import LongTermMemory
+from vstream.engine.static_decode import static_decoders
 from vstream.models.base import ModelAdapter, StopForward
 from vstream.sources.frames import resize_max_side
 from vstream.engine.evidence import long_term_evidence, recorded_in, speech_evidence, wall_at, window_evidence
@@ -35,17 +37,6 @@ from vstream.engine.tokendrop import drop_chunk_tokens, token_drop_for
 from vstream.types import Answer, ChunkReport, CommentaryItem
 
 logger = logging.getLogger(__name__)
-
-
-class LongTermMemory(Protocol):
-    """What the engine needs from the long-term store (memory.longterm.LongTerm implements it)."""
-
-    def on_evict(self, seg: Segment) -> None: ...
-    def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
-                 device: torch.device, dtype: torch.dtype | None = None,
-                 wall_range: tuple[float, float] | None = None) -> list[Retrieved]: ...
-    def count_in_range(self, wall_range: tuple[float, float] | None) -> int: ...
-    def __len__(self) -> int: ...
 
 
 def make_thumbnail(rgb: np.ndarray, long_side: int) -> bytes:
@@ -123,6 +114,7 @@ class Engine:
         self._clock_ref: tuple[float, float, str] | None = None  # (stream s, wall s, tz) of the last chunk's start
         self._commentary_lock = threading.Lock()  # commentary never waits for an answer
         self._commentary_generator = torch.Generator()
+        self._static = static_decoders(adapter, config.generation.decode)  # per decoding thread; {} when dynamic
         if config.generation.seed is not None:
             self._generator.manual_seed(config.generation.seed)
             self._commentary_generator.manual_seed(config.generation.seed + 1)
@@ -297,7 +289,8 @@ class Engine:
             pos = start + head.span
             with self._commentary_lock:
                 res = decode_n_tokens(a, mm.cache, logits, pos, self.config.generation, max_new_tokens=max_tokens,
-                                      generator=self._commentary_generator, feed_last=True)
+                                      generator=self._commentary_generator, feed_last=True,
+                                      static=self._static.get("commentary"))
             pos = res.next_pos
             word_ids = res.token_ids
         text = a.decode(word_ids).strip()
@@ -315,6 +308,11 @@ class Engine:
         mm.commit(seg)
         return CommentaryItem(start_s=chunk.start_s, end_s=chunk.end_s, text=text, chunk_index=chunk.index,
                               latency_s=time.perf_counter() - t0, token_ids=list(word_ids))
+
+    @property
+    def static_decoders(self) -> dict:
+        """The ``StaticDecoder`` per decoding thread ("answer", "commentary"); {} with generation.decode=dynamic."""
+        return self._static
 
     def snapshot(self) -> Snapshot:
         """The memory as of now (text waiting in the inbox enters the window first)."""
@@ -472,7 +470,8 @@ class Engine:
 
         with self._gen_lock:
             res = decode_n_tokens(a, cache, logits, pos, self.config.generation, max_new_tokens=max_new_tokens,
-                                  on_token=on_token, cancel=cancel, generator=self._generator)
+                                  on_token=on_token, cancel=cancel, generator=self._generator,
+                                  static=self._static.get("answer"))
         latency = time.perf_counter() - t0
         text = a.decode(res.token_ids).strip()
         evidence = long_term_evidence(retrieved)

@@ -8,13 +8,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from transformers import DynamicCache
 
 from vstream.config import GenerationConfig
 from vstream.models.base import ModelAdapter, Tokens
+
+if TYPE_CHECKING:
+    from vstream.engine.static_decode import StaticDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +84,32 @@ def decode_n_tokens(adapter: ModelAdapter, cache: DynamicCache, first_logits: to
                     on_token: Callable[[int], None] | None = None,
                     cancel: threading.Event | None = None,
                     generator: torch.Generator | None = None,
-                    feed_last: bool = False) -> DecodeResult:
+                    feed_last: bool = False, static: "StaticDecoder | None" = None) -> DecodeResult:
     """Sample up to ``max_new_tokens`` tokens starting from ``first_logits`` (the prefill's last logits).
 
     Each sampled token is passed to ``on_token`` and then fed back at the next position. A stop token
     ends decoding and is not returned. With ``feed_last`` the final sampled token is also fed so the
-    cache holds every returned token; otherwise it is returned as ``pending_token``.
+    cache holds every returned token; otherwise it is returned as ``pending_token``. ``static``: feed
+    through that ``StaticDecoder`` (fixed shapes, CUDA graphs on a GPU); the tokens fed are appended to
+    ``cache`` at the end, as the dynamic path leaves it.
     """
     n = max_new_tokens or gen.max_new_tokens
+    if static is None:
+        return _decode_loop(lambda tok, pos: decode_one_token(adapter, cache, tok, pos), adapter, first_logits,
+                            pos, gen, n, stop_ids, on_token, cancel, generator, feed_last)
+    static.begin(cache, n)
+    try:
+        return _decode_loop(static.step, adapter, first_logits, pos, gen, n, stop_ids, on_token, cancel, generator,
+                            feed_last)
+    finally:
+        static.finish(cache)
+
+
+def _decode_loop(feed: Callable[[int, int], torch.Tensor], adapter: ModelAdapter, first_logits: torch.Tensor,
+                 pos: int, gen: GenerationConfig, n: int, stop_ids: Sequence[int] | None,
+                 on_token: Callable[[int], None] | None, cancel: threading.Event | None,
+                 generator: torch.Generator | None, feed_last: bool) -> DecodeResult:
+    """The sampling loop of ``decode_n_tokens``; ``feed(token, pos)`` returns the next logits [1, V]."""
     stops = set(adapter.eos_token_ids if stop_ids is None else stop_ids)
     out: list[int] = []
     logits = first_logits
@@ -103,6 +124,6 @@ def decode_n_tokens(adapter: ModelAdapter, cache: DynamicCache, first_logits: to
             on_token(tok)
         if i == n - 1 and not feed_last:
             return DecodeResult(out, "length", None, pos, tok)
-        logits = decode_one_token(adapter, cache, tok, pos)
+        logits = feed(tok, pos)
         pos += 1
     return DecodeResult(out, "length", None, pos, None)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Protocol
+
+import torch
 
 from memory.longterm import LongTerm, LongTermConfig
-from memory.types import StoreMeta
+from memory.segment import Segment
+from memory.types import Retrieved, StoreMeta
 from vstream.config import MemoryConfig
 
 
@@ -30,3 +34,14 @@ def open_long_term(adapter, cfg: MemoryConfig, directory: str | Path | None = No
                    load_existing: bool = False) -> LongTerm:
     """``LongTerm.create`` for this adapter's model and this memory config."""
     return LongTerm.create(store_meta(adapter), long_term_config(cfg), directory, load_existing=load_existing)
+
+
+class LongTermMemory(Protocol):
+    """What the engine needs from the long-term store (memory.longterm.LongTerm implements it)."""
+
+    def on_evict(self, seg: Segment) -> None: ...
+    def retrieve(self, *, question: str, query_means: torch.Tensor | None, k: int, before_s: float,
+                 device: torch.device, dtype: torch.dtype | None = None,
+                 wall_range: tuple[float, float] | None = None) -> list[Retrieved]: ...
+    def count_in_range(self, wall_range: tuple[float, float] | None) -> int: ...
+    def __len__(self) -> int: ...

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from vstream.sources import FileSource, Sampler, SyntheticSource, write_video
-from vstream.sources.skipping import h264_is_nonref, h264_length_size
+from vstream.sources.skipping import (h264_is_nonref, h264_length_size, hevc_is_nonref,
+                                      hevc_single_layer_length_size)
 
 FPS, SECONDS = 30.0, 6
 
@@ -56,6 +57,35 @@ def test_h264_length_size_from_extradata():
     assert h264_length_size(b"\x00\x00\x00\x01\x67\x64\x00") == 0  # Annex B parameter sets
 
 
+def _hevc(kind: int, tid_plus1: int = 1) -> bytes:  # H.265 7.3.1.2: forbidden bit, type, layer id, temporal id
+    return bytes([(kind << 1) & 0x7E, tid_plus1 & 0x07]) + b"\xaf\x01"
+
+
+def test_hevc_reference_status_from_nal_headers():
+    vps, sei = _hevc(32), _hevc(39)
+    for nonref in (0, 2, 4, 6, 8):  # TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N
+        assert hevc_is_nonref(_avcc(sei, _hevc(nonref)), 4)
+    for ref in (1, 3, 9, 16, 19, 21):  # TRAIL_R, TSA_R, RASL_R, BLA, IDR, CRA
+        assert not hevc_is_nonref(_avcc(_hevc(ref)), 4)
+    assert not hevc_is_nonref(_avcc(_hevc(0), _hevc(1)), 4)  # one referenced slice is enough
+    assert not hevc_is_nonref(_avcc(vps, sei), 4)  # no slice
+    assert hevc_is_nonref(_avcc(_hevc(0), size=2), 2)
+
+
+def test_hevc_needs_one_temporal_sublayer():
+    def hvcc(layers: int, size: int = 4) -> bytes:
+        ex = bytearray(23)
+        ex[0] = 1
+        ex[21] = (layers << 3) | (size - 1)
+        return bytes(ex)
+
+    assert hevc_single_layer_length_size(hvcc(1)) == 4 and hevc_single_layer_length_size(hvcc(1, 2)) == 2
+    assert hevc_single_layer_length_size(hvcc(2)) is None  # a higher sub-layer may refer to a *_N picture
+    assert hevc_single_layer_length_size(hvcc(0)) is None  # unknown
+    assert hevc_single_layer_length_size(None) is None  # Annex B: not decided from here
+    assert hevc_single_layer_length_size(b"\x00\x00\x00\x01\x40\x01" + bytes(20)) is None
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     """A 6 s 30 fps 64x48 H.264 clip (libx264 defaults: B-frames, some non-reference) as MP4 and MPEG-TS."""
@@ -68,6 +98,11 @@ def clips(tmp_path_factory) -> dict[str, Path]:
         subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(mp4), "-c", "copy", "-f", "mpegts", str(ts)],
                        check=True)
         out["ts"] = ts
+        hevc = d / "clip_hevc.mp4"  # libx265 defaults: B-frames, one temporal sub-layer
+        done = subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(mp4), "-c:v", "libx265", "-x265-params",
+                               "log-level=error", "-pix_fmt", "yuv420p", str(hevc)], capture_output=True)
+        if done.returncode == 0:
+            out["hevc"] = hevc
     return out
 
 
@@ -96,10 +131,10 @@ def _every_frame(path: Path) -> dict[float, np.ndarray]:
         return {round(f.time - origin, 4): f.to_ndarray(format="rgb24") for f in c.decode(vs)}
 
 
-@pytest.mark.parametrize("kind", ["mp4", "ts"])
+@pytest.mark.parametrize("kind", ["mp4", "ts", "hevc"])
 def test_planned_file_leaves_out_exactly_the_nonref_pictures_it_drops(clips, kind):
     if kind not in clips:
-        pytest.skip("ffmpeg is not installed (needed to remux the clip to MPEG-TS)")
+        pytest.skip("ffmpeg (with libx265 for HEVC) is not installed: it makes the MPEG-TS and HEVC clips")
     path = clips[kind]
     src = FileSource(path, backend="pyav")
     src.plan_sampling(1.0)

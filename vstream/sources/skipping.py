@@ -1,8 +1,9 @@
 """Not decoding what the sampler drops: the non-reference pictures a sampling plan does not keep.
 
-A picture that no other picture refers to (H.264: every slice has ``nal_ref_idc == 0``; any codec whose
-demuxer flags the packet disposable) can be left out of the decoder without changing one pixel of any
-other picture; ffmpeg's ``-skip_frame noref`` relies on the same fact. A file decoded at a sampling
+A picture that no other picture refers to (H.264: every slice has ``nal_ref_idc == 0``; HEVC with one
+temporal sub-layer: every slice of a ``*_N`` type; any codec whose demuxer flags the packet disposable)
+can be left out of the decoder without changing one pixel of any other picture; ffmpeg's
+``-skip_frame noref`` relies on the same fact. A file decoded at a sampling
 rate far below its frame rate keeps one picture in thirty, and about half of an H.264 stream with
 B-frames is non-reference: those are never decoded unless the sampler keeps them.
 
@@ -73,14 +74,46 @@ def h264_is_nonref(data: bytes, length_size: int) -> bool:
     return slices > 0
 
 
+#: HEVC VCL NAL types of sub-layer non-reference pictures (TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N).
+_HEVC_NONREF = frozenset({0, 2, 4, 6, 8})
+
+
+def hevc_single_layer_length_size(extradata: bytes | None) -> int | None:
+    """NAL length-prefix size of an HEVC stream whose hvcC (MP4/MKV) says it has one temporal sub-layer; None
+    otherwise (Annex B, or sub-layers: a higher one may refer to a lower one's "non-reference" picture)."""
+    if not extradata or len(extradata) < 23 or extradata[0] != 1:
+        return None
+    if (extradata[21] >> 3) & 0x07 != 1:  # numTemporalLayers
+        return None
+    return (extradata[21] & 0x03) + 1
+
+
+def hevc_is_nonref(data: bytes, length_size: int) -> bool:
+    """True when the HEVC access unit ``data`` (length-prefixed) holds slices and each is of a sub-layer
+    non-reference type (TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N); with one sub-layer nothing refers to it."""
+    slices = 0
+    for header in _nal_headers(data, length_size):
+        kind = (header >> 1) & 0x3F
+        if kind < 32:  # a VCL NAL unit: a slice
+            if kind not in _HEVC_NONREF:
+                return False
+            slices += 1
+    return slices > 0
+
+
 def nonref_reader(codec_context) -> Callable[[object], bool]:
     """A test ``packet -> bool``: True when the packet's picture is one no other picture refers to.
 
-    H.264 is read from its NAL headers; other codecs trust the demuxer's disposable flag (set by MP4's
-    ``sdtp`` box, for one), which is False when the container does not say."""
+    H.264 is read from its NAL headers, HEVC too when its hvcC says it has one temporal sub-layer; other
+    streams trust the demuxer's disposable flag (set from MP4's ``sdtp`` box, for one), False when the
+    container does not say."""
     if codec_context.name == "h264":
         size = h264_length_size(codec_context.extradata)
         return lambda packet: h264_is_nonref(bytes(packet), size)
+    if codec_context.name == "hevc":
+        hsize = hevc_single_layer_length_size(codec_context.extradata)
+        if hsize is not None:
+            return lambda packet: hevc_is_nonref(bytes(packet), hsize)
     return lambda packet: bool(getattr(packet, "is_disposable", False))
 
 

@@ -254,11 +254,17 @@ def test_a_client_that_leaves_cancels_its_question(env, c):  # probe 4
                    json={"question": "Describe everything in detail.", "max_new_tokens": 1024})
     assert _wait(lambda: ray.get(h.stats.remote())["worker"]["questions_cancelled"] > before, 30)
     before += 1
-    with httpx.stream("POST", f"{url}/v1/streams/qa/ask?stream=true", headers=AUTH, timeout=60,
-                      json={"question": "Describe everything in detail.", "max_new_tokens": 1024}) as r:
-        assert r.status_code == 200
-        next(r.iter_lines())  # the answer started; then the client goes
-    assert _wait(lambda: ray.get(h.stats.remote())["worker"]["questions_cancelled"] >= before + 1, 30)
+    # a streaming client that goes after the first line: its answer stops. The tiny random model may end an
+    # answer (a stop token) before the disconnect reaches the worker, so up to three clients try; an answer
+    # that finished is not a cancel, and one of three must be
+    for _ in range(3):
+        with httpx.stream("POST", f"{url}/v1/streams/qa/ask?stream=true", headers=AUTH, timeout=60,
+                          json={"question": "Describe everything in detail.", "max_new_tokens": 1024}) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the answer started; then the client goes
+        if _wait(lambda: ray.get(h.stats.remote())["worker"]["questions_cancelled"] >= before + 1, 15):
+            break
+    assert ray.get(h.stats.remote())["worker"]["questions_cancelled"] >= before + 1
     ok = c.post("/v1/streams/qa/ask", json={"question": "And now?", "max_new_tokens": 2}, timeout=60)
     assert ok.status_code == 200  # the stream answers the next question
 

@@ -122,3 +122,4 @@ def test_settings_and_models_that_cannot_are_refused(caplog):
     with pytest.raises(ValueError, match="sliding-window"):
         check_static(fake("sdpa", ["full_attention", "sliding_attention"]))
     check_static(fake("eager", ["full_attention"]))
+    check_static(fake("vstream_ragged"))  # a model switched for batched prefill: SDPA outside a batch

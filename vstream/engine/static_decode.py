@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from vstream.engine.batching import RAGGED
+
 logger = logging.getLogger(__name__)
 
 #: Capacity granularity (tokens): a context that grows within a bucket reuses the buffers and the graph.
@@ -160,7 +162,7 @@ def check_static(adapter: Any) -> None:
     lm = adapter.language_model()
     cfg = getattr(lm, "config", None)
     impl = getattr(cfg, "_attn_implementation", "sdpa")
-    if impl not in ("sdpa", "eager"):
+    if impl not in ("sdpa", "eager", RAGGED):  # RAGGED (batched prefill) is SDPA outside a batch
         raise ValueError(f"static decoding needs sdpa or eager attention, the model uses {impl!r}; "
                          "set generation.decode=dynamic")
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):

@@ -193,3 +193,63 @@ def test_skip_undecoded_off_and_no_plan_decode_everything(clips):
     for src in (off, unplanned):
         list(Sampler(1.0)(src))
         assert src.skip_plan is None and src.frames_decoded == FPS * SECONDS
+
+
+def test_plan_reads_a_bounded_way_ahead_and_holds_little(clips, monkeypatch):
+    import vstream.sources.skipping as skipping
+
+    src = FileSource(clips["mp4"], backend="pyav")
+    src.plan_sampling(1.0)
+    it = iter(Sampler(1.0)(src))
+    first = next(it)
+    assert first.t == 0.0 and src.skip_plan.read_upto_s <= 1.5  # the first frame did not wait for the file
+    list(it)
+    plan = src.skip_plan
+    assert 0 < plan.read_ahead_s <= 1.0 + 0.2  # one sampling period, plus the reorder depth
+    full_skipped = plan.skipped
+    monkeypatch.setattr(skipping, "HORIZON_S", 1.5)  # forget kept times after 1.5 s: same decisions
+    src = FileSource(clips["mp4"], backend="pyav")
+    src.plan_sampling(1.0)
+    kept = [f.t for f in Sampler(1.0)(src)]
+    assert len(kept) == SECONDS and src.skip_plan.skipped == full_skipped and src.skip_plan.fetched == 0
+    assert src.skip_plan.kept_held <= 2
+
+
+class _Packet:
+    def __init__(self, pts, dts):
+        self.pts, self.dts, self.size = pts, dts, 100
+
+
+class _Container:
+    """A stand-in demuxer: 30 fps pictures in mini-GOPs of four, decode order P B B B (pts reordered)."""
+
+    def __init__(self, n: int):
+        order = []
+        for g in range(0, n, 4):
+            order += [p for p in (g + 3, g, g + 1, g + 2) if p < n]
+        self.packets = [_Packet(pts, dts) for dts, pts in enumerate(order)]
+        from fractions import Fraction
+
+        vs = type("VS", (), {})()
+        vs.time_base = Fraction(1, 30)
+        vs.codec_context = type("CC", (), {"name": "h264", "extradata": None})()
+        self.streams = type("S", (), {"video": [vs]})()
+
+    def demux(self, vs):
+        return iter(self.packets)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("fps", [1.0, 7.0, 10.0])
+def test_plan_decisions_equal_the_sampler_in_decode_order(fps):
+    from vstream.sources.skipping import SkipPlan
+
+    n = 120
+    times = [i / 30 for i in range(n)]
+    want = {times[i] for i in Sampler(fps).plan(times)}
+    c = _Container(n)
+    plan = SkipPlan(c, fps)
+    got = {p.pts / 30 for p in c.packets if plan.keeps(float(p.pts * c.streams.video[0].time_base))}
+    assert got == {float(t) for t in want} and len(got) > 1  # asked in decode order: P before its B-frames

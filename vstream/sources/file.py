@@ -142,6 +142,8 @@ class FileSource(ConversionCounter, DeviceDecoding):
                         return
             finally:
                 container.close()
+                if self.skip_plan is not None:
+                    self.skip_plan.close()
             if n:
                 return
             logger.info("seeking in %r gave no frame; decoding from the start", self.name)  # e.g. MPEG-TS
@@ -154,7 +156,7 @@ class FileSource(ConversionCounter, DeviceDecoding):
             logger.debug("no skip plan for %r (%s); decoding every frame", self.name, _exc_text(exc))
             return None
         if plan is None:
-            logger.debug("no skip plan for %r (packets without timestamps); decoding every frame", self.name)
+            logger.debug("no skip plan for %r (no time base); decoding every frame", self.name)
         return plan
 
     def _iter_decord(self) -> Iterator[Frame]:

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from vstream.sources.frames import ConversionCounter, Frame, resize_max_side
-from vstream.sources.skipping import SkipPlan, plan_skips, pts_time
+from vstream.sources.skipping import SkipPlan, pts_time
 from vstream.sources.errors import (LIVE_SCHEMES, _check_file, _container_error, _exc_text, _file_error,
                                     _stream_error, is_device, is_url)
 
@@ -238,17 +238,22 @@ def _seek(container, vs, start_s: float, origin: float, path: str) -> None:
 
 def plan_file_skips(path: str, fps: float, *, start_s: float = 0.0, end_s: float | None = None,
                     seek: bool = True) -> SkipPlan | None:
-    """The ``SkipPlan`` of a ``Sampler(fps)`` over the frames of file ``path`` in ``[start_s, end_s)``, read
-    from the same position ``_pyav_frames`` decodes from (demux only); None when it cannot be exact."""
+    """The ``SkipPlan`` of a ``Sampler(fps)`` over the frames of file ``path`` in ``[start_s, end_s)``, reading
+    from the position ``_pyav_frames`` decodes from (its own container: ``plan.close()``); None without a
+    time base."""
     container = _open_container(path)
     try:
         vs = container.streams.video[0]
+        if vs.time_base is None:
+            container.close()
+            return None
         origin = _video_origin(container)
         if seek:
             _seek(container, vs, start_s, origin, path)
-        return plan_skips(container, fps, start_s=start_s, end_s=end_s, origin=origin, path=path)
-    finally:
+        return SkipPlan(container, fps, start_s=start_s, end_s=end_s, origin=origin, path=path)
+    except BaseException:
         container.close()
+        raise
 
 
 def _pyav_frames(container, *, path: str, start_s: float = 0.0, end_s: float | None = None,

@@ -7,17 +7,19 @@ can be left out of the decoder without changing one pixel of any other picture; 
 rate far below its frame rate keeps one picture in thirty, and about half of an H.264 stream with
 B-frames is non-reference: those are never decoded unless the sampler keeps them.
 
-``plan_skips`` reads every packet's time first (demux only, no decoding: about 20 ms per minute of
-720p), runs the sampler's own rule over those times (``Sampler.plan``) and returns a ``SkipPlan``; the
-decoder then leaves out each non-reference packet whose picture the plan does not keep. The source
+A ``SkipPlan`` reads packet times with a second demuxer a little ahead of the decoder (no decoding:
+about 20 ms per minute of 720p), runs the sampler's own rule over them, and the decoder leaves out each
+non-reference packet whose picture the sampler will not keep. The source
 still yields a (lazy) frame for every picture, in presentation order, so the sampler downstream sees
 exactly the frames and times it would have seen; should a left-out picture ever be read after all, it is
 decoded alone (``fetch_one``), so a plan that disagrees with the sampler costs time, never pixels.
 """
 from __future__ import annotations
 
+import collections
+import heapq
 import logging
-from dataclasses import dataclass, field
+import math
 from typing import Callable
 
 logger = logging.getLogger(__name__)
@@ -117,21 +119,120 @@ def nonref_reader(codec_context) -> Callable[[object], bool]:
     return lambda packet: bool(getattr(packet, "is_disposable", False))
 
 
-@dataclass
-class SkipPlan:
-    """The pictures a sampler will keep (``kept``: pts in stream time-base units) and the packet test."""
+#: Kept times older than this (seconds before the latest picture asked about) are forgotten; a picture that
+#: old asked about later is decoded (decode order never lags presentation order by that much).
+HORIZON_S = 10.0
 
-    kept: frozenset
-    is_nonref: Callable[[object], bool]
-    path: str = ""  # the file, for decoding a left-out picture alone
-    skipped: int = 0  # packets left out of the decoder so far
-    fetched: int = 0  # left-out pictures read after all (decoded alone)
-    _warned: bool = field(default=False, repr=False)
+
+class _T:
+    """A stand-in frame for the sampler: its time only."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+
+class SkipPlan:
+    """Which non-reference pictures a ``Sampler(fps)`` will not keep, decided packet by packet.
+
+    A second demuxer (``container``, positioned where decoding starts; the plan owns it: ``close()``) reads
+    packet times a little ahead of the decoder. A picture's time is final once a packet with a later decode
+    time has been read (pts >= dts), and the sampler's own rule runs over the final times in order. So the
+    read-ahead stays about one sampling period plus the reorder depth, only the kept times of the last
+    ``HORIZON_S`` seconds are held, and the first frame does not wait for a pass over the file.
+    """
+
+    def __init__(self, container, fps: float, *, start_s: float = 0.0, end_s: float | None = None,
+                 origin: float = 0.0, path: str = "") -> None:
+        from vstream.sources.chunking import Sampler
+
+        vs = container.streams.video[0]
+        self.container, self.path = container, path  # path: for decoding a left-out picture alone
+        self.tb, self.origin, self.start_s, self.end_s = vs.time_base, origin, start_s, end_s
+        self.is_nonref = nonref_reader(vs.codec_context)
+        self.skipped = 0  # packets left out of the decoder so far
+        self.fetched = 0  # left-out pictures read after all (decoded alone)
+        self.read_ahead_s = 0.0  # the furthest the planning demuxer was ahead of a picture asked about
+        self.exact = True  # False once the planner met a packet without a timestamp or a demux error
+        self._warned = False
+        self._demux = container.demux(vs)
+        self._last_read = -math.inf  # decode time of the last packet the planner read
+        self._kept: collections.deque[float] = collections.deque()  # kept times, in order (recent ones)
+        self._kept_set: set[float] = set()
+        self._decided = -math.inf  # the status of every time up to this one is known
+        self._latest = -math.inf  # the latest time asked about
+        self._kept_iter = Sampler(fps)(self._final_times())
+
+    @property
+    def read_upto_s(self) -> float:
+        """Decode time of the last packet the planner read (inf once it read them all)."""
+        return self._last_read
+
+    @property
+    def kept_held(self) -> int:
+        """How many kept times the plan holds now (those of the last ``HORIZON_S`` seconds)."""
+        return len(self._kept)
+
+    def _time(self, ts: int) -> float:
+        return pts_time(ts, self.tb) - self.origin
+
+    def _final_times(self):
+        """Stand-in frames in time order, each given once no later packet can show a picture before it."""
+        import av
+
+        heap: list[float] = []
+        try:
+            for packet in self._demux:
+                if packet.size == 0:  # the demuxer's end-of-stream flush packet
+                    continue
+                if packet.pts is None:
+                    self.exact = False
+                    return
+                if packet.dts is not None:
+                    self._last_read = self._time(packet.dts)
+                    while heap and heap[0] < self._last_read:
+                        yield _T(heapq.heappop(heap))
+                    if self.end_s is not None and self._last_read >= self.end_s:
+                        break
+                t = self._time(packet.pts)
+                if t >= self.start_s - 1e-6 and (self.end_s is None or t < self.end_s):
+                    heapq.heappush(heap, t)
+        except (av.FFmpegError, EOFError, OSError) as exc:  # a damaged file: the decode pass reports it
+            logger.debug("planning %r stopped (%s); decoding every picture from here", self.path, exc)
+            self.exact = False
+            return
+        self._last_read = math.inf
+        while heap:
+            yield _T(heapq.heappop(heap))
+
+    def keeps(self, t: float) -> bool | None:
+        """Whether the sampler keeps the picture at time ``t``; None when that cannot be known (decode it)."""
+        while self._decided < t:
+            stub = next(self._kept_iter, None)
+            if stub is None:
+                self._decided = math.inf
+                break
+            self._kept.append(stub.t)
+            self._kept_set.add(stub.t)
+            self._decided = stub.t
+        if not self.exact:
+            return None
+        if t > self._latest:
+            self._latest = t
+            while self._kept and self._kept[0] < t - HORIZON_S:
+                self._kept_set.discard(self._kept.popleft())
+        if t < self._latest - HORIZON_S:
+            return None  # forgotten
+        if self._last_read < math.inf:
+            self.read_ahead_s = max(self.read_ahead_s, self._last_read - t)
+        return t in self._kept_set
 
     def leave_out(self, packet) -> bool:
-        """True when ``packet`` need not be decoded: a non-reference picture the plan does not keep."""
-        pts = packet.pts
-        if pts is None or pts in self.kept or packet.size == 0 or not self.is_nonref(packet):
+        """True when ``packet`` need not be decoded: a non-reference picture the sampler will not keep."""
+        if packet.pts is None or packet.size == 0 or not self.is_nonref(packet):
+            return False
+        if self.keeps(self._time(packet.pts)) is not False:
             return False
         self.skipped += 1
         return True
@@ -144,32 +245,6 @@ class SkipPlan:
             logger.warning("video %r: the frame at t=%.3fs was left out of decoding by the sampling plan but was "
                            "read; decoding such frames one by one (slower, same pixels)", name, t)
 
-
-def plan_skips(container, fps: float, *, start_s: float = 0.0, end_s: float | None = None,
-               origin: float = 0.0, path: str = "") -> SkipPlan | None:
-    """Demux (no decoding) the first video stream of an open container, positioned where decoding will
-    start, and return the ``SkipPlan`` of a ``Sampler(fps)`` over frames with ``start_s <= t < end_s``.
-
-    None when the plan cannot be exact: a packet without a timestamp, or no packet at all."""
-    from vstream.sources.chunking import Sampler
-
-    vs = container.streams.video[0]
-    tb = vs.time_base
-    if tb is None:
-        return None
-    pts_in: dict[float, int] = {}
-    for packet in container.demux(vs):
-        if packet.size == 0:  # the demuxer's end-of-stream flush packet
-            continue
-        if packet.pts is None:
-            return None
-        if end_s is not None and packet.dts is not None and pts_time(packet.dts, tb) - origin >= end_s:
-            break  # dts <= pts: no later packet shows a picture before end_s
-        t = pts_time(packet.pts, tb) - origin
-        if t >= start_s - 1e-6 and (end_s is None or t < end_s):
-            pts_in[t] = packet.pts
-    if not pts_in:
-        return None
-    times = sorted(pts_in)
-    kept = frozenset(pts_in[times[i]] for i in Sampler(fps).plan(times))
-    return SkipPlan(kept=kept, is_nonref=nonref_reader(vs.codec_context), path=path)
+    def close(self) -> None:
+        """Close the planning demuxer's container."""
+        self.container.close()

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from vstream.sources import FileSource, Sampler, SyntheticSource, write_video
+from vstream.sources.pyav import _video_origin
 from vstream.sources.skipping import (h264_is_nonref, h264_length_size, hevc_is_nonref,
                                       hevc_single_layer_length_size)
 
@@ -113,7 +114,7 @@ def _nonref_times(path: Path) -> set[float]:
     def times(skip: bool) -> set[float]:
         with av.open(str(path)) as c:
             vs = c.streams.video[0]
-            origin = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+            origin = _video_origin(c)
             if skip:
                 vs.codec_context.skip_frame = "NONREF"
             return {round(f.time - origin, 4) for f in c.decode(vs)}
@@ -127,7 +128,7 @@ def _every_frame(path: Path) -> dict[float, np.ndarray]:
 
     with av.open(str(path)) as c:
         vs = c.streams.video[0]
-        origin = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+        origin = _video_origin(c)
         return {round(f.time - origin, 4): f.to_ndarray(format="rgb24") for f in c.decode(vs)}
 
 

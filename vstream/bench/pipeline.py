@@ -152,6 +152,7 @@ def ingest_over_decode(clip: str | os.PathLike, model: str = "tiny-smolvlm", fps
     stage = dict(st.get("stage_s") or {})
     busy = sum(stage.values())
     kept = int(st["frames_kept"])
+    decoded = int(st.get("frames_decoded", st["frames_in"]))
     return {"clip": clip.name, "model": agent.model_name, "fps": fps, "device": device, "threads": threads,
             "decoded_on": ing["decoded_on"],
             "load_s": round(load_s, 3), "ingest_s": round(ing["wall_s"], 3), "decode_s": round(decode_s, 3),
@@ -160,8 +161,7 @@ def ingest_over_decode(clip: str | os.PathLike, model: str = "tiny-smolvlm", fps
             "noref_s": round(noref_s, 3), "ratio_noref": round(ing["wall_s"] / noref_s, 3),
             "ingest_cpu_s": round(ing["cpu_s"], 3), "decode_cpu_s": round(decode_cpu, 3),
             "cpu_ratio": round(ing["cpu_s"] / decode_cpu, 3) if decode_cpu > 0 else None,
-            "frames_decoded": int(st.get("frames_decoded", st["frames_in"])),
-            "frames_left_out": int(st["frames_in"]) - int(st.get("frames_decoded", st["frames_in"])),
+            "frames_decoded": decoded, "frames_left_out": int(st["frames_in"]) - decoded,
             "frames_converted": int(st.get("frames_converted", st["frames_in"])),
             "frames_kept": kept, "frames_in": int(st["frames_in"]), "chunks": int(st["chunks"]),
             "converted_per_kept": round(int(st.get("frames_converted", st["frames_in"])) / kept, 3) if kept else None,

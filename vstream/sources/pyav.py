@@ -28,9 +28,7 @@ def _open_container(target: str, *, timeout: float | tuple[float, float] | None 
     ``HWAccel`` to decode on a device."""
     import av
 
-    if hwaccel is not None:
-        return av.open(target, mode="r", format=fmt, options=options or {}, timeout=timeout, hwaccel=hwaccel)
-    return av.open(target, mode="r", format=fmt, options=options or {}, timeout=timeout)
+    return av.open(target, mode="r", format=fmt, options=options or {}, timeout=timeout, hwaccel=hwaccel)
 
 
 #: What ``set_decode_device`` accepts besides "cuda:N": decoding devices by name.

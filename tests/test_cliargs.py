@@ -21,11 +21,17 @@ def test_watch_options():
     args = _parse("watch", "clip.mp4", "--ocr", "--retriever", "text")  # a named retriever wins over --ocr's
     assert config_overrides(args) == {"memory.ocr": True, "memory.retriever": "text"}
     assert config_overrides(_parse("watch", "clip.mp4")) == {}
+    args = _parse("watch", "clip.mp4", "--set", "generation.decode=graphs", "--set", "sampler.decode=cpu",
+                  "--window", "4")  # any config field, as in eval; the named --window still wins
+    assert config_overrides(args) == {"generation.decode": "graphs", "sampler.decode": "cpu",
+                                      "memory.window_chunks": 4}
 
 
 def test_ask_options():
     args = _parse("ask", "mem", "What?", "--retriever", "internal", "--window", "3")
     assert config_overrides(args) == {"memory.window_chunks": 3, "memory.retriever": "internal"}
+    args = _parse("ask", "mem", "What?", "--set", "generation.decode=static")
+    assert config_overrides(args) == {"generation.decode": "static"}
 
 
 def test_eval_options():
@@ -51,3 +57,14 @@ def test_agent_gets_the_overrides():
     cfg = agent_from_args(args).config
     assert (cfg.memory.retrieve_k, cfg.memory.window_chunks, cfg.memory.long_term) == (7, 3, False)
     assert cfg.responder.commentary_tokens == 5 and cfg.model == "tiny-smolvlm"
+
+
+def test_bad_decode_settings_stop_before_the_model_loads(monkeypatch):
+    import vstream.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    for kv, msg in (("generation.decode=turbo", "generation.decode must be dynamic, static or graphs"),
+                    ("sampler.decode=gpu", "sampler.decode must be auto, cpu or cuda")):
+        args = _parse("watch", "clip.mp4", "--model", "tiny-smolvlm", "--device", "cpu", "--set", kv)
+        with pytest.raises(ValueError, match=msg):
+            agent_from_args(args)

@@ -85,7 +85,7 @@ class Agent:
             changes["device"] = device
         if dtype is not None:
             changes["dtype"] = dtype
-        cfg = cfg.replace(**changes) if changes else cfg
+        cfg = (cfg.replace(**changes) if changes else cfg).validate()  # bad settings fail before the model loads
         adapter = load_model(name_or_path, device=cfg.device, dtype=cfg.dtype, seed=seed)
         cfg = cfg.replace(model=adapter.name)
         return cls(adapter, cfg)

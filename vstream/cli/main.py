@@ -309,6 +309,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retriever", choices=["internal", "text", "both"], default=None)
     p.add_argument("--top-k", type=int, default=None, help="long-term entries retrieved per question")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set generation.decode=graphs (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:

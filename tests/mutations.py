@@ -387,6 +387,10 @@ MUTANTS: list[Mutant] = [
       "        if self.kv is None or need > self.capacity or any(",
       "        if self.kv is None or any(",
       "a context longer than the buffers is written past their end", STATIC),
+    M("config-checked-after-load", "vstream/api.py",
+      "        cfg = (cfg.replace(**changes) if changes else cfg).validate()  # bad settings fail before the model loads",
+      "        cfg = cfg.replace(**changes) if changes else cfg",
+      "a bad setting is found only after the model has loaded", "tests/test_cliargs.py"),
 ]
 
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", "runs", "bench_out", ".whl", ".gl"}
